@@ -1,0 +1,91 @@
+//! Hafen's policy for a container, carried in OCI runtime-spec annotations.
+//!
+//! Any OCI bundle dropped into the guest's containers directory runs; these
+//! annotations are optional and default as documented on each key.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// `once` or `service` (default `service`); see [`Phase`].
+pub const PHASE: &str = "org.hafen.phase";
+/// Position in the manifest (a decimal number). Bundles without it start
+/// after the numbered ones, in name order.
+pub const ORDER: &str = "org.hafen.order";
+/// Signal sent to stop the container: `SIGTERM`, `TERM` or a number (default `SIGTERM`).
+pub const STOP_SIGNAL: &str = "org.hafen.stop-signal";
+/// Seconds between the stop signal and SIGKILL (default 10).
+pub const STOP_TIMEOUT: &str = "org.hafen.stop-timeout";
+/// Read-only lower directories for the container's overlay root, colon
+/// separated, top-most first (overlayfs `lowerdir` order). Without it, the
+/// bundle's `root.path` is the only lower directory.
+pub const LOWER_DIRS: &str = "org.hafen.lower-dirs";
+
+/// Default seconds between the stop signal and SIGKILL.
+pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 10;
+
+/// When a container runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Phase {
+    /// Runs to completion at boot, one after another in declared order,
+    /// before any service starts.
+    Once,
+    /// Long-running; started after every `once` container has finished.
+    #[default]
+    Service,
+}
+
+impl Phase {
+    /// The name used in manifests and annotations.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Once => "once",
+            Phase::Service => "service",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The phase name was neither `once` nor `service`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownPhase(pub String);
+
+impl fmt::Display for UnknownPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown phase {:?}: expected \"once\" or \"service\"", self.0)
+    }
+}
+
+impl std::error::Error for UnknownPhase {}
+
+impl FromStr for Phase {
+    type Err = UnknownPhase;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "once" => Ok(Phase::Once),
+            "service" => Ok(Phase::Service),
+            other => Err(UnknownPhase(other.to_owned())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_round_trips_and_rejects_unknown_names() {
+        for phase in [Phase::Once, Phase::Service] {
+            assert_eq!(phase.as_str().parse::<Phase>(), Ok(phase));
+        }
+        assert_eq!(
+            "daemon".parse::<Phase>(),
+            Err(UnknownPhase("daemon".into()))
+        );
+    }
+}
