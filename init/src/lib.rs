@@ -1,1 +1,4 @@
-//! placeholder
+//! hafen-init: Hafen's PID 1 and tiny init.
+
+pub mod system;
+pub mod tiny;
