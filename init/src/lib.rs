@@ -1,4 +1,16 @@
 //! hafen-init: Hafen's PID 1 and tiny init.
+//!
+//! With no arguments it is the guest's PID 1 ([`system`]); with a command it
+//! is a tiny init for one child ([`tiny`]).
 
+#[macro_use]
+pub mod log;
+
+pub mod bundle;
+pub mod container;
+pub mod input;
+pub mod mount;
+pub mod supervisor;
+pub mod sys;
 pub mod system;
 pub mod tiny;

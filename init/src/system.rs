@@ -1,8 +1,132 @@
-//! System mode: PID 1 of a Hafen guest.
+//! System mode: PID 1 of a Hafen guest. Brings the machine up, hands the
+//! containers to the supervisor, and powers off or reboots when it returns.
+//! Nothing here exits or panics: a failed step is reported and boot goes on.
 
-/// Boots the guest and never returns.
+use std::path::Path;
+
+use hafen_proto::layout;
+
+use crate::supervisor::{self, BootClock, PowerAction, Supervisor};
+use crate::{bundle, log, mount, sys};
+
+/// Boots the guest. Returns only when not running as PID 1 (an error for the caller to print).
 pub fn main() -> ! {
+    let init_start_ns = sys::boottime_ns();
+    if std::process::id() != 1 {
+        eprintln!(
+            "hafen-init: system mode runs only as PID 1 of a Hafen guest.\n\
+             To use hafen-init as a container's init, give it a command: hafen-init -- CMD [ARGS...]"
+        );
+        std::process::exit(2);
+    }
+
+    // Signals first: until the supervisor reads them, they stay pending.
+    let signals = match supervisor::signal_fd() {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            error!("cannot set up signal handling: {e}; the machine cannot be shut down by signal");
+            None
+        }
+    };
+
+    if let Err(e) = mount::reroot() {
+        error!("cannot leave the initramfs root ({e}); containers will fail to pivot_root");
+    }
+    for e in mount::early_mounts() {
+        error!("{e}");
+    }
+    apply_kernel_cmdline();
+    match mount::enable_cgroup_controllers("/sys/fs/cgroup") {
+        Ok(list) => crate::debug!("cgroup controllers: {list}"),
+        Err(e) => warn!("cannot enable cgroup controllers: {e}"),
+    }
+    set_hostname();
+    if let Err(e) = sys::interface_up("lo") {
+        warn!("cannot bring up lo: {e}");
+    }
+    if let Err(e) = sys::disable_ctrl_alt_del() {
+        warn!("cannot route Ctrl-Alt-Del to SIGINT: {e}");
+    }
+
+    let (bundles, errors) = bundle::discover(Path::new(layout::CONTAINERS_DIR));
+    for e in &errors {
+        error!("skipping a container: {e}");
+    }
+    info!(
+        "{} container{} found in {}",
+        bundles.len(),
+        if bundles.len() == 1 { "" } else { "s" },
+        layout::CONTAINERS_DIR
+    );
+
+    let action = match signals.map(|fd| Supervisor::new(bundles, fd, BootClock { init_start_ns })) {
+        Some(Ok(supervisor)) => supervisor.run(),
+        Some(Err(e)) => {
+            error!("cannot start the supervisor: {e}");
+            idle_forever()
+        }
+        None => idle_forever(),
+    };
+    power(action)
+}
+
+fn apply_kernel_cmdline() {
+    let Ok(cmdline) = std::fs::read_to_string("/proc/cmdline") else {
+        return;
+    };
+    for word in cmdline.split_whitespace() {
+        if let Some(level) = word.strip_prefix("hafen.log=") {
+            match log::parse_level(level) {
+                Some(level) => log::set_max_level(level),
+                None => {
+                    warn!("unknown hafen.log level {level:?}: expected error, warn, info or debug")
+                }
+            }
+        }
+    }
+}
+
+fn set_hostname() {
+    let name = std::fs::read_to_string(layout::HOSTNAME_FILE).unwrap_or_default();
+    let name = name.trim();
+    if name.is_empty() {
+        return;
+    }
+    if let Err(e) = rustix::system::sethostname(name.as_bytes()) {
+        warn!("cannot set hostname {name:?}: {e}");
+    }
+}
+
+/// Stops whatever is left, flushes and unmounts filesystems, and powers off
+/// or reboots. If the kernel refuses, PID 1 stays alive doing nothing.
+fn power(action: PowerAction) -> ! {
+    // Anything still alive outside the containers' own namespaces.
+    let _ = sys::kill(-1, libc::SIGKILL);
+    while let Ok(Some(_)) = sys::reap_one() {}
+    sys::sync();
+    mount::unmount_all();
+    sys::sync();
+    match action {
+        PowerAction::PowerOff => info!("powering off"),
+        PowerAction::Reboot => info!("rebooting"),
+    }
+    let err = sys::power(action == PowerAction::Reboot);
+    error!(
+        "the kernel refused to {}: {err}",
+        if action == PowerAction::Reboot {
+            "reboot"
+        } else {
+            "power off"
+        }
+    );
+    idle_forever()
+}
+
+/// PID 1 must never exit: wait forever, still reaping orphans.
+fn idle_forever() -> ! {
     loop {
-        std::thread::park();
+        // SAFETY: pause only suspends until a signal arrives.
+        unsafe { libc::pause() };
+        while let Ok(Some(_)) = sys::reap_one() {}
     }
 }

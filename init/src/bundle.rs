@@ -1,0 +1,245 @@
+//! Finding the container bundles in the guest and reading Hafen's policy from
+//! their annotations.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use hafen_proto::annotations::{self, Phase, DEFAULT_STOP_TIMEOUT_SECS};
+use hafen_proto::spec::Spec;
+
+/// A container bundle as PID 1 runs it.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The bundle directory's name.
+    pub name: String,
+    /// The bundle directory.
+    pub dir: PathBuf,
+    /// Its parsed `config.json`.
+    pub spec: Spec,
+    /// When it runs.
+    pub phase: Phase,
+    /// Declared position; `None` sorts after every numbered bundle.
+    pub order: Option<u32>,
+    /// Signal that asks it to stop.
+    pub stop_signal: i32,
+    /// Seconds between the stop signal and SIGKILL.
+    pub stop_timeout_secs: u32,
+}
+
+/// A bundle that cannot be run.
+#[derive(Debug)]
+pub enum BundleError {
+    /// Listing the containers directory failed.
+    List { dir: PathBuf, source: io::Error },
+    /// `config.json` could not be read.
+    Read { path: PathBuf, source: io::Error },
+    /// `config.json` is not a valid runtime spec.
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// An `org.hafen.*` annotation has a value we do not understand.
+    Annotation {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for BundleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BundleError::List { dir, source } => {
+                write!(f, "cannot list {}: {source}", dir.display())
+            }
+            BundleError::Read { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            BundleError::Parse { path, source } => write!(
+                f,
+                "{} is not a valid OCI runtime config: {source}",
+                path.display()
+            ),
+            BundleError::Annotation {
+                path,
+                key,
+                value,
+                expected,
+            } => {
+                write!(
+                    f,
+                    "{}: annotation {key} = {value:?}: expected {expected}",
+                    path.display()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for BundleError {}
+
+/// Reads every bundle under `dir`, sorted by declared order then name.
+/// Bundles that cannot be read are returned as errors beside the good ones,
+/// so one broken bundle never stops the others.
+pub fn discover(dir: &Path) -> (Vec<Bundle>, Vec<BundleError>) {
+    let mut bundles = Vec::new();
+    let mut errors = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return (bundles, errors),
+        Err(source) => {
+            errors.push(BundleError::List {
+                dir: dir.to_owned(),
+                source,
+            });
+            return (bundles, errors);
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.join("config.json").is_file() {
+            continue;
+        }
+        match load(&path) {
+            Ok(bundle) => bundles.push(bundle),
+            Err(e) => errors.push(e),
+        }
+    }
+    bundles.sort_by(|a, b| {
+        (a.order.is_none(), a.order, &a.name).cmp(&(b.order.is_none(), b.order, &b.name))
+    });
+    (bundles, errors)
+}
+
+/// Reads one bundle directory.
+pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| BundleError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let spec: Spec = serde_json::from_str(&text).map_err(|source| BundleError::Parse {
+        path: path.clone(),
+        source,
+    })?;
+    let bad = |key: &'static str, value: &str, expected: &'static str| BundleError::Annotation {
+        path: path.clone(),
+        key,
+        value: value.to_owned(),
+        expected,
+    };
+    let phase = match spec.annotation(annotations::PHASE) {
+        None => Phase::default(),
+        Some(v) => v
+            .parse()
+            .map_err(|_| bad(annotations::PHASE, v, "\"once\" or \"service\""))?,
+    };
+    let order = match spec.annotation(annotations::ORDER) {
+        None => None,
+        Some(v) => Some(
+            v.parse()
+                .map_err(|_| bad(annotations::ORDER, v, "a whole number"))?,
+        ),
+    };
+    let stop_signal = match spec.annotation(annotations::STOP_SIGNAL) {
+        None => libc::SIGTERM,
+        Some(v) => hafen_proto::signal::parse(v)
+            .ok_or_else(|| bad(annotations::STOP_SIGNAL, v, "a signal name or number"))?,
+    };
+    let stop_timeout_secs = match spec.annotation(annotations::STOP_TIMEOUT) {
+        None => DEFAULT_STOP_TIMEOUT_SECS,
+        Some(v) => v
+            .parse()
+            .map_err(|_| bad(annotations::STOP_TIMEOUT, v, "whole seconds"))?,
+    };
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Bundle {
+        name,
+        dir: dir.to_owned(),
+        spec,
+        phase,
+        order,
+        stop_signal,
+        stop_timeout_secs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_bundle(root: &Path, name: &str, annotations: &str) {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let json = format!(
+            r#"{{"ociVersion": "1.0.2", "process": {{"args": ["/bin/true"], "cwd": "/"}},
+            "root": {{"path": "rootfs"}}, "annotations": {{{annotations}}}}}"#
+        );
+        std::fs::write(dir.join("config.json"), json).expect("write");
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("hafen-bundle-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+
+    #[test]
+    fn sorts_by_declared_order_then_name_and_reads_policy() {
+        let root = temp_dir("order");
+        write_bundle(
+            &root,
+            "zeta",
+            r#""org.hafen.order": "0", "org.hafen.phase": "once""#,
+        );
+        write_bundle(
+            &root,
+            "alpha",
+            r#""org.hafen.order": "1", "org.hafen.stop-signal": "SIGUSR1", "org.hafen.stop-timeout": "3""#,
+        );
+        write_bundle(&root, "dropped-in", "");
+        let (bundles, errors) = discover(&root);
+        assert!(errors.is_empty(), "{errors:?}");
+        let names: Vec<&str> = bundles.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha", "dropped-in"]);
+        assert_eq!(bundles[0].phase, Phase::Once);
+        assert_eq!(bundles[1].stop_signal, libc::SIGUSR1);
+        assert_eq!(bundles[1].stop_timeout_secs, 3);
+        assert_eq!(bundles[2].phase, Phase::Service);
+        assert_eq!(bundles[2].stop_timeout_secs, DEFAULT_STOP_TIMEOUT_SECS);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_broken_bundle_is_reported_and_the_others_still_load() {
+        let root = temp_dir("broken");
+        write_bundle(&root, "good", "");
+        write_bundle(&root, "bad-signal", r#""org.hafen.stop-signal": "SIGNOPE""#);
+        std::fs::create_dir_all(root.join("bad-json")).expect("mkdir");
+        std::fs::write(root.join("bad-json/config.json"), "{ not json").expect("write");
+        let (bundles, errors) = discover(&root);
+        assert_eq!(bundles.len(), 1);
+        assert_eq!(bundles[0].name, "good");
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("org.hafen.stop-signal") && m.contains("SIGNOPE")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains("bad-json/config.json")
+                && m.contains("not a valid OCI runtime config")),
+            "{messages:?}"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -1,0 +1,419 @@
+//! Thin, safe wrappers over the Linux calls hafen-init needs that rustix does
+//! not cover in the shape we want (raw clone, signalfd, epoll with our own
+//! tokens, wait statuses). Every `unsafe` block in system mode lives here.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Converts a `-1`-on-error return value into an `io::Result`.
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Which side of a [`clone_process`] we are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloneResult {
+    /// In the parent; the child's pid (as seen from the parent's namespace).
+    Parent(libc::pid_t),
+    /// In the child.
+    Child,
+}
+
+/// Creates a child process like `fork`, in the new namespaces named by `flags`
+/// (`CLONE_NEW*`). The child gets `SIGCHLD` as its exit signal.
+///
+/// # Safety
+/// The caller must be single-threaded (hafen-init is), and the child must
+/// only make raw system calls and then `exec` or [`exit_now`]: the C
+/// library's cached thread id is stale in the child, so it must not call
+/// functions that rely on it (pthread, `raise`).
+pub unsafe fn clone_process(flags: libc::c_int) -> io::Result<CloneResult> {
+    // SAFETY: a null stack makes the kernel reuse the caller's stack
+    // copy-on-write, exactly like fork; the remaining arguments are unused
+    // without CLONE_*TID/CLONE_SETTLS. The caller upholds the rules above.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match check(ret)? {
+        0 => Ok(CloneResult::Child),
+        pid => Ok(CloneResult::Parent(pid as libc::pid_t)),
+    }
+}
+
+/// Ends the current process at once, without running destructors or atexit
+/// handlers (for a cloned child whose setup failed).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and takes any status.
+    unsafe { libc::_exit(code) }
+}
+
+/// Replaces the process image. Returns only on failure.
+pub fn execve(
+    path: &CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> io::Error {
+    debug_assert!(argv.last().is_some_and(|p| p.is_null()));
+    debug_assert!(envp.last().is_some_and(|p| p.is_null()));
+    // SAFETY: path is NUL-terminated; argv and envp are null-terminated arrays
+    // of pointers into CStrings the caller keeps alive across this call.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Duplicates `fd` onto `target` (clearing CLOEXEC on the copy).
+pub fn dup2(fd: RawFd, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 only manipulates the descriptor table.
+    check(unsafe { libc::dup2(fd, target) } as libc::c_long).map(drop)
+}
+
+/// Starts a new session with the caller as leader.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: setsid takes no pointers.
+    check(unsafe { libc::setsid() } as libc::c_long).map(drop)
+}
+
+/// Sets supplementary groups, gid and uid, in that order.
+pub fn set_identity(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    // SAFETY: groups points at groups.len() valid gid_t values.
+    check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } as libc::c_long)?;
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::setresgid(gid, gid, gid) } as libc::c_long)?;
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::setresuid(uid, uid, uid) } as libc::c_long).map(drop)
+}
+
+/// Sends `signal` to `pid` (a negative pid addresses a process group, -1 everyone).
+pub fn kill(pid: libc::pid_t, signal: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::kill(pid, signal) } as libc::c_long).map(drop)
+}
+
+/// How a reaped child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            ExitStatus::Code(code) => write!(f, "exited with code {code}"),
+            ExitStatus::Signal(sig) => {
+                write!(f, "killed by {}", hafen_proto::signal::name(sig))
+            }
+        }
+    }
+}
+
+/// Reaps one exited child without blocking; `None` when no child has exited.
+pub fn reap_one() -> io::Result<Option<(libc::pid_t, ExitStatus)>> {
+    let mut status = 0;
+    // SAFETY: status is a valid out-pointer.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    match pid {
+        -1 => {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ECHILD) {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+        0 => Ok(None),
+        pid => {
+            let status = if libc::WIFSIGNALED(status) {
+                ExitStatus::Signal(libc::WTERMSIG(status))
+            } else {
+                ExitStatus::Code(libc::WEXITSTATUS(status))
+            };
+            Ok(Some((pid, status)))
+        }
+    }
+}
+
+/// A signal set.
+#[derive(Clone, Copy)]
+pub struct SigSet(libc::sigset_t);
+
+impl std::fmt::Debug for SigSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigSet")
+    }
+}
+
+impl SigSet {
+    /// A set holding `signals`.
+    pub fn of(signals: &[i32]) -> SigSet {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it fully.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: set is a valid sigset_t.
+        unsafe { libc::sigemptyset(&mut set) };
+        for &sig in signals {
+            // SAFETY: set is valid; an invalid number only makes sigaddset fail.
+            unsafe { libc::sigaddset(&mut set, sig) };
+        }
+        SigSet(set)
+    }
+
+    /// Blocks these signals for the calling thread (so a signalfd receives them).
+    pub fn block(&self) -> io::Result<()> {
+        self.mask(libc::SIG_BLOCK)
+    }
+
+    /// Makes this set the whole signal mask (used before exec to hand a clean mask on).
+    pub fn set_mask(&self) -> io::Result<()> {
+        self.mask(libc::SIG_SETMASK)
+    }
+
+    fn mask(&self, how: libc::c_int) -> io::Result<()> {
+        // SAFETY: both pointers are valid or null.
+        let ret = unsafe { libc::sigprocmask(how, &self.0, std::ptr::null_mut()) };
+        check(ret as libc::c_long).map(drop)
+    }
+
+    /// A non-blocking, close-on-exec signalfd for this set.
+    pub fn signalfd(&self) -> io::Result<OwnedFd> {
+        // SAFETY: -1 asks for a new descriptor; the set pointer is valid.
+        let fd = unsafe { libc::signalfd(-1, &self.0, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        check(fd as libc::c_long)?;
+        // SAFETY: signalfd returned a fresh descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// Resets every catchable signal's disposition to the default (for a child before exec).
+pub fn reset_signal_dispositions() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL is always a valid disposition; failures (for
+        // numbers the C library reserves) are harmless and ignored.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+}
+
+/// Reads one pending signal from a signalfd; `None` when none is pending.
+pub fn read_signal(fd: &OwnedFd) -> io::Result<Option<i32>> {
+    // SAFETY: signalfd_siginfo is plain data.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: info is a writable buffer of `size` bytes.
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        )
+    };
+    match n {
+        -1 => {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+        n if n as usize == size => Ok(Some(info.ssi_signo as i32)),
+        _ => Ok(None),
+    }
+}
+
+/// An epoll instance whose events carry tokens we allocate, never raw fds.
+#[derive(Debug)]
+pub struct Epoll(OwnedFd);
+
+impl Epoll {
+    /// Creates a close-on-exec epoll instance.
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes only flags.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        check(fd as libc::c_long)?;
+        // SAFETY: fresh descriptor owned by nobody else.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Watches `fd` for input (and hang-up) under `token`.
+    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32,
+            u64: token,
+        };
+        // SAFETY: event is a valid epoll_event; fd validity is checked by the kernel.
+        let ret =
+            unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        check(ret as libc::c_long).map(drop)
+    }
+
+    /// Stops watching `fd`.
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: as in add; the event is ignored for DEL on current kernels.
+        let ret =
+            unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut event) };
+        check(ret as libc::c_long).map(drop)
+    }
+
+    /// Waits up to `timeout_ms` (-1: forever) and appends ready tokens to `out`.
+    pub fn wait(&self, timeout_ms: i32, out: &mut Vec<u64>) -> io::Result<()> {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
+        // SAFETY: events is a writable array of the length we pass.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                timeout_ms,
+            )
+        };
+        if n == -1 {
+            let err = io::Error::last_os_error();
+            return if err.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(err)
+            };
+        }
+        out.extend(events.iter().take(n as usize).map(|e| e.u64));
+        Ok(())
+    }
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a writable array of two ints.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: pipe2 returned two fresh descriptors we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Makes `fd` non-blocking.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with F_GETFL/F_SETFL takes integers only.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) } as libc::c_long)?;
+    // SAFETY: as above.
+    check(
+        unsafe { libc::fcntl(fd, libc::F_SETFL, flags as libc::c_int | libc::O_NONBLOCK) }
+            as libc::c_long,
+    )
+    .map(drop)
+}
+
+/// Reads into `buf`; `Ok(None)` when the read would block.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: buf is writable for buf.len() bytes.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n == -1 {
+        let err = io::Error::last_os_error();
+        return match err.kind() {
+            // Level-triggered epoll reports the fd again after an interruption.
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+            _ => Err(err),
+        };
+    }
+    Ok(Some(n as usize))
+}
+
+/// Writes all of `buf`, retrying on partial writes and EINTR.
+pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: buf is readable for buf.len() bytes.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Nanoseconds since boot, including suspend (CLOCK_BOOTTIME).
+pub fn boottime_ns() -> u64 {
+    // SAFETY: timespec is plain data.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: ts is a valid out-pointer; CLOCK_BOOTTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Nanoseconds on the monotonic clock, for deadlines.
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: as in boottime_ns.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: as in boottime_ns.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sets the `IFF_UP` flag on a network interface (used for `lo`).
+pub fn interface_up(name: &str) -> io::Result<()> {
+    // SAFETY: socket takes integers only.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check(sock as libc::c_long)?;
+    // SAFETY: fresh descriptor we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    // SAFETY: ifreq is plain data.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    for (dst, &src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: req is a valid ifreq for SIOCGIFFLAGS.
+    check(
+        unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } as libc::c_long,
+    )?;
+    // SAFETY: the kernel filled ifru_flags for SIOCGIFFLAGS.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: req is a valid ifreq for SIOCSIFFLAGS.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } as libc::c_long)
+        .map(drop)
+}
+
+/// Makes Ctrl-Alt-Del send SIGINT to PID 1 instead of rebooting at once.
+pub fn disable_ctrl_alt_del() -> io::Result<()> {
+    // SAFETY: reboot with RB_DISABLE_CAD only flips a kernel flag.
+    check(unsafe { libc::reboot(libc::RB_DISABLE_CAD) } as libc::c_long).map(drop)
+}
+
+/// Powers the machine off (`reboot == false`) or restarts it. Returns only on failure.
+pub fn power(reboot: bool) -> io::Error {
+    let cmd = if reboot {
+        libc::RB_AUTOBOOT
+    } else {
+        libc::RB_POWER_OFF
+    };
+    // SAFETY: reboot takes an integer command; on success it does not return.
+    unsafe { libc::reboot(cmd) };
+    io::Error::last_os_error()
+}
+
+/// Flushes every filesystem.
+pub fn sync() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() }
+}
