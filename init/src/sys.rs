@@ -384,9 +384,8 @@ pub fn interface_up(name: &str) -> io::Result<()> {
         *dst = src as libc::c_char;
     }
     // SAFETY: req is a valid ifreq for SIOCGIFFLAGS.
-    check(
-        unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } as libc::c_long,
-    )?;
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) };
+    check(ret as libc::c_long)?;
     // SAFETY: the kernel filled ifru_flags for SIOCGIFFLAGS.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
     // SAFETY: req is a valid ifreq for SIOCSIFFLAGS.
