@@ -1,0 +1,228 @@
+//! Harness for tests that build an image and boot it in QEMU: builds a
+//! busybox OCI image once, writes manifests, runs `hafen build` and
+//! `hafen run`, waits for console lines (never fixed sleeps), and on any
+//! failure prints the whole guest console. A running VM is always killed
+//! when its handle is dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Generous: TCG on a busy two-core machine boots in seconds, not minutes.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub fn hafen() -> &'static str {
+    env!("CARGO_BIN_EXE_hafen")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The static hafen-init the image gets: $HAFEN_INIT (scripts/test.sh sets
+/// it), else the musl release build.
+pub fn init_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("HAFEN_INIT") {
+        return PathBuf::from(path);
+    }
+    let path = repo().join("target/x86_64-unknown-linux-musl/release/hafen-init");
+    assert!(
+        path.is_file(),
+        "no static hafen-init at {}: run scripts/build-init.sh (scripts/test.sh does) or set HAFEN_INIT",
+        path.display()
+    );
+    path
+}
+
+/// A busybox OCI image layout shared by every test in this binary (tag `1`).
+pub fn busybox_layout() -> &'static Path {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("hafen-vmtest-busybox-{}", std::process::id()));
+        let rootfs = dir.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir rootfs");
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+            .expect("copy /bin/busybox (install busybox-static: scripts/setup.sh)");
+        let list = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("symlink applet");
+            }
+        }
+        let layout = dir.join("layout");
+        let out = Command::new(hafen())
+            .args(["image", "import"])
+            .arg(&rootfs)
+            .arg("-o")
+            .arg(&layout)
+            .args(["--tag", "1", "--env", "PATH=/bin", "--cmd", "/bin/sh"])
+            .output()
+            .expect("run hafen image import");
+        assert!(out.status.success(), "hafen image import failed: {}", String::from_utf8_lossy(&out.stderr));
+        layout
+    })
+}
+
+/// A scratch directory for one test, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("hafen-vmtest-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir scratch");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `manifest` (which refers to the busybox image as `oci:busybox:1`)
+/// next to a link to the shared layout and builds it; returns the image dir.
+pub fn build_image(scratch: &Scratch, manifest: &str) -> PathBuf {
+    let link = scratch.0.join("busybox");
+    if !link.exists() {
+        std::os::unix::fs::symlink(busybox_layout(), &link).expect("link layout");
+    }
+    let manifest_path = scratch.0.join("hafen.toml");
+    std::fs::write(&manifest_path, manifest).expect("write manifest");
+    let out = scratch.0.join("image");
+    let result = Command::new(hafen())
+        .arg("build")
+        .arg(&manifest_path)
+        .arg("-o")
+        .arg(&out)
+        .arg("--init")
+        .arg(init_binary())
+        .output()
+        .expect("run hafen build");
+    assert!(
+        result.status.success(),
+        "hafen build failed:\n{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    out
+}
+
+/// A running `hafen run` with its console captured line by line.
+pub struct Vm {
+    child: Option<Child>,
+    lines: Receiver<String>,
+    console: Arc<Mutex<Vec<String>>>,
+}
+
+impl Vm {
+    pub fn boot(image: &Path) -> Vm {
+        let mut child = Command::new(hafen())
+            .arg("run")
+            .arg(image)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hafen run");
+        let (tx, lines) = mpsc::channel();
+        let console = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let tx = tx.clone();
+            let console = Arc::clone(&console);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    console.lock().expect("console lock").push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Vm { child: Some(child), lines, console }
+    }
+
+    pub fn pid(&self) -> libc::pid_t {
+        self.child.as_ref().map(|c| c.id() as libc::pid_t).unwrap_or(0)
+    }
+
+    /// Everything the VM printed so far.
+    pub fn console(&self) -> String {
+        self.console.lock().expect("console lock").join("\n")
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        panic!("{why}\n----- guest console -----\n{}\n-------------------------", self.console());
+    }
+
+    /// Waits for a console line containing `needle`; returns it.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        // Lines seen before this call count too.
+        if let Some(line) = self.console.lock().expect("console lock").iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => self.fail(&format!("timed out waiting for {needle:?}")),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.fail(&format!("hafen run ended before printing {needle:?}"))
+                }
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill takes plain integers; the pid is our own child's.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill hafen run");
+    }
+
+    /// Waits for `hafen run` to exit and returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            let child = self.child.as_mut().expect("child");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                // Let the reader threads drain the pipes.
+                while self.lines.recv_timeout(Duration::from_secs(2)).is_ok() {}
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.fail("hafen run did not exit");
+            }
+            let _ = self.lines.recv_timeout(Duration::from_millis(100));
+        }
+    }
+
+    /// Asserts the console has a line containing `needle`.
+    pub fn assert_console(&self, needle: &str) {
+        if !self.console().contains(needle) {
+            self.fail(&format!("console lacks {needle:?}"));
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // hafen run's QEMU dies with it (parent-death signal).
+            let _ = child.kill();
+            let _ = child.wait();
+            if !std::thread::panicking() {
+                eprintln!("----- guest console -----\n{}", self.console());
+            }
+        }
+    }
+}
