@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub const OCI_VERSION: &str = "1.0.2";
 
 /// A container's `config.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Spec {
     /// Spec version the bundle was written for.
@@ -25,6 +25,9 @@ pub struct Spec {
     /// Hostname inside the container's UTS namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// NIS domain name inside the container's UTS namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domainname: Option<String>,
     /// Mounts made inside the root, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
@@ -58,6 +61,47 @@ pub struct Process {
     /// Set the no_new_privs bit before exec.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_new_privileges: bool,
+    /// Capability sets; `None` leaves the caller's (all, for root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+    /// Resource limits set before exec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<Rlimit>,
+    /// Value written to /proc/self/oom_score_adj.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<i32>,
+}
+
+/// Capability sets by name (`CAP_KILL`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// The bounding set.
+    #[serde(default)]
+    pub bounding: Vec<String>,
+    /// The effective set.
+    #[serde(default)]
+    pub effective: Vec<String>,
+    /// The inheritable set.
+    #[serde(default)]
+    pub inheritable: Vec<String>,
+    /// The permitted set.
+    #[serde(default)]
+    pub permitted: Vec<String>,
+    /// The ambient set.
+    #[serde(default)]
+    pub ambient: Vec<String>,
+}
+
+/// One resource limit (`RLIMIT_NOFILE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// The limit's name, such as `RLIMIT_NOFILE`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Hard limit.
+    pub hard: u64,
+    /// Soft limit.
+    pub soft: u64,
 }
 
 fn root_dir() -> String {
@@ -118,6 +162,156 @@ pub struct Linux {
     /// Paths remounted read-only inside the container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub readonly_paths: Vec<String>,
+    /// User id mappings for a user namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uid_mappings: Vec<IdMapping>,
+    /// Group id mappings for a user namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gid_mappings: Vec<IdMapping>,
+    /// Kernel parameters set inside the container (`net.ipv4.ip_forward`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctl: BTreeMap<String, String>,
+    /// cgroup resource limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// The container's cgroup, relative to the cgroup root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups_path: Option<String>,
+    /// Extra device nodes to create in /dev.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
+    /// Propagation of the root mount: `private`, `rprivate`, `slave`, `rslave`, `shared`, `rshared`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_propagation: Option<String>,
+}
+
+/// Maps a range of ids inside a user namespace to ids outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdMapping {
+    /// First id inside the container.
+    #[serde(rename = "containerID")]
+    pub container_id: u32,
+    /// First id on the host.
+    #[serde(rename = "hostID")]
+    pub host_id: u32,
+    /// Number of ids.
+    pub size: u32,
+}
+
+/// A device node to create in the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    /// Path inside the container.
+    pub path: String,
+    /// `c`, `b`, `u` or `p`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Major number.
+    #[serde(default)]
+    pub major: i64,
+    /// Minor number.
+    #[serde(default)]
+    pub minor: i64,
+    /// Permission bits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_mode: Option<u32>,
+    /// Owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+}
+
+/// cgroup resource limits (applied through cgroup v2).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// Device access rules, in order; the last match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceRule>,
+    /// Memory limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    /// CPU limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    /// Process count limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<Pids>,
+    /// Block I/O weight.
+    #[serde(default, rename = "blockIO", skip_serializing_if = "Option::is_none")]
+    pub block_io: Option<BlockIo>,
+    /// Raw cgroup v2 files to write (`memory.high` = `1G`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unified: BTreeMap<String, String>,
+}
+
+/// One device cgroup rule.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeviceRule {
+    /// Allow (true) or deny.
+    pub allow: bool,
+    /// `a` (all), `c` or `b`; absent means all.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Major number; absent means any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major: Option<i64>,
+    /// Minor number; absent means any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor: Option<i64>,
+    /// Any of `r`, `w`, `m`; absent means all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<String>,
+}
+
+/// Memory limits in bytes (-1: unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Memory {
+    /// memory.max.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// Memory plus swap (memory.swap.max = swap - limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<i64>,
+    /// memory.low.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<i64>,
+}
+
+/// CPU limits.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Cpu {
+    /// Relative weight in cgroup v1 shares (2..262144), converted to cpu.weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<u64>,
+    /// Microseconds per period the container may run (-1: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<i64>,
+    /// Period in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<u64>,
+    /// CPUs the container may run on (`0-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+}
+
+/// Process count limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Pids {
+    /// pids.max (-1 or 0: unlimited).
+    pub limit: i64,
+}
+
+/// Block I/O weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BlockIo {
+    /// Weight 10..1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u16>,
 }
 
 /// A namespace to create (no `path`) or join (`path`).
@@ -176,16 +370,13 @@ mod tests {
                 },
                 ..Process::default()
             }),
-            root: None,
-            hostname: None,
             mounts: vec![Mount {
                 destination: "/proc".into(),
                 kind: Some("proc".into()),
                 source: Some("proc".into()),
                 options: vec![],
             }],
-            linux: None,
-            annotations: BTreeMap::new(),
+            ..Spec::default()
         };
         let json = serde_json::to_string(&spec).expect("serializes");
         assert!(json.contains(r#""ociVersion":"1.0.2""#), "{json}");
