@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use hafen_proto::annotations::Phase;
 
 use crate::bundle::Bundle;
-use crate::container::{self, Started};
+use crate::container::{self, cgroup, Spawned};
 use crate::input;
 use crate::sys::{self, Epoll, ExitStatus, SigSet};
 
@@ -62,6 +62,8 @@ struct Container {
     bundle: Bundle,
     state: State,
     output: Option<Output>,
+    /// Its cgroup (relative to the cgroup root), removed when it exits.
+    cgroup: Option<String>,
 }
 
 /// Timing of the first container start, for the boot measurement.
@@ -114,6 +116,7 @@ impl Supervisor {
                 bundle,
                 state: State::NotStarted,
                 output: None,
+                cgroup: None,
             })
             .collect();
         Ok(Supervisor {
@@ -189,7 +192,12 @@ impl Supervisor {
             return false;
         };
         match container::start(&c.bundle) {
-            Ok(Started { pid, output }) => {
+            Ok(Spawned {
+                pid,
+                output,
+                cgroup,
+                ..
+            }) => {
                 if !self.first_exec_reported {
                     self.first_exec_reported = true;
                     let now = sys::boottime_ns();
@@ -206,13 +214,16 @@ impl Supervisor {
                     container::display_command(&c.bundle)
                 );
                 let token = i as u64 + 1;
-                if let Err(e) = self.epoll.add(output.as_raw_fd(), token) {
-                    warn!("cannot watch the output of {}: {e}", c.bundle.name);
+                if let Some(output) = output {
+                    if let Err(e) = self.epoll.add(output.as_raw_fd(), token) {
+                        warn!("cannot watch the output of {}: {e}", c.bundle.name);
+                    }
+                    c.output = Some(Output {
+                        fd: output,
+                        pending: Vec::new(),
+                    });
                 }
-                c.output = Some(Output {
-                    fd: output,
-                    pending: Vec::new(),
-                });
+                c.cgroup = cgroup;
                 c.state = State::Running {
                     pid,
                     stop_deadline: None,
@@ -298,6 +309,9 @@ impl Supervisor {
             warn!("{} {status}", c.bundle.name);
         }
         c.state = State::Exited;
+        if let Some(path) = c.cgroup.take() {
+            cgroup::remove(std::path::Path::new(cgroup::CGROUP_ROOT), &path);
+        }
     }
 
     fn pump_output(&mut self, i: usize) {

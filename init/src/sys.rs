@@ -52,6 +52,76 @@ pub unsafe fn clone_process(flags: libc::c_int) -> io::Result<CloneResult> {
     }
 }
 
+/// `struct clone_args` for clone3(2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Like [`clone_process`], but the child starts inside the cgroup `cgroup`
+/// (a directory handle), so none of its work runs outside its limits.
+///
+/// # Safety
+/// The same rules as [`clone_process`].
+pub unsafe fn clone_into_cgroup(flags: libc::c_int, cgroup: RawFd) -> io::Result<CloneResult> {
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let mut args = CloneArgs {
+        flags: flags as u32 as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: args is a valid clone_args of the size we pass; a zero stack
+    // makes the child run on a copy of ours, like fork. The caller upholds
+    // the rules for the child.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match check(ret)? {
+        0 => Ok(CloneResult::Child),
+        pid => Ok(CloneResult::Parent(pid as libc::pid_t)),
+    }
+}
+
+/// Joins the namespace `fd` refers to.
+pub fn setns(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: setns takes a descriptor and a flag.
+    check(unsafe { libc::setns(fd, nstype) } as libc::c_long).map(drop)
+}
+
+/// Sets a resource limit of the calling process.
+pub fn setrlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: limit is a valid rlimit; prlimit(0) addresses the caller.
+    check(unsafe { libc::prlimit(0, resource as _, &limit, std::ptr::null_mut()) } as libc::c_long)
+        .map(drop)
+}
+
+/// Sets the NIS domain name of the caller's UTS namespace.
+pub fn setdomainname(name: &[u8]) -> io::Result<()> {
+    // SAFETY: name is valid for name.len() bytes.
+    check(unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) } as libc::c_long)
+        .map(drop)
+}
+
 /// Ends the current process at once, without running destructors or atexit
 /// handlers (for a cloned child whose setup failed).
 pub fn exit_now(code: i32) -> ! {

@@ -1,0 +1,304 @@
+//! A container's cgroup v2 directory and its resource limits.
+//!
+//! Limits are written through a directory handle (`openat` with
+//! `O_NOFOLLOW`), never by re-resolving path strings, and the process joins
+//! the cgroup at clone time (`CLONE_INTO_CGROUP`), so nothing of the
+//! container ever runs outside its limits.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use hafen_proto::spec::Resources;
+use rustix::fs::{Mode, OFlags};
+
+/// Where cgroup v2 is mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// A cgroup operation failed.
+#[derive(Debug)]
+pub struct CgroupError {
+    /// The cgroup directory.
+    pub dir: PathBuf,
+    /// The file or step.
+    pub what: String,
+    /// The cause.
+    pub source: io::Error,
+}
+
+impl fmt::Display for CgroupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cgroup {}: {}: {}",
+            self.dir.display(),
+            self.what,
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for CgroupError {}
+
+/// One file to write and its value.
+pub type Setting = (String, String);
+
+/// Translates the spec's resources into cgroup v2 files. Pure, for testing.
+pub fn settings(resources: &Resources) -> Result<Vec<Setting>, String> {
+    let mut out = Vec::new();
+    let max_or = |v: i64| {
+        if v < 0 {
+            "max".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
+    if let Some(m) = &resources.memory {
+        if let Some(limit) = m.limit {
+            out.push(("memory.max".into(), max_or(limit)));
+        }
+        if let Some(swap) = m.swap {
+            // The spec's swap is memory+swap; cgroup v2 counts swap alone.
+            let value = match (swap, m.limit) {
+                (s, _) if s < 0 => "max".to_owned(),
+                (s, Some(l)) if l >= 0 => {
+                    if s < l {
+                        return Err(format!(
+                            "memory.swap ({s}) is smaller than memory.limit ({l})"
+                        ));
+                    }
+                    (s - l).to_string()
+                }
+                (s, _) => s.to_string(),
+            };
+            out.push(("memory.swap.max".into(), value));
+        }
+        if let Some(low) = m.reservation {
+            out.push(("memory.low".into(), max_or(low)));
+        }
+    }
+    if let Some(cpu) = &resources.cpu {
+        if let Some(shares) = cpu.shares {
+            if shares > 0 {
+                let shares = shares.clamp(2, 262_144);
+                out.push((
+                    "cpu.weight".into(),
+                    (1 + (shares - 2) * 9999 / 262_142).to_string(),
+                ));
+            }
+        }
+        if cpu.quota.is_some() || cpu.period.is_some() {
+            let period = cpu.period.unwrap_or(100_000);
+            let quota = match cpu.quota {
+                Some(q) if q > 0 => q.to_string(),
+                _ => "max".to_owned(),
+            };
+            out.push(("cpu.max".into(), format!("{quota} {period}")));
+        }
+        if let Some(cpus) = &cpu.cpus {
+            out.push(("cpuset.cpus".into(), cpus.clone()));
+        }
+    }
+    if let Some(pids) = &resources.pids {
+        out.push((
+            "pids.max".into(),
+            if pids.limit > 0 {
+                pids.limit.to_string()
+            } else {
+                "max".into()
+            },
+        ));
+    }
+    if let Some(weight) = resources.block_io.as_ref().and_then(|b| b.weight) {
+        out.push(("io.weight".into(), format!("default {weight}")));
+    }
+    for (key, value) in &resources.unified {
+        if key.contains('/') || key.starts_with('.') || !key.contains('.') {
+            return Err(format!("unified key {key:?} is not a cgroup file name"));
+        }
+        out.push((key.clone(), value.clone()));
+    }
+    Ok(out)
+}
+
+/// Creates the cgroup `path` (relative to `root`), enabling the parent's
+/// controllers on the way, writes `settings`, and returns a handle to it.
+pub fn create(root: &Path, path: &str, settings: &[Setting]) -> Result<OwnedFd, CgroupError> {
+    let rel = path.trim_start_matches('/');
+    let dir = root.join(rel);
+    let err = |what: &str| {
+        let dir = dir.clone();
+        let what = what.to_owned();
+        move |e: rustix::io::Errno| CgroupError {
+            dir,
+            what,
+            source: e.into(),
+        }
+    };
+    if rel.is_empty()
+        || rel
+            .split('/')
+            .any(|c| c == ".." || c == "." || c.is_empty())
+    {
+        return Err(CgroupError {
+            dir,
+            what: "path".into(),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        });
+    }
+    let mut current = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err("open cgroup root"))?;
+    for component in rel.split('/') {
+        enable_controllers(&current);
+        match rustix::fs::mkdirat(&current, component, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(err("create")(e)),
+        }
+        current = rustix::fs::openat(
+            &current,
+            component,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(err("open"))?;
+    }
+    for (file, value) in settings {
+        write_at(&current, file, value).map_err(|source| CgroupError {
+            dir: dir.clone(),
+            what: format!("write {value:?} to {file}"),
+            source,
+        })?;
+    }
+    Ok(current)
+}
+
+/// Enables in `dir`'s children every controller `dir` has. Best effort: a
+/// controller that cannot be enabled just leaves its limits unwritable,
+/// which the write of that limit then reports.
+fn enable_controllers(dir: &OwnedFd) {
+    let Ok(fd) = rustix::fs::openat(
+        dir,
+        "cgroup.controllers",
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let mut buf = [0u8; 512];
+    let Ok(n) = rustix::io::read(&fd, &mut buf) else {
+        return;
+    };
+    let available = String::from_utf8_lossy(&buf[..n]);
+    let wanted: Vec<String> = available
+        .split_whitespace()
+        .map(|c| format!("+{c}"))
+        .collect();
+    if !wanted.is_empty() {
+        let _ = write_at(dir, "cgroup.subtree_control", &wanted.join(" "));
+    }
+}
+
+/// Writes `value` to the file `name` under the directory handle `dir`.
+pub fn write_at(dir: &impl AsFd, name: &str, value: &str) -> io::Result<()> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?;
+    let mut bytes = value.as_bytes();
+    while !bytes.is_empty() {
+        let n = rustix::io::write(&fd, bytes)?;
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// Removes a container's cgroup once it is empty (best effort).
+pub fn remove(root: &Path, path: &str) {
+    let _ = std::fs::remove_dir(root.join(path.trim_start_matches('/')));
+}
+
+#[cfg(test)]
+mod tests {
+    use hafen_proto::spec::{BlockIo, Cpu, Memory, Pids};
+
+    use super::*;
+
+    #[test]
+    fn spec_resources_become_cgroup_v2_files() {
+        let resources = Resources {
+            memory: Some(Memory {
+                limit: Some(64 << 20),
+                swap: Some(96 << 20),
+                reservation: None,
+            }),
+            cpu: Some(Cpu {
+                shares: Some(1024),
+                quota: Some(50_000),
+                period: Some(100_000),
+                cpus: None,
+            }),
+            pids: Some(Pids { limit: 32 }),
+            block_io: Some(BlockIo { weight: Some(300) }),
+            ..Resources::default()
+        };
+        let got = settings(&resources).expect("valid");
+        let want = [
+            ("memory.max", "67108864"),
+            ("memory.swap.max", "33554432"),
+            ("cpu.weight", "39"),
+            ("cpu.max", "50000 100000"),
+            ("pids.max", "32"),
+            ("io.weight", "default 300"),
+        ];
+        assert_eq!(got, want.map(|(a, b)| (a.to_owned(), b.to_owned())));
+    }
+
+    #[test]
+    fn unlimited_values_and_bad_input() {
+        let resources = Resources {
+            memory: Some(Memory {
+                limit: Some(-1),
+                swap: Some(-1),
+                reservation: None,
+            }),
+            pids: Some(Pids { limit: 0 }),
+            ..Resources::default()
+        };
+        let got = settings(&resources).expect("valid");
+        assert!(got.contains(&("memory.max".into(), "max".into())));
+        assert!(got.contains(&("memory.swap.max".into(), "max".into())));
+        assert!(got.contains(&("pids.max".into(), "max".into())));
+        let bad = Resources {
+            memory: Some(Memory {
+                limit: Some(100),
+                swap: Some(50),
+                reservation: None,
+            }),
+            ..Resources::default()
+        };
+        assert!(settings(&bad)
+            .expect_err("swap < limit")
+            .contains("smaller"));
+        let mut evil = Resources::default();
+        evil.unified.insert("../../etc/passwd".into(), "x".into());
+        assert!(settings(&evil).is_err());
+    }
+
+    #[test]
+    fn creates_nested_directories_through_handles_and_refuses_dotdot() {
+        let root = std::env::temp_dir().join(format!("hafen-cgroup-test-{}", std::process::id()));
+        std::fs::create_dir_all(&root).expect("mkdir");
+        let fd = create(&root, "hafen/c1", &[]).expect("create");
+        drop(fd);
+        assert!(root.join("hafen/c1").is_dir());
+        assert!(create(&root, "hafen/../../escape", &[]).is_err());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -1,0 +1,1167 @@
+//! The container runtime: turns an OCI runtime bundle into a running process
+//! in new namespaces, with its own root, mounts, devices, limits and
+//! privileges. System mode (PID 1) and `hafen-init runtime` share it.
+//!
+//! Everything that can be prepared is prepared in the parent ([`Plan`]); the
+//! cloned child runs the numbered steps in [`child`] and, on failure, sends a
+//! structured [`StartError`] (step, path, errno) back over a close-on-exec
+//! pipe. End of file on that pipe without a message means exec succeeded.
+
+pub mod caps;
+pub mod cgroup;
+mod child;
+pub mod procfs;
+
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use hafen_proto::annotations;
+use hafen_proto::spec::{IdMapping, Spec};
+use rustix::mount::MountFlags;
+
+use crate::bundle::Bundle;
+use crate::sys::{self, CloneResult};
+use caps::{CapSet, Caps};
+
+/// The step of container start-up that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Step {
+    /// Setting up stdin, stdout and stderr.
+    Stdio = 1,
+    /// Waiting for the parent (user namespace maps, oom score).
+    Sync,
+    /// Joining an existing namespace.
+    JoinNamespace,
+    /// Setting the root mount's propagation.
+    Propagation,
+    /// Mounting the tmpfs that holds the overlay's upper layer.
+    Scratch,
+    /// Mounting the root filesystem.
+    Root,
+    /// Creating a mount point inside the root.
+    MountPoint,
+    /// Mounting one of the spec's mounts.
+    Mount,
+    /// Creating a device node or /dev link.
+    Device,
+    /// Setting the hostname.
+    Hostname,
+    /// Setting the domain name.
+    Domainname,
+    /// pivot_root into the new root.
+    PivotRoot,
+    /// Detaching the old root.
+    DetachOldRoot,
+    /// Writing a sysctl.
+    Sysctl,
+    /// Remounting the root read-only.
+    ReadonlyRoot,
+    /// Masking a path.
+    MaskPath,
+    /// Making a path read-only.
+    ReadonlyPath,
+    /// Setting a resource limit.
+    Rlimit,
+    /// Changing to the working directory.
+    Cwd,
+    /// Dropping capabilities from the bounding set.
+    Bounding,
+    /// Switching user and groups.
+    Identity,
+    /// Setting the capability sets.
+    Capabilities,
+    /// Setting no_new_privs.
+    NoNewPrivs,
+    /// Installing the seccomp filter.
+    Seccomp,
+    /// Waiting to be started (`runtime start`).
+    Gate,
+    /// Executing the command.
+    Exec,
+}
+
+impl Step {
+    const ALL: [Step; 26] = [
+        Step::Stdio,
+        Step::Sync,
+        Step::JoinNamespace,
+        Step::Propagation,
+        Step::Scratch,
+        Step::Root,
+        Step::MountPoint,
+        Step::Mount,
+        Step::Device,
+        Step::Hostname,
+        Step::Domainname,
+        Step::PivotRoot,
+        Step::DetachOldRoot,
+        Step::Sysctl,
+        Step::ReadonlyRoot,
+        Step::MaskPath,
+        Step::ReadonlyPath,
+        Step::Rlimit,
+        Step::Cwd,
+        Step::Bounding,
+        Step::Identity,
+        Step::Capabilities,
+        Step::NoNewPrivs,
+        Step::Seccomp,
+        Step::Gate,
+        Step::Exec,
+    ];
+
+    fn from_u8(value: u8) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| *s as u8 == value)
+    }
+
+    /// A short description used in error messages ("mount /proc: ...").
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::Stdio => "set up stdio",
+            Step::Sync => "wait for the parent",
+            Step::JoinNamespace => "join namespace",
+            Step::Propagation => "set root propagation",
+            Step::Scratch => "mount scratch tmpfs",
+            Step::Root => "mount root",
+            Step::MountPoint => "create mount point",
+            Step::Mount => "mount",
+            Step::Device => "create device",
+            Step::Hostname => "set hostname",
+            Step::Domainname => "set domain name",
+            Step::PivotRoot => "pivot_root",
+            Step::DetachOldRoot => "detach old root",
+            Step::Sysctl => "set sysctl",
+            Step::ReadonlyRoot => "make root read-only",
+            Step::MaskPath => "mask",
+            Step::ReadonlyPath => "make read-only",
+            Step::Rlimit => "set rlimit",
+            Step::Cwd => "change directory to",
+            Step::Bounding => "drop bounding capability",
+            Step::Identity => "switch to user",
+            Step::Capabilities => "set capabilities",
+            Step::NoNewPrivs => "set no_new_privs",
+            Step::Seccomp => "install seccomp filter",
+            Step::Gate => "wait for start",
+            Step::Exec => "exec",
+        }
+    }
+}
+
+/// Why a container did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The bundle asks for something invalid or that this runtime cannot do.
+    Spec(String),
+    /// A system call in the parent failed.
+    Parent {
+        /// What the parent was doing.
+        what: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The container's cgroup could not be set up.
+    Cgroup(cgroup::CgroupError),
+    /// A step in the container's child process failed.
+    Child {
+        /// The step.
+        step: Step,
+        /// The path, name or value it concerned.
+        path: String,
+        /// The errno.
+        source: io::Error,
+    },
+}
+
+impl StartError {
+    /// Exit status conventions: 127 for a command that does not exist, 126 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Child {
+                step: Step::Exec,
+                source,
+                ..
+            } if source.raw_os_error() == Some(libc::ENOENT) => 127,
+            _ => 126,
+        }
+    }
+
+    fn parent(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
+        let what = what.into();
+        move |source| StartError::Parent { what, source }
+    }
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Spec(msg) => write!(f, "invalid or unsupported config: {msg}"),
+            StartError::Parent { what, source } => write!(f, "{what}: {source}"),
+            StartError::Cgroup(e) => write!(f, "{e}"),
+            StartError::Child {
+                step: Step::Exec,
+                path,
+                source,
+            } if source.raw_os_error() == Some(libc::ENOENT) => {
+                write!(f, "exec {path}: command not found in the container")
+            }
+            StartError::Child { step, path, source } => {
+                write!(f, "{} {path}: {source}", step.describe())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Where the container's stdio goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdioMode {
+    /// stdout and stderr into a pipe returned in [`Spawned::output`]; stdin from /dev/null.
+    Pipe,
+    /// The caller's stdin, stdout and stderr.
+    Inherit,
+}
+
+/// How to spawn a container.
+#[derive(Debug, Clone)]
+pub struct SpawnOptions {
+    /// The container's id (names its scratch directory and default cgroup).
+    pub id: String,
+    /// Where stdio goes.
+    pub stdio: StdioMode,
+    /// Stop just before exec until [`start_gated`] releases it (OCI `create`).
+    pub gate: bool,
+    /// Where cgroup v2 is mounted.
+    pub cgroup_root: PathBuf,
+    /// Directory for each container's private overlay scratch tmpfs.
+    pub scratch_root: String,
+}
+
+impl SpawnOptions {
+    /// Options for system mode: output captured, no gate, the guest's cgroup2.
+    pub fn system(id: &str) -> SpawnOptions {
+        SpawnOptions {
+            id: id.to_owned(),
+            stdio: StdioMode::Pipe,
+            gate: false,
+            cgroup_root: PathBuf::from(cgroup::CGROUP_ROOT),
+            scratch_root: "/run/hafen/containers".to_owned(),
+        }
+    }
+}
+
+/// A created container.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its init process, as seen from the caller.
+    pub pid: libc::pid_t,
+    /// Read end of the pipe carrying its stdout and stderr ([`StdioMode::Pipe`]).
+    pub output: Option<OwnedFd>,
+    /// With a gate: descriptor numbers, in the child, of the gate's write end
+    /// and the error pipe's read end, which [`start_gated`] opens through /proc.
+    pub gate_fds: Option<(RawFd, RawFd)>,
+    /// Its cgroup, relative to the cgroup root, when one was made.
+    pub cgroup: Option<String>,
+}
+
+/// One mount, fully resolved before clone.
+#[derive(Debug)]
+struct PlannedMount {
+    destination: String,
+    target: CString,
+    source: CString,
+    fstype: Option<CString>,
+    flags: MountFlags,
+    data: Option<CString>,
+    /// A bind mount with flags (ro, nosuid...) needs a second, remounting call.
+    remount_flags: Option<MountFlags>,
+    propagation: Option<MountFlags>,
+    file_target: bool,
+    /// sysfs in a user namespace without its own network namespace cannot be
+    /// mounted; bind the host's instead.
+    sysfs_fallback: bool,
+}
+
+/// A device node to create (or, in a user namespace, bind from the host).
+#[derive(Debug)]
+struct PlannedDevice {
+    name: String,
+    kind: rustix::fs::FileType,
+    major: u32,
+    minor: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// How the root filesystem is mounted.
+#[derive(Debug)]
+enum RootMount {
+    /// Overlay of read-only image directories under a private tmpfs upper layer.
+    Overlay {
+        scratch: String,
+        upper: String,
+        work: String,
+        data: CString,
+    },
+    /// The bundle's rootfs directory, bind-mounted (the OCI default).
+    Bind,
+}
+
+/// Everything the child needs, prepared in the parent.
+#[derive(Debug)]
+struct Plan {
+    clone_flags: libc::c_int,
+    joins: Vec<(OwnedFd, libc::c_int, String)>,
+    pid_join: Option<OwnedFd>,
+    userns: bool,
+    uid_mappings: Vec<IdMapping>,
+    gid_mappings: Vec<IdMapping>,
+    oom_score_adj: Option<i32>,
+    propagation: MountFlags,
+    rootfs: String,
+    rootfs_c: CString,
+    root: RootMount,
+    mounts: Vec<PlannedMount>,
+    make_dev: bool,
+    devices: Vec<PlannedDevice>,
+    hostname: Option<Vec<u8>>,
+    domainname: Option<Vec<u8>>,
+    sysctl: Vec<(String, String)>,
+    readonly_root: bool,
+    masked: Vec<String>,
+    readonly_paths: Vec<String>,
+    rlimits: Vec<(u32, u64, u64)>,
+    cwd: CString,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    caps: Option<Caps>,
+    last_cap: u32,
+    no_new_privs: bool,
+    exec_candidates: Vec<CString>,
+    program: String,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cgroup: Option<(String, Vec<cgroup::Setting>)>,
+}
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+fn spec_error(msg: impl Into<String>) -> StartError {
+    StartError::Spec(msg.into())
+}
+
+fn cstring(what: &str, s: impl AsRef<[u8]>) -> Result<CString, StartError> {
+    CString::new(s.as_ref()).map_err(|_| spec_error(format!("{what} contains a NUL byte")))
+}
+
+/// Maps a spec mount option to a flag; `Err(())` means it is filesystem data.
+fn mount_option(option: &str) -> Result<(MountFlags, bool), ()> {
+    // (flag, set?) — `false` clears the flag.
+    let pair = match option {
+        "ro" => (MountFlags::RDONLY, true),
+        "rw" => (MountFlags::RDONLY, false),
+        "nosuid" => (MountFlags::NOSUID, true),
+        "suid" => (MountFlags::NOSUID, false),
+        "nodev" => (MountFlags::NODEV, true),
+        "dev" => (MountFlags::NODEV, false),
+        "noexec" => (MountFlags::NOEXEC, true),
+        "exec" => (MountFlags::NOEXEC, false),
+        "sync" => (MountFlags::SYNCHRONOUS, true),
+        "async" => (MountFlags::SYNCHRONOUS, false),
+        "dirsync" => (MountFlags::DIRSYNC, true),
+        "noatime" => (MountFlags::NOATIME, true),
+        "atime" => (MountFlags::NOATIME, false),
+        "nodiratime" => (MountFlags::NODIRATIME, true),
+        "diratime" => (MountFlags::NODIRATIME, false),
+        "relatime" => (MountFlags::RELATIME, true),
+        "norelatime" => (MountFlags::RELATIME, false),
+        "strictatime" => (MountFlags::STRICTATIME, true),
+        "nostrictatime" => (MountFlags::STRICTATIME, false),
+        "bind" => (MountFlags::BIND, true),
+        "rbind" => (MountFlags::BIND.union(MountFlags::REC), true),
+        _ => return Err(()),
+    };
+    Ok(pair)
+}
+
+fn propagation_option(option: &str) -> Option<MountFlags> {
+    let bits = match option {
+        "private" => libc::MS_PRIVATE,
+        "rprivate" => libc::MS_PRIVATE | libc::MS_REC,
+        "shared" => libc::MS_SHARED,
+        "rshared" => libc::MS_SHARED | libc::MS_REC,
+        "slave" => libc::MS_SLAVE,
+        "rslave" => libc::MS_SLAVE | libc::MS_REC,
+        "unbindable" => libc::MS_UNBINDABLE,
+        "runbindable" => libc::MS_UNBINDABLE | libc::MS_REC,
+        _ => return None,
+    };
+    Some(MountFlags::from_bits_retain(bits as u32))
+}
+
+/// Joins an absolute in-container path onto the root, refusing `..`.
+fn under_root(root: &str, path: &str, what: &str) -> Result<String, StartError> {
+    if !path.starts_with('/') {
+        return Err(spec_error(format!(
+            "{what} {path:?} is not an absolute path"
+        )));
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err(spec_error(format!("{what} {path:?} contains \"..\"")));
+    }
+    Ok(format!(
+        "{}{}",
+        root.trim_end_matches('/'),
+        path.trim_end_matches('/')
+    ))
+}
+
+/// Resource limit names in number order (`RLIMIT_CPU` is 0).
+const RLIMITS: [&str; 16] = [
+    "CPU",
+    "FSIZE",
+    "DATA",
+    "STACK",
+    "CORE",
+    "RSS",
+    "NPROC",
+    "NOFILE",
+    "MEMLOCK",
+    "AS",
+    "LOCKS",
+    "SIGPENDING",
+    "MSGQUEUE",
+    "NICE",
+    "RTPRIO",
+    "RTTIME",
+];
+
+fn parse_rlimit(name: &str) -> Option<u32> {
+    let bare = name.strip_prefix("RLIMIT_")?;
+    RLIMITS.iter().position(|n| *n == bare).map(|i| i as u32)
+}
+
+/// The device nodes every container gets in its /dev (the OCI default set).
+const DEFAULT_DEVICES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+impl Plan {
+    fn new(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Plan, StartError> {
+        let process = spec
+            .process
+            .as_ref()
+            .ok_or_else(|| spec_error("config.json has no process"))?;
+        if process.args.is_empty() {
+            return Err(spec_error("process.args is empty"));
+        }
+        if process.terminal {
+            return Err(spec_error("process.terminal = true is not supported yet"));
+        }
+        let root = spec
+            .root
+            .as_ref()
+            .ok_or_else(|| spec_error("config.json has no root"))?;
+        let rootfs_path = if Path::new(&root.path).is_absolute() {
+            PathBuf::from(&root.path)
+        } else {
+            bundle_dir.join(&root.path)
+        };
+        let rootfs = rootfs_path
+            .to_str()
+            .ok_or_else(|| spec_error("root.path is not UTF-8"))?
+            .trim_end_matches('/')
+            .to_owned();
+
+        // Namespaces: create those without a path, join those with one.
+        let mut clone_flags = 0;
+        let mut joins = Vec::new();
+        let mut pid_join = None;
+        let linux = spec.linux.clone().unwrap_or_default();
+        for ns in &linux.namespaces {
+            let flag = match ns.kind.as_str() {
+                "pid" => libc::CLONE_NEWPID,
+                "mount" => libc::CLONE_NEWNS,
+                "uts" => libc::CLONE_NEWUTS,
+                "ipc" => libc::CLONE_NEWIPC,
+                "network" => libc::CLONE_NEWNET,
+                "cgroup" => libc::CLONE_NEWCGROUP,
+                "user" => libc::CLONE_NEWUSER,
+                other => {
+                    return Err(spec_error(format!(
+                        "unknown namespace type {other:?} in linux.namespaces"
+                    )))
+                }
+            };
+            match &ns.path {
+                None => clone_flags |= flag,
+                Some(path) => {
+                    if flag == libc::CLONE_NEWUSER || flag == libc::CLONE_NEWNS {
+                        return Err(spec_error(format!(
+                            "joining an existing {} namespace is not supported yet",
+                            ns.kind
+                        )));
+                    }
+                    let fd = rustix::fs::open(
+                        path.as_str(),
+                        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                        rustix::fs::Mode::empty(),
+                    )
+                    .map_err(|e| StartError::Parent {
+                        what: format!("open {} namespace {path}", ns.kind),
+                        source: e.into(),
+                    })?;
+                    if flag == libc::CLONE_NEWPID {
+                        pid_join = Some(fd);
+                    } else {
+                        joins.push((fd, flag, path.clone()));
+                    }
+                }
+            }
+        }
+        if clone_flags & libc::CLONE_NEWNS == 0 {
+            return Err(spec_error(
+                "a new mount namespace is required (linux.namespaces has no \"mount\")",
+            ));
+        }
+        let userns = clone_flags & libc::CLONE_NEWUSER != 0;
+        if userns && (linux.uid_mappings.is_empty() || linux.gid_mappings.is_empty()) {
+            return Err(spec_error(
+                "a user namespace needs linux.uidMappings and linux.gidMappings",
+            ));
+        }
+
+        // Root: overlay over image directories (Hafen images), or the bundle's rootfs.
+        let root_mount = match spec.annotation(annotations::LOWER_DIRS) {
+            Some(lower) if !lower.is_empty() => {
+                for dir in lower.split(':') {
+                    if !Path::new(dir).is_dir() {
+                        return Err(spec_error(format!("image directory {dir} does not exist")));
+                    }
+                }
+                let scratch = format!("{}/{}", opts.scratch_root, opts.id);
+                let upper = format!("{scratch}/upper");
+                let work = format!("{scratch}/work");
+                let data = cstring(
+                    "lower dirs",
+                    format!("lowerdir={lower},upperdir={upper},workdir={work}"),
+                )?;
+                RootMount::Overlay {
+                    scratch,
+                    upper,
+                    work,
+                    data,
+                }
+            }
+            _ => {
+                if !rootfs_path.is_dir() {
+                    return Err(spec_error(format!(
+                        "root filesystem {} does not exist",
+                        rootfs_path.display()
+                    )));
+                }
+                RootMount::Bind
+            }
+        };
+        let propagation = match linux.rootfs_propagation.as_deref() {
+            None | Some("") => {
+                MountFlags::from_bits_retain((libc::MS_PRIVATE | libc::MS_REC) as u32)
+            }
+            Some(p) => propagation_option(p)
+                .ok_or_else(|| spec_error(format!("unknown linux.rootfsPropagation {p:?}")))?,
+        };
+
+        // Mounts.
+        let mut mounts = Vec::new();
+        let mut make_dev = false;
+        for m in &spec.mounts {
+            let target = under_root(&rootfs, &m.destination, "mount destination")?;
+            let mut flags = MountFlags::empty();
+            let mut data = Vec::new();
+            let mut propagation = None;
+            for option in &m.options {
+                if let Some(p) = propagation_option(option) {
+                    propagation = Some(p);
+                } else {
+                    match mount_option(option) {
+                        Ok((flag, true)) => flags |= flag,
+                        Ok((flag, false)) => flags &= !flag,
+                        Err(()) => data.push(option.as_str()),
+                    }
+                }
+            }
+            let kind = m.kind.as_deref().unwrap_or("");
+            let bind = kind == "bind" || flags.contains(MountFlags::BIND);
+            let mut source = m.source.clone().unwrap_or_else(|| kind.to_owned());
+            let mut file_target = false;
+            if bind {
+                let src = if Path::new(&source).is_absolute() {
+                    PathBuf::from(&source)
+                } else {
+                    bundle_dir.join(&source)
+                };
+                let meta = std::fs::metadata(&src).map_err(|e| {
+                    spec_error(format!(
+                        "bind source {} for {}: {e}",
+                        src.display(),
+                        m.destination
+                    ))
+                })?;
+                file_target = !meta.is_dir();
+                source = src.to_string_lossy().into_owned();
+            }
+            if m.destination == "/dev" && kind == "tmpfs" {
+                make_dev = true;
+            }
+            let extra = flags - MountFlags::BIND - MountFlags::REC;
+            mounts.push(PlannedMount {
+                destination: m.destination.clone(),
+                target: cstring("mount destination", &target)?,
+                source: cstring("mount source", &source)?,
+                fstype: if bind {
+                    None
+                } else {
+                    Some(cstring("mount type", kind)?)
+                },
+                flags: if bind {
+                    MountFlags::BIND | (flags & MountFlags::REC)
+                } else {
+                    flags
+                },
+                data: if data.is_empty() || bind {
+                    None
+                } else {
+                    Some(cstring("mount options", data.join(","))?)
+                },
+                remount_flags: (bind && !extra.is_empty()).then_some(extra),
+                propagation,
+                file_target,
+                sysfs_fallback: userns && kind == "sysfs" && clone_flags & libc::CLONE_NEWNET == 0,
+            });
+        }
+
+        // Devices: the default set, then the spec's.
+        let mut devices: Vec<PlannedDevice> = DEFAULT_DEVICES
+            .iter()
+            .map(|&(name, major, minor)| PlannedDevice {
+                name: name.to_owned(),
+                kind: rustix::fs::FileType::CharacterDevice,
+                major,
+                minor,
+                mode: 0o666,
+                uid: 0,
+                gid: 0,
+            })
+            .collect();
+        for d in &linux.devices {
+            let name = d
+                .path
+                .strip_prefix("/dev/")
+                .filter(|n| !n.is_empty() && !n.split('/').any(|c| c == ".." || c.is_empty()))
+                .ok_or_else(|| spec_error(format!("device path {:?} is not under /dev", d.path)))?;
+            let kind = match d.kind.as_str() {
+                "c" | "u" => rustix::fs::FileType::CharacterDevice,
+                "b" => rustix::fs::FileType::BlockDevice,
+                "p" => rustix::fs::FileType::Fifo,
+                other => {
+                    return Err(spec_error(format!(
+                        "device {}: unknown type {other:?}",
+                        d.path
+                    )))
+                }
+            };
+            devices.retain(|existing| existing.name != name);
+            devices.push(PlannedDevice {
+                name: name.to_owned(),
+                kind,
+                major: u32::try_from(d.major)
+                    .map_err(|_| spec_error(format!("device {}: bad major", d.path)))?,
+                minor: u32::try_from(d.minor)
+                    .map_err(|_| spec_error(format!("device {}: bad minor", d.path)))?,
+                mode: d.file_mode.unwrap_or(0o666) & 0o7777,
+                uid: d.uid.unwrap_or(0),
+                gid: d.gid.unwrap_or(0),
+            });
+        }
+
+        let sysctl = linux
+            .sysctl
+            .iter()
+            .map(|(k, v)| {
+                procfs::sysctl_path(k)
+                    .map(|p| (p, v.clone()))
+                    .ok_or_else(|| spec_error(format!("bad sysctl name {k:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let rlimits = process
+            .rlimits
+            .iter()
+            .map(|r| {
+                parse_rlimit(&r.kind)
+                    .map(|n| (n, r.soft, r.hard))
+                    .ok_or_else(|| spec_error(format!("unknown rlimit {:?}", r.kind)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let caps = match &process.capabilities {
+            None => None,
+            Some(c) => {
+                let set = |names: &[String], which: &str| {
+                    CapSet::from_names(names).map_err(|n| {
+                        spec_error(format!(
+                            "unknown capability {n:?} in process.capabilities.{which}"
+                        ))
+                    })
+                };
+                Some(Caps {
+                    bounding: set(&c.bounding, "bounding")?,
+                    effective: set(&c.effective, "effective")?,
+                    permitted: set(&c.permitted, "permitted")?,
+                    inheritable: set(&c.inheritable, "inheritable")?,
+                    ambient: set(&c.ambient, "ambient")?,
+                })
+            }
+        };
+
+        // cgroup: the spec's path, or hafen/ID; limits need cgroup v2.
+        let settings = match &linux.resources {
+            Some(r) => {
+                cgroup::settings(r).map_err(|e| spec_error(format!("linux.resources: {e}")))?
+            }
+            None => Vec::new(),
+        };
+        let cgroup2 = rustix::fs::statfs(&opts.cgroup_root)
+            .map(|st| procfs::fs_magic(&st) == CGROUP2_SUPER_MAGIC)
+            .unwrap_or(false);
+        let cgroup = if cgroup2 {
+            let path = linux
+                .cgroups_path
+                .clone()
+                .unwrap_or_else(|| format!("hafen/{}", opts.id));
+            Some((path, settings))
+        } else if !settings.is_empty() {
+            return Err(spec_error(format!(
+                "linux.resources needs cgroup v2 mounted at {}",
+                opts.cgroup_root.display()
+            )));
+        } else {
+            None
+        };
+
+        // Process.
+        if !process.cwd.starts_with('/') {
+            return Err(spec_error(format!(
+                "process.cwd {:?} is not absolute",
+                process.cwd
+            )));
+        }
+        let program = process.args[0].clone();
+        let path_var = process
+            .env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        let exec_candidates = if program.contains('/') {
+            vec![cstring("process.args[0]", &program)?]
+        } else {
+            path_var
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| cstring("PATH", format!("{}/{program}", d.trim_end_matches('/'))))
+                .collect::<Result<_, _>>()?
+        };
+
+        Ok(Plan {
+            clone_flags,
+            joins,
+            pid_join,
+            userns,
+            uid_mappings: linux.uid_mappings.clone(),
+            gid_mappings: linux.gid_mappings.clone(),
+            oom_score_adj: process.oom_score_adj,
+            propagation,
+            rootfs_c: cstring("root.path", &rootfs)?,
+            rootfs,
+            root: root_mount,
+            mounts,
+            make_dev,
+            devices,
+            hostname: spec.hostname.as_ref().map(|h| h.clone().into_bytes()),
+            domainname: spec.domainname.as_ref().map(|d| d.clone().into_bytes()),
+            sysctl,
+            readonly_root: root.readonly,
+            masked: linux.masked_paths.clone(),
+            readonly_paths: linux.readonly_paths.clone(),
+            rlimits,
+            cwd: cstring("process.cwd", &process.cwd)?,
+            uid: process.user.uid,
+            gid: process.user.gid,
+            groups: process.user.additional_gids.clone(),
+            caps,
+            last_cap: caps::last_cap(),
+            no_new_privs: process.no_new_privileges,
+            exec_candidates,
+            program,
+            argv: process
+                .args
+                .iter()
+                .map(|a| cstring("process.args", a))
+                .collect::<Result<_, _>>()?,
+            envp: process
+                .env
+                .iter()
+                .map(|e| cstring("process.env", e))
+                .collect::<Result<_, _>>()?,
+            cgroup,
+        })
+    }
+
+    /// Whether the child must wait for the parent after clone.
+    fn needs_sync(&self) -> bool {
+        self.userns || self.oom_score_adj.is_some()
+    }
+}
+
+/// The first byte a gated child writes on the error pipe: "set up, waiting".
+const READY: u8 = 0xff;
+
+/// Creates the container `spec` describes and, without a gate, starts it.
+pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spawned, StartError> {
+    let plan = Plan::new(spec, bundle_dir, opts)?;
+    if let RootMount::Overlay { scratch, .. } = &plan.root {
+        crate::mount::mkdir_all(scratch, 0o700)
+            .map_err(StartError::parent("create scratch directory"))?;
+        crate::mount::mkdir_all(&plan.rootfs, 0o755)
+            .map_err(StartError::parent("create root directory"))?;
+    }
+    let cgroup_fd = match &plan.cgroup {
+        Some((path, settings)) => {
+            Some(cgroup::create(&opts.cgroup_root, path, settings).map_err(StartError::Cgroup)?)
+        }
+        None => None,
+    };
+    let null = std::fs::File::open("/dev/null").map_err(StartError::parent("open /dev/null"))?;
+    let output = match opts.stdio {
+        StdioMode::Pipe => Some(sys::pipe().map_err(StartError::parent("create output pipe"))?),
+        StdioMode::Inherit => None,
+    };
+    let (err_r, err_w) = sys::pipe().map_err(StartError::parent("create error pipe"))?;
+    let sync = if plan.needs_sync() {
+        Some(sys::pipe().map_err(StartError::parent("create sync pipe"))?)
+    } else {
+        None
+    };
+    let gate = if opts.gate {
+        Some(sys::pipe().map_err(StartError::parent("create start gate"))?)
+    } else {
+        None
+    };
+
+    let argv: Vec<*const libc::c_char> = plan
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp: Vec<*const libc::c_char> = plan
+        .envp
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+
+    // Joining a pid namespace applies to children: switch before clone, back after.
+    let own_pidns = match &plan.pid_join {
+        Some(target) => {
+            let own = rustix::fs::open(
+                "/proc/self/ns/pid",
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| StartError::Parent {
+                what: "open own pid namespace".into(),
+                source: e.into(),
+            })?;
+            sys::setns(target.as_raw_fd(), libc::CLONE_NEWPID)
+                .map_err(StartError::parent("join pid namespace"))?;
+            Some(own)
+        }
+        None => None,
+    };
+
+    // SAFETY: hafen-init is single-threaded; the child below only makes
+    // system calls on data prepared above, then execs or exits.
+    let cloned = unsafe {
+        match &cgroup_fd {
+            Some(fd) => sys::clone_into_cgroup(plan.clone_flags, fd.as_raw_fd()),
+            None => sys::clone_process(plan.clone_flags),
+        }
+    };
+    if let Some(own) = &own_pidns {
+        // Failing to switch back would put every later child in the joined namespace.
+        sys::setns(own.as_raw_fd(), libc::CLONE_NEWPID)
+            .map_err(StartError::parent("return to own pid namespace"))?;
+    }
+    match cloned.map_err(StartError::parent("clone"))? {
+        CloneResult::Child => {
+            // Holding the sync pipe's write end ourselves would keep its read
+            // from ever seeing the parent go away.
+            let sync = sync.map(|(r, w)| {
+                drop(w);
+                r
+            });
+            let ends = child::Fds {
+                null: null.as_raw_fd(),
+                out: output.as_ref().map(|(_, w)| w.as_raw_fd()),
+                sync: sync.as_ref().map(|r| r.as_raw_fd()),
+                gate: gate.as_ref().map(|(r, _)| r.as_raw_fd()),
+                err: err_w.as_raw_fd(),
+            };
+            let (step, path, errno) = child::run(&plan, &ends, &argv, &envp);
+            report_and_exit(err_w.as_raw_fd(), step, &path, errno)
+        }
+        CloneResult::Parent(pid) => {
+            drop(err_w);
+            drop(null);
+            let output = output.map(|(r, w)| {
+                drop(w);
+                r
+            });
+            if let Some((sync_r, sync_w)) = sync {
+                drop(sync_r);
+                if let Err(e) = parent_setup(&plan, pid) {
+                    // The child sees the sync pipe close and exits; the reaper collects it.
+                    drop(sync_w);
+                    let _ = sys::kill(pid, libc::SIGKILL);
+                    return Err(e);
+                }
+                sys::write_all(sync_w.as_raw_fd(), &[1])
+                    .map_err(StartError::parent("release the container"))?;
+            }
+            // The gate's ends stay open in the child only (we drop ours); the
+            // child's descriptors have the numbers ours had at clone time.
+            let gate_fds = gate
+                .as_ref()
+                .map(|(_, w)| (w.as_raw_fd(), err_r.as_raw_fd()));
+            drop(gate);
+            match read_child_error(&err_r, opts.gate) {
+                None => {
+                    if let Some(out) = &output {
+                        sys::set_nonblocking(out.as_raw_fd())
+                            .map_err(StartError::parent("set output pipe non-blocking"))?;
+                    }
+                    Ok(Spawned {
+                        pid,
+                        output,
+                        gate_fds,
+                        cgroup: plan.cgroup.map(|(p, _)| p),
+                    })
+                }
+                // The child has exited (or is about to); the caller's reaper collects it.
+                Some(err) => Err(err),
+            }
+        }
+    }
+}
+
+/// Work the parent does for the child between clone and the child's go-ahead.
+fn parent_setup(plan: &Plan, pid: libc::pid_t) -> Result<(), StartError> {
+    let proc = procfs::ProcFs::open("/proc").map_err(StartError::parent("open /proc"))?;
+    if plan.userns {
+        let map = |m: &[IdMapping]| {
+            m.iter()
+                .map(|m| format!("{} {} {}\n", m.container_id, m.host_id, m.size))
+                .collect::<String>()
+        };
+        proc.write(&format!("{pid}/uid_map"), &map(&plan.uid_mappings))
+            .map_err(StartError::parent(format!("write /proc/{pid}/uid_map")))?;
+        proc.write(&format!("{pid}/gid_map"), &map(&plan.gid_mappings))
+            .map_err(StartError::parent(format!("write /proc/{pid}/gid_map")))?;
+    }
+    if let Some(score) = plan.oom_score_adj {
+        proc.write(&format!("{pid}/oom_score_adj"), &score.to_string())
+            .map_err(StartError::parent(format!(
+                "write /proc/{pid}/oom_score_adj"
+            )))?;
+    }
+    Ok(())
+}
+
+/// Releases a container stopped at its gate (OCI `start`): opens the gate
+/// and the error pipe through /proc, lets it exec, and reports whether exec
+/// succeeded.
+pub fn start_gated(pid: libc::pid_t, gate_w: RawFd, err_r: RawFd) -> Result<(), StartError> {
+    let open = |fd: RawFd, flags: rustix::fs::OFlags| {
+        let path = format!("/proc/{pid}/fd/{fd}");
+        rustix::fs::open(
+            path.as_str(),
+            flags | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| StartError::Parent {
+            what: format!("open {path} (is the container still created?)"),
+            source: e.into(),
+        })
+    };
+    let err = open(err_r, rustix::fs::OFlags::RDONLY)?;
+    let gate = open(gate_w, rustix::fs::OFlags::WRONLY)?;
+    sys::write_all(gate.as_raw_fd(), &[1]).map_err(StartError::parent("open the start gate"))?;
+    drop(gate);
+    match read_child_error(&err, false) {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+/// Sends a failed step to the parent and exits with 126/127.
+fn report_and_exit(fd: RawFd, step: Step, path: &str, errno: i32) -> ! {
+    let mut msg = Vec::with_capacity(8 + path.len());
+    msg.push(step as u8);
+    msg.extend_from_slice(&errno.to_le_bytes());
+    let len = path.len().min(u16::MAX as usize);
+    msg.extend_from_slice(&(len as u16).to_le_bytes());
+    msg.extend_from_slice(&path.as_bytes()[..len]);
+    let _ = sys::write_all(fd, &msg);
+    let code = if step == Step::Exec && errno == libc::ENOENT {
+        127
+    } else {
+        126
+    };
+    sys::exit_now(code)
+}
+
+/// Reads the child's report. `None` means success: the pipe closed empty
+/// (exec happened) or, with `gated`, the child said it is ready.
+fn read_child_error(fd: &OwnedFd, gated: bool) -> Option<StartError> {
+    let mut msg = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        if gated && msg.first() == Some(&READY) {
+            return None;
+        }
+        match sys::read(fd.as_raw_fd(), &mut buf) {
+            Ok(Some(0)) => break,
+            Ok(Some(n)) => msg.extend_from_slice(&buf[..n]),
+            Ok(None) => continue,
+            Err(source) => {
+                return Some(StartError::Parent {
+                    what: "read from the container's error pipe".into(),
+                    source,
+                })
+            }
+        }
+    }
+    if gated && msg.is_empty() {
+        return Some(StartError::Parent {
+            what: "the container exited before it was ready".into(),
+            source: io::Error::from(io::ErrorKind::UnexpectedEof),
+        });
+    }
+    decode_child_error(&msg)
+}
+
+fn decode_child_error(msg: &[u8]) -> Option<StartError> {
+    let (&step, rest) = msg.split_first()?;
+    let malformed = || StartError::Parent {
+        what: "decode the container's error report".into(),
+        source: io::Error::from(io::ErrorKind::InvalidData),
+    };
+    let (Some(errno), Some(len)) = (rest.get(..4), rest.get(4..6)) else {
+        return Some(malformed());
+    };
+    let errno = i32::from_le_bytes([errno[0], errno[1], errno[2], errno[3]]);
+    let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+    let path = rest
+        .get(6..6 + len)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let Some(step) = Step::from_u8(step) else {
+        return Some(malformed());
+    };
+    Some(StartError::Child {
+        step,
+        path,
+        source: io::Error::from_raw_os_error(errno),
+    })
+}
+
+/// Starts a system-mode container (PID 1): output captured, no gate.
+pub fn start(bundle: &Bundle) -> Result<Spawned, StartError> {
+    spawn(
+        &bundle.spec,
+        &bundle.dir,
+        &SpawnOptions::system(&bundle.name),
+    )
+}
+
+/// The name shown for a container's command in messages.
+pub fn display_command(bundle: &Bundle) -> String {
+    bundle
+        .spec
+        .process
+        .as_ref()
+        .map(|p| p.args.join(" "))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_error_round_trips_through_the_wire_format() {
+        let mut msg = vec![Step::Exec as u8];
+        msg.extend_from_slice(&libc::ENOENT.to_le_bytes());
+        msg.extend_from_slice(&(7u16).to_le_bytes());
+        msg.extend_from_slice(b"/bin/no");
+        let err = decode_child_error(&msg).expect("an error");
+        assert_eq!(
+            err.to_string(),
+            "exec /bin/no: command not found in the container"
+        );
+        assert_eq!(err.exit_code(), 127);
+        assert!(
+            decode_child_error(&[]).is_none(),
+            "empty pipe means exec succeeded"
+        );
+        let truncated = decode_child_error(&[Step::Mount as u8, 1]).expect("an error");
+        assert!(truncated.to_string().contains("decode"), "{truncated}");
+        for step in Step::ALL {
+            assert_eq!(Step::from_u8(step as u8), Some(step));
+        }
+    }
+
+    #[test]
+    fn mount_options_split_into_flags_and_data() {
+        assert_eq!(mount_option("nosuid"), Ok((MountFlags::NOSUID, true)));
+        assert_eq!(mount_option("rw"), Ok((MountFlags::RDONLY, false)));
+        assert_eq!(mount_option("mode=755"), Err(()));
+        assert!(propagation_option("rprivate").is_some());
+    }
+
+    #[test]
+    fn destinations_must_be_absolute_and_free_of_dotdot() {
+        assert_eq!(under_root("/r", "/proc", "d").expect("ok"), "/r/proc");
+        assert!(under_root("/r", "proc", "d").is_err());
+        assert!(under_root("/r", "/a/../../etc", "d").is_err());
+    }
+
+    #[test]
+    fn rlimit_names() {
+        assert_eq!(parse_rlimit("RLIMIT_NOFILE"), Some(7));
+        assert_eq!(parse_rlimit("RLIMIT_RTTIME"), Some(15));
+        assert_eq!(parse_rlimit("NOFILE"), None);
+    }
+}
