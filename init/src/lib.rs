@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod container;
 pub mod input;
 pub mod mount;
+pub mod runtime;
 pub mod supervisor;
 pub mod sys;
 pub mod system;

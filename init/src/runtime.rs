@@ -1,0 +1,595 @@
+//! `hafen-init runtime`: an OCI runtime command line (create, start, state,
+//! kill, delete, run) over the same container code system mode uses, so
+//! standard tools can drive it and check it.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use hafen_proto::spec::Spec;
+use serde::{Deserialize, Serialize};
+
+use crate::container::{self, cgroup, SpawnOptions, StdioMode};
+use crate::sys::{self, ExitStatus, SigSet};
+
+/// Default directory holding one state directory per container.
+const DEFAULT_ROOT: &str = "/run/hafen-runtime";
+
+const USAGE: &str =
+    "usage: hafen-init runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND
+commands:
+  create [--bundle DIR] [--pid-file FILE] ID   set up the container; it waits before exec
+  start ID                                     let a created container exec its process
+  state ID                                     print the OCI state JSON
+  kill ID [SIGNAL]                             send SIGNAL (name or number; default TERM)
+  delete [--force] ID                          remove a stopped container (--force kills it)
+  run [--bundle DIR] [--pid-file FILE] ID      create, start, wait; exit with its status";
+
+/// A runtime command failed; the message is for the user.
+#[derive(Debug)]
+pub struct RuntimeError(String);
+
+impl fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RuntimeError {}
+
+fn err(msg: impl Into<String>) -> RuntimeError {
+    RuntimeError(msg.into())
+}
+
+/// What we keep about a container between commands. The first fields are
+/// the OCI state; the rest is ours.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Saved {
+    oci_version: String,
+    id: String,
+    bundle: String,
+    annotations: BTreeMap<String, String>,
+    pid: i32,
+    /// Start time of `pid` (field 22 of /proc/PID/stat), to detect pid reuse.
+    start_time: u64,
+    started: bool,
+    gate_fd: i32,
+    err_fd: i32,
+    cgroup: Option<String>,
+    created: String,
+}
+
+/// The OCI state, as `state` prints it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct State<'a> {
+    oci_version: &'a str,
+    id: &'a str,
+    status: Status,
+    pid: i32,
+    bundle: &'a str,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: &'a BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Created,
+    Running,
+    Stopped,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+struct Globals {
+    root: PathBuf,
+    log: Option<PathBuf>,
+    json_log: bool,
+}
+
+/// Runs `hafen-init runtime ARGS...`; returns the process exit code.
+pub fn main(args: Vec<OsString>) -> i32 {
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut globals = Globals {
+        root: PathBuf::from(DEFAULT_ROOT),
+        log: None,
+        json_log: false,
+    };
+    let mut rest = args.as_slice();
+    // Global options come before the command (containerd and podman pass some we accept and ignore).
+    while let Some((first, tail)) = rest.split_first() {
+        let take = |tail: &[String]| tail.first().cloned();
+        match first.as_str() {
+            "--root" => {
+                globals.root = take(tail).map(PathBuf::from).unwrap_or(globals.root);
+                rest = tail.get(1..).unwrap_or(&[]);
+            }
+            "--log" => {
+                globals.log = take(tail).map(PathBuf::from);
+                rest = tail.get(1..).unwrap_or(&[]);
+            }
+            "--log-format" => {
+                globals.json_log = take(tail).as_deref() == Some("json");
+                rest = tail.get(1..).unwrap_or(&[]);
+            }
+            s if s.starts_with("--root=") => {
+                globals.root = PathBuf::from(&s[7..]);
+                rest = tail;
+            }
+            s if s.starts_with("--log=") => {
+                globals.log = Some(PathBuf::from(&s[6..]));
+                rest = tail;
+            }
+            s if s.starts_with("--log-format=") => {
+                globals.json_log = &s[13..] == "json";
+                rest = tail;
+            }
+            "--debug" | "--systemd-cgroup=false" => rest = tail,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return 0;
+            }
+            _ => break,
+        }
+    }
+    let Some((command, rest)) = rest.split_first() else {
+        eprintln!("{USAGE}");
+        return 2;
+    };
+    let result = match command.as_str() {
+        "create" => create(&globals, rest),
+        "start" => start(&globals, rest),
+        "state" => state(&globals, rest),
+        "kill" => kill(&globals, rest),
+        "delete" => delete(&globals, rest),
+        "run" => run(&globals, rest),
+        other => Err(err(format!("unknown command {other:?}\n{USAGE}"))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            report(&globals, &format!("{command}: {e}"));
+            1
+        }
+    }
+}
+
+fn report(globals: &Globals, message: &str) {
+    eprintln!("hafen-init runtime: error: {message}");
+    if let Some(path) = &globals.log {
+        let line = if globals.json_log {
+            serde_json::json!({"level": "error", "msg": message}).to_string()
+        } else {
+            format!("error: {message}")
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// Options after the command: flags with values, switches, then the id
+/// (and, for kill, the signal).
+struct CommandArgs {
+    bundle: PathBuf,
+    pid_file: Option<PathBuf>,
+    force: bool,
+    positional: Vec<String>,
+}
+
+fn parse_command_args(args: &[String]) -> Result<CommandArgs, RuntimeError> {
+    let mut out = CommandArgs {
+        bundle: PathBuf::from("."),
+        pid_file: None,
+        force: false,
+        positional: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| err(format!("{name} needs a value")))
+        };
+        match arg.as_str() {
+            "--bundle" | "-b" => out.bundle = PathBuf::from(value("--bundle")?),
+            "--pid-file" => out.pid_file = Some(PathBuf::from(value("--pid-file")?)),
+            "--force" | "-f" => out.force = true,
+            "--console-socket" => {
+                return Err(err(
+                    "--console-socket (terminal containers) is not supported yet",
+                ))
+            }
+            "--no-pivot" | "--no-new-keyring" | "--detach" | "-d" | "--all" | "-a" => {}
+            s if s.starts_with("--bundle=") => out.bundle = PathBuf::from(&s[9..]),
+            s if s.starts_with("--pid-file=") => out.pid_file = Some(PathBuf::from(&s[11..])),
+            s if s.starts_with('-')
+                && s.len() > 1
+                && !s[1..].chars().all(|c| c.is_ascii_digit())
+                && out.positional.is_empty() =>
+            {
+                return Err(err(format!("unknown option {s:?}")))
+            }
+            _ => out.positional.push(arg.clone()),
+        }
+    }
+    Ok(out)
+}
+
+fn container_id(args: &CommandArgs) -> Result<&str, RuntimeError> {
+    let id = args
+        .positional
+        .first()
+        .ok_or_else(|| err("missing container ID"))?;
+    let valid = !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-+".contains(c));
+    if !valid {
+        return Err(err(format!(
+            "invalid container ID {id:?}: use letters, digits, '_', '.', '-', '+'"
+        )));
+    }
+    Ok(id)
+}
+
+fn state_dir(globals: &Globals, id: &str) -> PathBuf {
+    globals.root.join(id)
+}
+
+fn load(globals: &Globals, id: &str) -> Result<Saved, RuntimeError> {
+    let path = state_dir(globals, id).join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => err(format!("container {id:?} does not exist")),
+        _ => err(format!("cannot read {}: {e}", path.display())),
+    })?;
+    serde_json::from_str(&text).map_err(|e| err(format!("{} is corrupt: {e}", path.display())))
+}
+
+fn save(globals: &Globals, saved: &Saved) -> Result<(), RuntimeError> {
+    let dir = state_dir(globals, &saved.id);
+    let tmp = dir.join("state.json.tmp");
+    let text =
+        serde_json::to_vec_pretty(saved).map_err(|e| err(format!("cannot encode state: {e}")))?;
+    std::fs::write(&tmp, text).map_err(|e| err(format!("cannot write {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, dir.join("state.json"))
+        .map_err(|e| err(format!("cannot save state in {}: {e}", dir.display())))
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it follow the last ')'.
+    let after = stat.rsplit_once(')')?.1;
+    let state = after.split_whitespace().next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn status(saved: &Saved) -> Status {
+    match start_time(saved.pid) {
+        Some(t) if t == saved.start_time => {
+            if saved.started {
+                Status::Running
+            } else {
+                Status::Created
+            }
+        }
+        _ => Status::Stopped,
+    }
+}
+
+fn read_spec(bundle: &Path) -> Result<Spec, RuntimeError> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| {
+        err(format!(
+            "{} is not a valid OCI runtime config: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Creates the container; with `gate` it waits before exec.
+fn create_container(
+    globals: &Globals,
+    args: &CommandArgs,
+    gate: bool,
+) -> Result<Saved, RuntimeError> {
+    let id = container_id(args)?;
+    let bundle = std::fs::canonicalize(&args.bundle)
+        .map_err(|e| err(format!("bundle {}: {e}", args.bundle.display())))?;
+    let spec = read_spec(&bundle)?;
+    let dir = state_dir(globals, id);
+    std::fs::create_dir_all(&globals.root)
+        .map_err(|e| err(format!("cannot create {}: {e}", globals.root.display())))?;
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(err(format!("container {id:?} already exists")))
+        }
+        Err(e) => return Err(err(format!("cannot create {}: {e}", dir.display()))),
+    }
+    let opts = SpawnOptions {
+        id: id.to_owned(),
+        stdio: StdioMode::Inherit,
+        gate,
+        cgroup_root: std::env::var_os("HAFEN_CGROUP_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(cgroup::CGROUP_ROOT)),
+        scratch_root: globals.root.join(".scratch").to_string_lossy().into_owned(),
+    };
+    let spawned = match container::spawn(&spec, &bundle, &opts) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            // Collect the child, if one was made and has exited.
+            while let Ok(Some(_)) = sys::reap_one() {}
+            return Err(err(format!("container {id}: {e}")));
+        }
+    };
+    let (gate_fd, err_fd) = spawned.gate_fds.unwrap_or((-1, -1));
+    let saved = Saved {
+        oci_version: spec.oci_version.clone(),
+        id: id.to_owned(),
+        bundle: bundle.to_string_lossy().into_owned(),
+        annotations: spec.annotations.clone(),
+        pid: spawned.pid,
+        start_time: start_time(spawned.pid).unwrap_or(0),
+        started: !gate,
+        gate_fd,
+        err_fd,
+        cgroup: spawned.cgroup,
+        created: now_rfc3339(),
+    };
+    save(globals, &saved)?;
+    if let Some(pid_file) = &args.pid_file {
+        std::fs::write(pid_file, saved.pid.to_string())
+            .map_err(|e| err(format!("cannot write {}: {e}", pid_file.display())))?;
+    }
+    Ok(saved)
+}
+
+fn create(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
+    let args = parse_command_args(args)?;
+    create_container(globals, &args, true)?;
+    Ok(0)
+}
+
+fn start(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
+    let args = parse_command_args(args)?;
+    let id = container_id(&args)?;
+    let mut saved = load(globals, id)?;
+    match status(&saved) {
+        Status::Created => {}
+        other => return Err(err(format!("container {id:?} is {other}, not created"))),
+    }
+    container::start_gated(saved.pid, saved.gate_fd, saved.err_fd)
+        .map_err(|e| err(format!("container {id}: {e}")))?;
+    saved.started = true;
+    save(globals, &saved)?;
+    Ok(0)
+}
+
+fn state(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
+    let args = parse_command_args(args)?;
+    let id = container_id(&args)?;
+    let saved = load(globals, id)?;
+    let status = status(&saved);
+    let state = State {
+        oci_version: &saved.oci_version,
+        id: &saved.id,
+        status,
+        pid: if status == Status::Stopped {
+            0
+        } else {
+            saved.pid
+        },
+        bundle: &saved.bundle,
+        annotations: &saved.annotations,
+    };
+    let text = serde_json::to_string_pretty(&state)
+        .map_err(|e| err(format!("cannot encode state: {e}")))?;
+    println!("{text}");
+    Ok(0)
+}
+
+fn kill(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
+    let args = parse_command_args(args)?;
+    let id = container_id(&args)?;
+    let signal = match args.positional.get(1) {
+        None => libc::SIGTERM,
+        Some(s) => {
+            hafen_proto::signal::parse(s).ok_or_else(|| err(format!("unknown signal {s:?}")))?
+        }
+    };
+    let saved = load(globals, id)?;
+    match status(&saved) {
+        Status::Stopped => Err(err(format!("container {id:?} is not running"))),
+        _ => {
+            sys::kill(saved.pid, signal).map_err(|e| {
+                err(format!(
+                    "kill {} {}: {e}",
+                    saved.pid,
+                    hafen_proto::signal::name(signal)
+                ))
+            })?;
+            Ok(0)
+        }
+    }
+}
+
+fn delete(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
+    let args = parse_command_args(args)?;
+    let id = container_id(&args)?;
+    let saved = load(globals, id)?;
+    match status(&saved) {
+        Status::Running if !args.force => {
+            return Err(err(format!(
+                "container {id:?} is running: stop it first (kill) or use delete --force"
+            )))
+        }
+        Status::Running | Status::Created => {
+            let _ = sys::kill(saved.pid, libc::SIGKILL);
+            // Wait (bounded) until it is gone, so its cgroup can be removed.
+            for _ in 0..500 {
+                if start_time(saved.pid) != Some(saved.start_time) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        Status::Stopped => {}
+    }
+    cleanup(globals, &saved);
+    Ok(0)
+}
+
+fn cleanup(globals: &Globals, saved: &Saved) {
+    if let Some(path) = &saved.cgroup {
+        let root = std::env::var_os("HAFEN_CGROUP_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(cgroup::CGROUP_ROOT));
+        cgroup::remove(&root, path);
+    }
+    let _ = std::fs::remove_dir_all(state_dir(globals, &saved.id));
+    let _ = std::fs::remove_dir(globals.root.join(".scratch").join(&saved.id));
+}
+
+/// Signals `run` forwards to the container instead of acting on.
+const FORWARDED: &[i32] = &[
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGCONT,
+];
+
+fn run(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
+    let args = parse_command_args(args)?;
+    // Block before the child exists, so neither its exit nor a signal for it is lost.
+    let mut handled = FORWARDED.to_vec();
+    handled.push(libc::SIGCHLD);
+    let set = SigSet::of(&handled);
+    set.block()
+        .map_err(|e| err(format!("block signals: {e}")))?;
+    let signals = set.signalfd().map_err(|e| err(format!("signalfd: {e}")))?;
+    let saved = create_container(globals, &args, false)?;
+    let status = loop {
+        match sys::read_signal(&signals) {
+            Ok(Some(libc::SIGCHLD)) | Ok(None) => {}
+            Ok(Some(sig)) => {
+                let _ = sys::kill(saved.pid, sig);
+            }
+            Err(e) => return Err(err(format!("read signals: {e}"))),
+        }
+        let mut exited = None;
+        while let Ok(Some((pid, status))) = sys::reap_one() {
+            if pid == saved.pid {
+                exited = Some(status);
+            }
+        }
+        if let Some(status) = exited {
+            break status;
+        }
+        let mut pfd = libc::pollfd {
+            fd: signals.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: pfd is a valid pollfd array of length 1.
+        unsafe { libc::poll(&mut pfd, 1, -1) };
+    };
+    cleanup(globals, &saved);
+    Ok(match status {
+        ExitStatus::Code(code) => code,
+        ExitStatus::Signal(sig) => 128 + sig,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_args_take_bundle_pid_file_force_and_the_id() {
+        let args: Vec<String> = ["--bundle", "/b", "--pid-file=/p", "-f", "c1", "KILL"]
+            .map(String::from)
+            .to_vec();
+        let parsed = parse_command_args(&args).expect("parses");
+        assert_eq!(parsed.bundle, PathBuf::from("/b"));
+        assert_eq!(parsed.pid_file, Some(PathBuf::from("/p")));
+        assert!(parsed.force);
+        assert_eq!(parsed.positional, ["c1", "KILL"]);
+        assert_eq!(container_id(&parsed).expect("valid"), "c1");
+    }
+
+    #[test]
+    fn ids_that_could_escape_the_state_root_are_refused() {
+        for bad in ["..", "a/b", "", "x y"] {
+            let parsed = parse_command_args(&[bad.to_owned()]).expect("parses");
+            assert!(container_id(&parsed).is_err(), "{bad:?}");
+        }
+        assert!(parse_command_args(&["--bogus".into()]).is_err());
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
+    }
+}
