@@ -56,7 +56,11 @@ pub struct UnknownPhase(pub String);
 
 impl fmt::Display for UnknownPhase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown phase {:?}: expected \"once\" or \"service\"", self.0)
+        write!(
+            f,
+            "unknown phase {:?}: expected \"once\" or \"service\"",
+            self.0
+        )
     }
 }
 
