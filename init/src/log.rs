@@ -47,12 +47,16 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
     if level as u8 > MAX_LEVEL.load(Ordering::Relaxed) {
         return;
     }
-    let tag = match level {
-        Level::Error => "error: ",
-        Level::Warn => "warning: ",
-        Level::Info | Level::Debug => "",
+    let line = match level {
+        Level::Error => format!("hafen: error: {args}\n"),
+        Level::Warn => format!("hafen: warning: {args}\n"),
+        Level::Info => format!("hafen: {args}\n"),
+        // Debug lines carry the time since boot, to see where boot time goes.
+        Level::Debug => {
+            let us = crate::sys::boottime_ns() / 1000;
+            format!("hafen: [{}.{:03} ms] {args}\n", us / 1000, us % 1000)
+        }
     };
-    let line = format!("hafen: {tag}{args}\n");
     let _ = crate::sys::write_all(2, line.as_bytes());
 }
 

@@ -191,6 +191,7 @@ impl Supervisor {
         let Some(c) = self.containers.get_mut(i) else {
             return false;
         };
+        debug!("starting {}", c.bundle.name);
         match container::start(&c.bundle) {
             Ok(Spawned {
                 pid,

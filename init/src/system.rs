@@ -36,6 +36,10 @@ pub fn main() -> ! {
         error!("{e}");
     }
     apply_kernel_cmdline();
+    debug!(
+        "early mounts done (hafen-init started at {} ms)",
+        init_start_ns / 1_000_000
+    );
     match mount::enable_cgroup_controllers("/sys/fs/cgroup") {
         Ok(list) => crate::debug!("cgroup controllers: {list}"),
         Err(e) => warn!("cannot enable cgroup controllers: {e}"),
@@ -48,6 +52,7 @@ pub fn main() -> ! {
         warn!("cannot route Ctrl-Alt-Del to SIGINT: {e}");
     }
 
+    debug!("hostname, lo and Ctrl-Alt-Del set up");
     let (bundles, errors) = bundle::discover(Path::new(layout::CONTAINERS_DIR));
     for e in &errors {
         error!("skipping a container: {e}");
