@@ -1,0 +1,161 @@
+//! The QEMU command line for a Hafen image.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// The accelerator actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accelerator {
+    /// Hardware virtualisation.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+impl Accelerator {
+    /// QEMU's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Accelerator::Kvm => "kvm",
+            Accelerator::Tcg => "tcg",
+        }
+    }
+}
+
+/// What one boot needs.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// PVH kernel.
+    pub kernel: PathBuf,
+    /// Initramfs, if any.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Accelerator.
+    pub accel: Accelerator,
+    /// QMP socket path, if QMP is wanted.
+    pub qmp: Option<PathBuf>,
+}
+
+/// The kernel command line: console on the first serial port, reboot on
+/// panic (which `-no-reboot` turns into QEMU exiting), quiet unless verbose,
+/// then the image's words and the user's.
+pub fn kernel_cmdline(verbose: bool, image: &[String], user: &[String]) -> String {
+    let mut words = vec!["console=ttyS0".to_owned(), "panic=-1".to_owned()];
+    if !verbose {
+        words.push("quiet".to_owned());
+    }
+    words.extend(image.iter().cloned());
+    words.extend(user.iter().cloned());
+    words.join(" ")
+}
+
+/// QEMU's arguments (without the program name).
+pub fn arguments(m: &Machine) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |s: &str| args.push(s.into());
+    // microvm: no PCI bus or firmware to set up; ACPI gives the power button.
+    push("-M");
+    push("microvm,acpi=on");
+    push("-accel");
+    push(m.accel.name());
+    push("-cpu");
+    push(match m.accel {
+        Accelerator::Kvm => "host",
+        Accelerator::Tcg => "max",
+    });
+    push("-m");
+    push(&m.memory_mib.to_string());
+    push("-smp");
+    push(&m.cpus.to_string());
+    push("-nodefaults");
+    push("-no-user-config");
+    push("-display");
+    push("none");
+    // A guest reboot or panic ends the run; `hafen run` reports which.
+    push("-no-reboot");
+    // The serial console on our stdout; Ctrl-C reaches `hafen run`, not QEMU.
+    push("-chardev");
+    push("stdio,id=console,signal=off");
+    push("-serial");
+    push("chardev:console");
+    // No network device: nothing in the guest can reach beyond this machine.
+    push("-nic");
+    push("none");
+    push("-kernel");
+    args.push(m.kernel.clone().into_os_string());
+    if let Some(initrd) = &m.initrd {
+        args.push("-initrd".into());
+        args.push(initrd.clone().into_os_string());
+    }
+    args.push("-append".into());
+    args.push(m.cmdline.clone().into());
+    if let Some(qmp) = &m.qmp {
+        let mut spec = OsString::from("unix:");
+        spec.push(qmp.as_os_str());
+        spec.push(",server=on,wait=off");
+        args.push("-qmp".into());
+        args.push(spec);
+    }
+    args
+}
+
+/// Where `qemu-system-x86_64` is: $HAFEN_QEMU, else found on PATH by the OS.
+pub fn qemu_binary() -> PathBuf {
+    std::env::var_os("HAFEN_QEMU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new("qemu-system-x86_64").to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(accel: Accelerator) -> Machine {
+        Machine {
+            kernel: "/img/vmlinux".into(),
+            initrd: Some("/img/initramfs.cpio.gz".into()),
+            cmdline: kernel_cmdline(false, &["hafen.log=debug".into()], &["x=1".into()]),
+            memory_mib: 256,
+            cpus: 2,
+            accel,
+            qmp: Some("/run/q.sock".into()),
+        }
+    }
+
+    fn joined(m: &Machine) -> String {
+        arguments(m)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn tcg_microvm_with_console_qmp_and_no_network() {
+        let args = joined(&machine(Accelerator::Tcg));
+        for part in [
+            "-M microvm,acpi=on",
+            "-accel tcg -cpu max",
+            "-m 256 -smp 2",
+            "-no-reboot",
+            "-chardev stdio,id=console,signal=off -serial chardev:console",
+            "-nic none",
+            "-kernel /img/vmlinux -initrd /img/initramfs.cpio.gz",
+            "-append console=ttyS0 panic=-1 quiet hafen.log=debug x=1",
+            "-qmp unix:/run/q.sock,server=on,wait=off",
+        ] {
+            assert!(args.contains(part), "{part:?} missing from {args}");
+        }
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu_and_verbose_drops_quiet() {
+        assert!(joined(&machine(Accelerator::Kvm)).contains("-accel kvm -cpu host"));
+        assert_eq!(kernel_cmdline(true, &[], &[]), "console=ttyS0 panic=-1");
+    }
+}
