@@ -1,8 +1,44 @@
 //! Turns a `hafen.toml` manifest and OCI images into a bootable image
-//! directory (kernel, initramfs, image.json). Work in progress: see issue 2.
+//! directory: the kernel, a reproducible initramfs holding hafen-init, one
+//! OCI runtime bundle per container and each image's flattened root, and
+//! `image.json`. See docs/architecture.md for the layout.
 
+pub mod bundle;
+pub mod cpio;
+pub mod import;
+pub mod manifest;
+pub mod oci;
+pub mod tree;
+
+use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hafen_proto::image::{ImageInfo, IMAGE_INFO_FILE};
+use hafen_proto::layout;
+
+pub use import::import;
+use manifest::ImageRef;
+use tree::{Kind, Tree};
+
+/// Base files every image carries (the repository's `rootfs/`), embedded so
+/// an installed `hafen` does not need the repository.
+const BASE_FILES: &[(&str, &str)] = &[
+    (
+        "etc/os-release",
+        include_str!("../../rootfs/etc/os-release"),
+    ),
+    ("etc/passwd", include_str!("../../rootfs/etc/passwd")),
+    ("etc/group", include_str!("../../rootfs/etc/group")),
+];
+
+/// Guest memory an image asks for unless told otherwise.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+
+/// Name of the initramfs in an image directory.
+pub const INITRAMFS: &str = "initramfs.cpio.gz";
 
 /// What `hafen build` was asked to do.
 #[derive(Debug, Clone)]
@@ -22,11 +58,27 @@ pub struct BuildOptions {
 pub struct BuildSummary {
     /// The image directory.
     pub out: PathBuf,
+    /// Container names, in declared order.
+    pub containers: Vec<String>,
+    /// Distinct images, by digest.
+    pub images: Vec<String>,
+    /// Size of the compressed initramfs.
+    pub initramfs_bytes: u64,
 }
 
 impl fmt::Display for BuildSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "built {}", self.out.display())
+        write!(
+            f,
+            "built {}: {} container{} ({}), {} image{}, initramfs {} KiB",
+            self.out.display(),
+            self.containers.len(),
+            if self.containers.len() == 1 { "" } else { "s" },
+            self.containers.join(", "),
+            self.images.len(),
+            if self.images.len() == 1 { "" } else { "s" },
+            self.initramfs_bytes / 1024
+        )
     }
 }
 
@@ -54,32 +106,616 @@ pub struct ImportOptions {
 pub struct ImportSummary {
     /// The layout directory.
     pub layout: PathBuf,
+    /// The image manifest's digest.
+    pub digest: String,
+    /// Its tag.
+    pub tag: Option<String>,
+    /// Size of the compressed layer.
+    pub layer_bytes: u64,
 }
 
 impl fmt::Display for ImportSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "imported into {}", self.layout.display())
+        write!(f, "imported {} into {}", self.digest, self.layout.display())?;
+        if let Some(tag) = &self.tag {
+            write!(f, " as {tag}")?;
+        }
+        write!(f, " (layer {} KiB)", self.layer_bytes / 1024)
     }
 }
 
 /// A build or import failed.
-#[derive(Debug)]
-pub struct Error(String);
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The manifest is unreadable or invalid.
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    /// An image could not be resolved or verified.
+    #[error("container {container}")]
+    Image {
+        /// The container that uses it.
+        container: String,
+        /// The cause.
+        #[source]
+        source: oci::OciError,
+    },
+    /// A layer is corrupt or hostile.
+    #[error("image {image}: layer {digest}")]
+    Layer {
+        /// The image reference.
+        image: String,
+        /// The layer's digest.
+        digest: String,
+        /// The cause.
+        #[source]
+        source: tree::LayerError,
+    },
+    /// A layer's media type is not supported.
+    #[error("image {image}: layer {digest} has media type {media_type:?}, which is not supported (use tar or tar+gzip layers)")]
+    LayerType {
+        /// The image reference.
+        image: String,
+        /// The layer's digest.
+        digest: String,
+        /// Its media type.
+        media_type: String,
+    },
+    /// A layer's uncompressed content does not match the config's diff id.
+    #[error("image {image}: layer {digest} unpacks to {actual}, but the image config says {expected}; the image is corrupt")]
+    DiffId {
+        /// The image reference.
+        image: String,
+        /// The layer's digest.
+        digest: String,
+        /// The config's diff id.
+        expected: String,
+        /// What it unpacked to.
+        actual: String,
+    },
+    /// A bundle cannot be made.
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
+    /// No usable kernel.
+    #[error("kernel: {0}")]
+    Kernel(String),
+    /// No usable hafen-init.
+    #[error("hafen-init: {0}")]
+    Init(String),
+    /// An input file could not be read.
+    #[error("cannot read {}", path.display())]
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The output could not be written.
+    #[error("cannot write {}", path.display())]
+    Output {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An argument is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Writing an OCI layout failed.
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
+}
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+/// The kernel cache `kernel-config/build.sh` fills.
+fn kernel_cache() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("HAFEN_CACHE") {
+        return Some(PathBuf::from(dir).join("kernel/default"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hafen/kernel/default"))
+}
+
+/// Finds the kernel: `explicit`, `$HAFEN_KERNEL`, then the cache. Returns
+/// the vmlinux and, when next to it, the bzImage.
+pub fn locate_kernel(explicit: Option<&Path>) -> Result<(PathBuf, Option<PathBuf>), Error> {
+    let candidate = explicit
+        .map(Path::to_owned)
+        .or_else(|| std::env::var_os("HAFEN_KERNEL").map(PathBuf::from))
+        .or_else(kernel_cache);
+    let Some(path) = candidate else {
+        return Err(Error::Kernel(
+            "no kernel given and no cache directory: run kernel-config/build.sh or pass --kernel"
+                .into(),
+        ));
+    };
+    if path.is_dir() {
+        let vmlinux = path.join("vmlinux");
+        if !vmlinux.is_file() {
+            return Err(Error::Kernel(format!(
+                "{} holds no vmlinux: run kernel-config/build.sh (it builds and caches the kernel) or pass --kernel",
+                path.display()
+            )));
+        }
+        let bz = path.join("bzImage");
+        Ok((vmlinux, bz.is_file().then_some(bz)))
+    } else if path.is_file() {
+        Ok((path, None))
+    } else {
+        Err(Error::Kernel(format!(
+            "{} does not exist: run kernel-config/build.sh or pass --kernel",
+            path.display()
+        )))
     }
 }
 
-impl std::error::Error for Error {}
+/// Whether `bytes` is an ELF executable without a program interpreter (statically linked).
+pub fn is_static_elf(bytes: &[u8]) -> Result<bool, String> {
+    if bytes.get(..4) != Some(b"\x7fELF") || bytes.get(4) != Some(&2) {
+        return Err("not a 64-bit ELF executable".into());
+    }
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        bytes
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return Err("truncated ELF header".into());
+    };
+    const PT_INTERP: u32 = 3;
+    for i in 0..usize::from(phnum) {
+        let at = usize::try_from(phoff).map_err(|_| "bad program header offset")?
+            + i * usize::from(phentsize);
+        match u32_at(at) {
+            Some(PT_INTERP) => return Ok(false),
+            Some(_) => {}
+            None => return Err("truncated program headers".into()),
+        }
+    }
+    Ok(true)
+}
+
+const INIT_BUILD_HINT: &str = "build it with: cargo build --release -p hafen-init --target x86_64-unknown-linux-musl (or scripts/build-init.sh)";
+
+/// Finds the static hafen-init: `explicit`, `$HAFEN_INIT`, then next to this executable.
+pub fn locate_init(explicit: Option<&Path>) -> Result<(PathBuf, Vec<u8>), Error> {
+    let given = explicit
+        .map(Path::to_owned)
+        .or_else(|| std::env::var_os("HAFEN_INIT").map(PathBuf::from));
+    let check = |path: &Path| -> Result<Vec<u8>, Error> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::Init(format!(
+                "cannot read {}: {e}; {INIT_BUILD_HINT}",
+                path.display()
+            ))
+        })?;
+        match is_static_elf(&bytes) {
+            Ok(true) => Ok(bytes),
+            Ok(false) => Err(Error::Init(format!(
+                "{} is dynamically linked; the guest has no C library; {INIT_BUILD_HINT}",
+                path.display()
+            ))),
+            Err(e) => Err(Error::Init(format!(
+                "{}: {e}; {INIT_BUILD_HINT}",
+                path.display()
+            ))),
+        }
+    };
+    if let Some(path) = given {
+        let bytes = check(&path)?;
+        return Ok((path, bytes));
+    }
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_owned));
+    let mut candidates = Vec::new();
+    if let Some(dir) = &exe_dir {
+        candidates.push(dir.join("hafen-init"));
+        candidates.push(dir.join("../x86_64-unknown-linux-musl/release/hafen-init"));
+        candidates.push(dir.join("../../x86_64-unknown-linux-musl/release/hafen-init"));
+    }
+    for c in &candidates {
+        if let Ok(bytes) = check(c) {
+            return Ok((c.clone(), bytes));
+        }
+    }
+    Err(Error::Init(format!("no static hafen-init found (looked for $HAFEN_INIT and next to this program); {INIT_BUILD_HINT}")))
+}
+
+/// An image resolved, verified and flattened.
+struct Resolved {
+    image: oci::Image,
+    tree: Tree,
+    /// Where its root lives in the guest.
+    guest_dir: String,
+}
+
+fn resolve_image(r: &ImageRef, container: &str) -> Result<Resolved, Error> {
+    let wrap = |source| Error::Image {
+        container: container.to_owned(),
+        source,
+    };
+    let layout = oci::Layout::open(&r.layout, &r.text).map_err(wrap)?;
+    let image = layout.resolve(r.tag.as_deref()).map_err(wrap)?;
+    let mut tree = Tree::new();
+    let diff_ids = &image.config.rootfs.diff_ids;
+    for (i, desc) in image.manifest.layers.iter().enumerate() {
+        let compressed = layout.read_blob(desc).map_err(wrap)?;
+        let tar = match desc.media_type.as_str() {
+            oci::media::LAYER_TAR => compressed,
+            oci::media::LAYER_GZIP | oci::media::DOCKER_LAYER => {
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(compressed.as_slice())
+                    .read_to_end(&mut out)
+                    .map_err(|source| Error::Layer {
+                        image: r.text.clone(),
+                        digest: desc.digest.clone(),
+                        source: tree::LayerError::Tar { layer: i, source },
+                    })?;
+                out
+            }
+            other => {
+                return Err(Error::LayerType {
+                    image: r.text.clone(),
+                    digest: desc.digest.clone(),
+                    media_type: other.to_owned(),
+                })
+            }
+        };
+        if let Some(expected) = diff_ids.get(i) {
+            let actual = oci::digest_of(&tar);
+            if &actual != expected {
+                return Err(Error::DiffId {
+                    image: r.text.clone(),
+                    digest: desc.digest.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        tree.apply_layer(i, tar.as_slice())
+            .map_err(|source| Error::Layer {
+                image: r.text.clone(),
+                digest: desc.digest.clone(),
+                source,
+            })?;
+    }
+    let hex = oci::digest_hex(&image.digest).unwrap_or("unknown");
+    let guest_dir = format!("{}/sha256-{hex}", layout::IMAGES_DIR);
+    Ok(Resolved {
+        image,
+        tree,
+        guest_dir,
+    })
+}
+
+/// One initramfs member before numbering.
+struct Item {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    rdev: (u32, u32),
+    data: Arc<Vec<u8>>,
+    /// Hard-link group, if the file has other names.
+    link: Option<u32>,
+}
+
+impl Item {
+    fn dir(mode: u32) -> Item {
+        Item {
+            mode: cpio::kind::DIR | mode,
+            uid: 0,
+            gid: 0,
+            rdev: (0, 0),
+            data: Arc::new(Vec::new()),
+            link: None,
+        }
+    }
+
+    fn file(mode: u32, data: Vec<u8>) -> Item {
+        Item {
+            mode: cpio::kind::FILE | mode,
+            uid: 0,
+            gid: 0,
+            rdev: (0, 0),
+            data: Arc::new(data),
+            link: None,
+        }
+    }
+}
+
+/// Writes the sorted items as a newc archive, hard links sharing an inode
+/// with the data in the first member.
+fn write_cpio(items: &BTreeMap<String, Item>) -> std::io::Result<Vec<u8>> {
+    let mut nlink: BTreeMap<u32, u32> = BTreeMap::new();
+    for item in items.values() {
+        if let Some(group) = item.link {
+            *nlink.entry(group).or_default() += 1;
+        }
+    }
+    let mut written_groups = std::collections::BTreeSet::new();
+    let mut w = cpio::Writer::new(Vec::new());
+    for (path, item) in items {
+        let (ino, links, data): (u32, u32, &[u8]) = match item.link {
+            Some(group) if nlink.get(&group).copied().unwrap_or(1) > 1 => {
+                let first = written_groups.insert(group);
+                (
+                    group,
+                    nlink[&group],
+                    if first { item.data.as_slice() } else { &[] },
+                )
+            }
+            _ => (
+                0,
+                if item.mode & 0o170000 == cpio::kind::DIR {
+                    2
+                } else {
+                    1
+                },
+                item.data.as_slice(),
+            ),
+        };
+        w.entry(&cpio::Entry {
+            path,
+            mode: item.mode,
+            uid: item.uid,
+            gid: item.gid,
+            nlink: links,
+            rdev: item.rdev,
+            data,
+            ino,
+        })?;
+    }
+    w.finish()
+}
 
 /// Builds an image directory from a manifest.
-pub fn build(_opts: &BuildOptions) -> Result<BuildSummary, Error> {
-    Err(Error("not implemented yet".into()))
+pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
+    let manifest = manifest::load(&opts.manifest)?;
+    let (vmlinux, bzimage) = locate_kernel(opts.kernel.as_deref())?;
+    let (_, init) = locate_init(opts.init.as_deref())?;
+
+    // Resolve each distinct image once.
+    let mut images: BTreeMap<ImageRef, Resolved> = BTreeMap::new();
+    for c in &manifest.containers {
+        if !images.contains_key(&c.image) {
+            let resolved = resolve_image(&c.image, &c.name)?;
+            images.insert(c.image.clone(), resolved);
+        }
+    }
+
+    let mut items: BTreeMap<String, Item> = BTreeMap::new();
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "etc",
+        "var",
+        "var/lib",
+        "var/lib/hafen",
+        "etc/hafen",
+    ] {
+        items.insert(dir.to_owned(), Item::dir(0o755));
+    }
+    items.insert("tmp".into(), Item::dir(0o1777));
+    items.insert("root".into(), Item::dir(0o700));
+    // The kernel opens /dev/console for /init's stdio before devtmpfs exists.
+    items.insert(
+        "dev/console".into(),
+        Item {
+            mode: cpio::kind::CHAR | 0o600,
+            uid: 0,
+            gid: 0,
+            rdev: (5, 1),
+            data: Arc::new(Vec::new()),
+            link: None,
+        },
+    );
+    items.insert(
+        layout::INIT_PATH.trim_start_matches('/').to_owned(),
+        Item::file(0o755, init),
+    );
+    for (path, text) in BASE_FILES {
+        items.insert(
+            (*path).to_owned(),
+            Item::file(0o644, text.as_bytes().to_vec()),
+        );
+    }
+    items.insert(
+        layout::HOSTNAME_FILE.trim_start_matches('/').to_owned(),
+        Item::file(0o644, format!("{}\n", manifest.hostname).into_bytes()),
+    );
+
+    let containers_dir = layout::CONTAINERS_DIR.trim_start_matches('/');
+    items.insert(containers_dir.to_owned(), Item::dir(0o755));
+    for (order, c) in manifest.containers.iter().enumerate() {
+        let resolved = images
+            .get(&c.image)
+            .ok_or_else(|| Error::Invalid(format!("container {}: image not resolved", c.name)))?;
+        let spec = bundle::spec(
+            c,
+            order,
+            &resolved.image.config,
+            &resolved.tree,
+            &resolved.guest_dir,
+        )?;
+        let json = serde_json::to_vec_pretty(&spec).map_err(|e| {
+            Error::Invalid(format!(
+                "container {}: cannot encode config.json: {e}",
+                c.name
+            ))
+        })?;
+        let dir = format!("{containers_dir}/{}", c.name);
+        items.insert(dir.clone(), Item::dir(0o755));
+        items.insert(format!("{dir}/config.json"), Item::file(0o644, json));
+        items.insert(format!("{dir}/rootfs"), Item::dir(0o755));
+    }
+
+    let images_dir = layout::IMAGES_DIR.trim_start_matches('/');
+    items.insert(images_dir.to_owned(), Item::dir(0o755));
+    let mut next_group = 0u32;
+    for resolved in images.values() {
+        let root = resolved.guest_dir.trim_start_matches('/').to_owned();
+        items.insert(root.clone(), Item::dir(0o755));
+        let mut groups: BTreeMap<u64, u32> = BTreeMap::new();
+        for (path, node) in &resolved.tree.nodes {
+            let (kind_bits, data, rdev, link) = match &node.kind {
+                Kind::Dir => (cpio::kind::DIR, Arc::new(Vec::new()), (0, 0), None),
+                Kind::File { data, inode } => {
+                    let group = *groups.entry(*inode).or_insert_with(|| {
+                        next_group += 1;
+                        next_group
+                    });
+                    (cpio::kind::FILE, Arc::clone(data), (0, 0), Some(group))
+                }
+                Kind::Symlink(target) => (
+                    cpio::kind::SYMLINK,
+                    Arc::new(target.clone().into_bytes()),
+                    (0, 0),
+                    None,
+                ),
+                Kind::Char(ma, mi) => (cpio::kind::CHAR, Arc::new(Vec::new()), (*ma, *mi), None),
+                Kind::Block(ma, mi) => (cpio::kind::BLOCK, Arc::new(Vec::new()), (*ma, *mi), None),
+                Kind::Fifo => (cpio::kind::FIFO, Arc::new(Vec::new()), (0, 0), None),
+            };
+            let mode = if matches!(node.kind, Kind::Symlink(_)) {
+                0o777
+            } else {
+                node.mode
+            };
+            items.insert(
+                format!("{root}/{path}"),
+                Item {
+                    mode: kind_bits | mode,
+                    uid: node.uid,
+                    gid: node.gid,
+                    rdev,
+                    data,
+                    link,
+                },
+            );
+        }
+    }
+
+    let archive = write_cpio(&items).map_err(|source| Error::Output {
+        path: opts.out.clone(),
+        source,
+    })?;
+    let initramfs = import::gzip(&archive).map_err(|source| Error::Output {
+        path: opts.out.clone(),
+        source,
+    })?;
+    let info = ImageInfo {
+        name: manifest.name.clone(),
+        kernel: "vmlinux".into(),
+        bzimage: bzimage.as_ref().map(|_| "bzImage".to_owned()),
+        initrd: INITRAMFS.into(),
+        cmdline: Vec::new(),
+        memory_mib: DEFAULT_MEMORY_MIB,
+    };
+    let info_json = serde_json::to_vec_pretty(&info)
+        .map_err(|e| Error::Invalid(format!("cannot encode image.json: {e}")))?;
+
+    write_output(&opts.out, |tmp| {
+        let put = |name: &str, bytes: &[u8]| -> Result<(), Error> {
+            let path = tmp.join(name);
+            let mut f = std::fs::File::create(&path).map_err(|source| Error::Output {
+                path: path.clone(),
+                source,
+            })?;
+            f.write_all(bytes).map_err(|source| Error::Output {
+                path: path.clone(),
+                source,
+            })
+        };
+        put(INITRAMFS, &initramfs)?;
+        put(IMAGE_INFO_FILE, &info_json)?;
+        let copy = |from: &Path, name: &str| {
+            std::fs::copy(from, tmp.join(name))
+                .map(drop)
+                .map_err(|source| Error::Input {
+                    path: from.to_owned(),
+                    source,
+                })
+        };
+        copy(&vmlinux, "vmlinux")?;
+        if let Some(bz) = &bzimage {
+            copy(bz, "bzImage")?;
+        }
+        Ok(())
+    })?;
+
+    Ok(BuildSummary {
+        out: opts.out.clone(),
+        containers: manifest.containers.iter().map(|c| c.name.clone()).collect(),
+        images: images.values().map(|r| r.image.digest.clone()).collect(),
+        initramfs_bytes: initramfs.len() as u64,
+    })
 }
 
-/// Makes an OCI image layout from a root filesystem.
-pub fn import(_opts: &ImportOptions) -> Result<ImportSummary, Error> {
-    Err(Error("not implemented yet".into()))
+/// Fills a temporary sibling of `out` and moves it into place only when
+/// `fill` succeeds: a failed build never leaves a half-written directory
+/// and never touches an existing one.
+fn write_output(out: &Path, fill: impl FnOnce(&Path) -> Result<(), Error>) -> Result<(), Error> {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| Error::Invalid(format!("{} is not a directory name", out.display())))?;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|source| Error::Output {
+        path: parent.to_owned(),
+        source,
+    })?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(|source| Error::Output {
+        path: tmp.clone(),
+        source,
+    })?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let had_old = out.exists();
+    if had_old {
+        std::fs::rename(out, &old).map_err(|source| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Error::Output {
+                path: out.to_owned(),
+                source,
+            }
+        })?;
+    }
+    if let Err(source) = std::fs::rename(&tmp, out) {
+        if had_old {
+            let _ = std::fs::rename(&old, out);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::Output {
+            path: out.to_owned(),
+            source,
+        });
+    }
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
 }
+
+#[cfg(test)]
+mod tests;

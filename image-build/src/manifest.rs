@@ -1,0 +1,354 @@
+//! `hafen.toml`: what an image holds. Parsing rejects unknown keys and
+//! checks every value, naming the file and the field in each error.
+
+use std::path::{Path, PathBuf};
+
+use hafen_proto::annotations::Phase;
+use serde::Deserialize;
+
+/// A manifest could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read manifest {}", path.display())]
+    Read {
+        /// The manifest.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("{}: {}", path.display(), message)]
+    Parse {
+        /// The manifest.
+        path: PathBuf,
+        /// The TOML parser's message (with line, column and key).
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("{}: {field}: {message}", path.display())]
+    Invalid {
+        /// The manifest.
+        path: PathBuf,
+        /// The field, e.g. `container[1].stop_signal`.
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    hostname: Option<String>,
+    #[serde(default, rename = "container")]
+    containers: Vec<RawContainer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContainer {
+    name: String,
+    image: String,
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    env: Vec<String>,
+    phase: Option<String>,
+    stop_signal: Option<String>,
+    stop_timeout: Option<u32>,
+}
+
+/// A validated manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The image's name.
+    pub name: String,
+    /// The guest's hostname.
+    pub hostname: String,
+    /// Containers in declared order.
+    pub containers: Vec<Container>,
+}
+
+/// One `[[container]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// Unique name.
+    pub name: String,
+    /// Where its image comes from.
+    pub image: ImageRef,
+    /// Replaces the image's entrypoint and cmd.
+    pub command: Option<Vec<String>>,
+    /// Added to the image's environment.
+    pub env: Vec<String>,
+    /// When it runs.
+    pub phase: Phase,
+    /// Stop signal as written (validated).
+    pub stop_signal: Option<String>,
+    /// Seconds before SIGKILL.
+    pub stop_timeout: Option<u32>,
+}
+
+/// `oci:PATH[:TAG]`, with PATH resolved against the manifest's folder.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageRef {
+    /// The reference as written.
+    pub text: String,
+    /// The OCI image layout directory.
+    pub layout: PathBuf,
+    /// The `org.opencontainers.image.ref.name` to pick, if given.
+    pub tag: Option<String>,
+}
+
+/// Parses `oci:PATH[:TAG]`; the last `:` starts a tag only when no `/` follows it.
+pub fn parse_image_ref(text: &str, base: &Path) -> Result<ImageRef, String> {
+    let rest = text.strip_prefix("oci:").ok_or_else(|| {
+        format!("{text:?} is not supported: use \"oci:PATH[:TAG]\" (an OCI image layout directory)")
+    })?;
+    let (path, tag) = match rest.rsplit_once(':') {
+        Some((path, tag)) if !tag.contains('/') && !path.is_empty() => (path, Some(tag)),
+        _ => (rest, None),
+    };
+    if path.is_empty() {
+        return Err(format!("{text:?} names no layout directory"));
+    }
+    if tag.is_some_and(str::is_empty) {
+        return Err(format!("{text:?} has an empty tag"));
+    }
+    Ok(ImageRef {
+        text: text.to_owned(),
+        layout: base.join(path),
+        tag: tag.map(str::to_owned),
+    })
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+}
+
+/// Reads and validates a manifest file.
+pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates manifest text; `path` locates relative image paths and names the file in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+    let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let invalid = |field: String, message: String| ManifestError::Invalid {
+        path: path.to_owned(),
+        field,
+        message,
+    };
+    if !valid_name(&raw.name) {
+        return Err(invalid(
+            "name".into(),
+            format!("{:?} must be 1-63 characters of a-z, 0-9 and '-'", raw.name),
+        ));
+    }
+    let hostname = raw.hostname.unwrap_or_else(|| raw.name.clone());
+    if hostname.is_empty()
+        || hostname.len() > 64
+        || !hostname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(invalid(
+            "hostname".into(),
+            format!("{hostname:?} is not a valid hostname"),
+        ));
+    }
+    if raw.containers.is_empty() {
+        return Err(invalid(
+            "container".into(),
+            "the manifest declares no container: add a [[container]] table".into(),
+        ));
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut containers = Vec::with_capacity(raw.containers.len());
+    for (i, c) in raw.containers.into_iter().enumerate() {
+        let field = |name: &str| format!("container[{i}].{name}");
+        if !valid_name(&c.name) {
+            return Err(invalid(
+                field("name"),
+                format!("{:?} must be 1-63 characters of a-z, 0-9 and '-'", c.name),
+            ));
+        }
+        if containers
+            .iter()
+            .any(|other: &Container| other.name == c.name)
+        {
+            return Err(invalid(
+                field("name"),
+                format!(
+                    "{:?} is used by another container; names must be unique",
+                    c.name
+                ),
+            ));
+        }
+        let image = parse_image_ref(&c.image, base).map_err(|m| invalid(field("image"), m))?;
+        if let Some(command) = &c.command {
+            if command.is_empty() || command[0].is_empty() {
+                return Err(invalid(
+                    field("command"),
+                    "must name a program: command = [\"/bin/prog\", \"arg\"]".into(),
+                ));
+            }
+        }
+        for (j, kv) in c.env.iter().enumerate() {
+            if !kv.contains('=') || kv.starts_with('=') {
+                return Err(invalid(
+                    format!("container[{i}].env[{j}]"),
+                    format!("{kv:?} is not KEY=value"),
+                ));
+            }
+        }
+        let phase = match c.phase.as_deref() {
+            None => Phase::default(),
+            Some(p) => p
+                .parse()
+                .map_err(|e: hafen_proto::annotations::UnknownPhase| {
+                    invalid(field("phase"), e.to_string())
+                })?,
+        };
+        if let Some(sig) = &c.stop_signal {
+            if hafen_proto::signal::parse(sig).is_none() {
+                return Err(invalid(
+                    field("stop_signal"),
+                    format!("{sig:?} is not a signal name (SIGTERM, TERM) or number"),
+                ));
+            }
+        }
+        containers.push(Container {
+            name: c.name,
+            image,
+            command: c.command,
+            env: c.env,
+            phase,
+            stop_signal: c.stop_signal,
+            stop_timeout: c.stop_timeout,
+        });
+    }
+    Ok(Manifest {
+        path: path.to_owned(),
+        name: raw.name,
+        hostname,
+        containers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Manifest, ManifestError> {
+        parse(text, Path::new("/m/hafen.toml"))
+    }
+
+    const GOOD: &str = r#"
+name = "hello"
+[[container]]
+name = "greet"
+image = "oci:images/busybox:1"
+command = ["/bin/echo", "hi"]
+env = ["A=b"]
+phase = "once"
+stop_signal = "SIGUSR1"
+stop_timeout = 3
+[[container]]
+name = "svc"
+image = "oci:/abs/layout"
+"#;
+
+    #[test]
+    fn a_valid_manifest_parses_with_defaults() {
+        let m = parse_str(GOOD).expect("valid");
+        assert_eq!(m.hostname, "hello");
+        assert_eq!(m.containers.len(), 2);
+        let greet = &m.containers[0];
+        assert_eq!(greet.image.layout, PathBuf::from("/m/images/busybox"));
+        assert_eq!(greet.image.tag.as_deref(), Some("1"));
+        assert_eq!(greet.phase, Phase::Once);
+        assert_eq!(greet.stop_timeout, Some(3));
+        let svc = &m.containers[1];
+        assert_eq!(svc.phase, Phase::Service);
+        assert_eq!(svc.image.layout, PathBuf::from("/abs/layout"));
+        assert_eq!(svc.image.tag, None);
+    }
+
+    fn error_of(text: &str) -> String {
+        parse_str(text).expect_err("must fail").to_string()
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e =
+            error_of("name = \"x\"\nbogus = 1\n[[container]]\nname = \"a\"\nimage = \"oci:i\"\n");
+        assert!(e.contains("bogus") && e.contains("/m/hafen.toml"), "{e}");
+        let e = error_of(
+            "name = \"x\"\n[[container]]\nname = \"a\"\nimage = \"oci:i\"\nrestart = \"always\"\n",
+        );
+        assert!(e.contains("restart"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let with = |extra: &str| {
+            format!("name = \"x\"\n[[container]]\nname = \"a\"\nimage = \"oci:i\"\n{extra}")
+        };
+        for (extra, field) in [
+            ("phase = \"daemon\"", "container[0].phase"),
+            ("stop_signal = \"SIGNOPE\"", "container[0].stop_signal"),
+            ("command = []", "container[0].command"),
+            ("env = [\"NOEQUALS\"]", "container[0].env[0]"),
+        ] {
+            let e = error_of(&with(extra));
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+        let e = error_of("name = \"x\"\n[[container]]\nname = \"Bad_Name\"\nimage = \"oci:i\"\n");
+        assert!(e.contains("container[0].name"), "{e}");
+        let e = error_of("name = \"x\"\n[[container]]\nname = \"a\"\nimage = \"oci:i\"\n[[container]]\nname = \"a\"\nimage = \"oci:i\"\n");
+        assert!(
+            e.contains("container[1].name") && e.contains("unique"),
+            "{e}"
+        );
+        let e =
+            error_of("name = \"x\"\n[[container]]\nname = \"a\"\nimage = \"docker.io/busybox\"\n");
+        assert!(
+            e.contains("container[0].image") && e.contains("oci:"),
+            "{e}"
+        );
+        let e = error_of("name = \"x\"\n");
+        assert!(e.contains("no container"), "{e}");
+        let e = error_of("name = \"x\"\n[[container]]\nname = \"a\"\n");
+        assert!(e.contains("image"), "missing image: {e}");
+    }
+
+    #[test]
+    fn image_refs_split_tags_only_after_the_last_slash() {
+        let base = Path::new("/b");
+        let r = parse_image_ref("oci:dir/x:tag", base).expect("ok");
+        assert_eq!(
+            (r.layout, r.tag.as_deref()),
+            (PathBuf::from("/b/dir/x"), Some("tag"))
+        );
+        let r = parse_image_ref("oci:weird:dir/x", base).expect("ok");
+        assert_eq!((r.layout, r.tag), (PathBuf::from("/b/weird:dir/x"), None));
+        assert!(parse_image_ref("oci:", base).is_err());
+        assert!(parse_image_ref("oci:x:", base).is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! Builds from real (small) OCI layouts made by `import`, on temp dirs.
+
+use super::*;
+
+/// A minimal 64-bit ELF header with no program headers: "static".
+fn fake_static_init() -> Vec<u8> {
+    let mut elf = vec![0u8; 64];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2;
+    elf
+}
+
+struct Fixture {
+    dir: PathBuf,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        let dir =
+            std::env::temp_dir().join(format!("hafen-build-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("rootfs/bin")).expect("mkdir");
+        std::fs::write(dir.join("rootfs/bin/tool"), b"#!/bin/sh\necho tool\n").expect("write");
+        std::fs::hard_link(dir.join("rootfs/bin/tool"), dir.join("rootfs/bin/tool2"))
+            .expect("link");
+        std::os::unix::fs::symlink("tool", dir.join("rootfs/bin/sh")).expect("symlink");
+        std::fs::write(dir.join("vmlinux"), b"not really a kernel").expect("write");
+        std::fs::write(dir.join("init"), fake_static_init()).expect("write");
+        import(&ImportOptions {
+            rootfs: dir.join("rootfs"),
+            layout: dir.join("images/base"),
+            tag: Some("1".into()),
+            entrypoint: None,
+            cmd: Some(vec!["/bin/sh".into()]),
+            env: vec!["PATH=/bin".into()],
+            workdir: None,
+        })
+        .expect("import");
+        Fixture { dir }
+    }
+
+    fn manifest(&self, text: &str) -> PathBuf {
+        let path = self.dir.join("hafen.toml");
+        std::fs::write(&path, text).expect("write manifest");
+        path
+    }
+
+    fn build(&self, manifest: &Path, out: &str) -> Result<BuildSummary, Error> {
+        build(&BuildOptions {
+            manifest: manifest.to_owned(),
+            out: self.dir.join(out),
+            kernel: Some(self.dir.join("vmlinux")),
+            init: Some(self.dir.join("init")),
+        })
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const MANIFEST: &str = r#"
+name = "t"
+hostname = "box"
+[[container]]
+name = "one"
+image = "oci:images/base:1"
+command = ["/bin/tool"]
+phase = "once"
+[[container]]
+name = "two"
+image = "oci:images/base:1"
+"#;
+
+fn unpack(out: &Path) -> Vec<cpio::Parsed> {
+    let gz = std::fs::read(out.join(INITRAMFS)).expect("initramfs");
+    let raw = import::maybe_gunzip(gz).expect("gunzip");
+    cpio::parse(&raw).expect("valid cpio")
+}
+
+#[test]
+fn builds_are_byte_identical_and_hold_what_the_guest_needs() {
+    let f = Fixture::new("repro");
+    let m = f.manifest(MANIFEST);
+    let summary = f.build(&m, "a").expect("build a");
+    assert_eq!(summary.containers, ["one", "two"]);
+    assert_eq!(
+        summary.images.len(),
+        1,
+        "one image shared by two containers"
+    );
+    f.build(&m, "b").expect("build b");
+    for file in [INITRAMFS, IMAGE_INFO_FILE, "vmlinux"] {
+        assert_eq!(
+            std::fs::read(f.dir.join("a").join(file)).expect("a"),
+            std::fs::read(f.dir.join("b").join(file)).expect("b"),
+            "{file} differs"
+        );
+    }
+
+    let entries = unpack(&f.dir.join("a"));
+    let get = |p: &str| {
+        entries
+            .iter()
+            .find(|e| e.path == p)
+            .unwrap_or_else(|| panic!("{p} missing"))
+    };
+    let console = get("dev/console");
+    assert_eq!(
+        (console.mode & 0o170000, console.rdev),
+        (cpio::kind::CHAR, (5, 1))
+    );
+    assert_eq!(get("init").data, fake_static_init());
+    assert_eq!(get("init").mode & 0o777, 0o755);
+    assert_eq!(get("etc/hostname").data, b"box\n");
+    assert!(get("etc/os-release").data.starts_with(b"NAME=\"Hafen\""));
+    let config: hafen_proto::spec::Spec =
+        serde_json::from_slice(&get("etc/hafen/containers/one/config.json").data).expect("spec");
+    assert_eq!(config.process.expect("process").args, ["/bin/tool"]);
+    let lower = config.annotations["org.hafen.lower-dirs"].clone();
+    let image_root = lower.trim_start_matches('/');
+    assert!(
+        image_root.starts_with("var/lib/hafen/images/sha256-"),
+        "{lower}"
+    );
+    assert_eq!(
+        get("etc/hafen/containers/two/rootfs").mode & 0o170000,
+        cpio::kind::DIR
+    );
+    // Hard links share an inode, the data travels once, and nlink counts both.
+    let tool = get(&format!("{image_root}/bin/tool"));
+    let tool2 = get(&format!("{image_root}/bin/tool2"));
+    assert_eq!(tool.ino, tool2.ino);
+    assert_eq!((tool.nlink, tool2.nlink), (2, 2));
+    assert_eq!(
+        tool.data.len() + tool2.data.len(),
+        b"#!/bin/sh\necho tool\n".len()
+    );
+    assert_eq!(get(&format!("{image_root}/bin/sh")).data, b"tool");
+    // Parents come before children (the kernel creates them in order).
+    let pos = |p: &str| entries.iter().position(|e| e.path == p).expect("present");
+    assert!(
+        pos("etc") < pos("etc/hafen")
+            && pos("etc/hafen") < pos("etc/hafen/containers/one/config.json")
+    );
+    let info: ImageInfo =
+        serde_json::from_slice(&std::fs::read(f.dir.join("a/image.json")).expect("read"))
+            .expect("image.json");
+    assert_eq!(info.name, "t");
+}
+
+#[test]
+fn a_failed_build_leaves_no_output_and_keeps_the_previous_one() {
+    let f = Fixture::new("atomic");
+    let good = f.manifest(MANIFEST);
+    f.build(&good, "out").expect("first build");
+    let before = std::fs::read(f.dir.join("out").join(INITRAMFS)).expect("read");
+    let bad =
+        f.manifest(&MANIFEST.replace("images/base:1\"\ncommand", "images/base:nope\"\ncommand"));
+    let err = f.build(&bad, "out").expect_err("missing tag").to_string();
+    assert!(err.contains("container one"), "{err}");
+    assert_eq!(
+        std::fs::read(f.dir.join("out").join(INITRAMFS)).expect("still there"),
+        before
+    );
+    let err = f.build(&bad, "fresh").expect_err("missing tag");
+    assert!(
+        !f.dir.join("fresh").exists(),
+        "{err}: no half-written output"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&f.dir)
+        .expect("ls")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary directories removed");
+}
+
+#[test]
+fn a_corrupt_layer_is_named() {
+    let f = Fixture::new("corrupt");
+    let m = f.manifest(MANIFEST);
+    let blobs = f.dir.join("images/base/blobs/sha256");
+    // The largest blob is the layer.
+    let layer = std::fs::read_dir(&blobs)
+        .expect("ls")
+        .flatten()
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .expect("a blob")
+        .path();
+    let mut bytes = std::fs::read(&layer).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&layer, bytes).expect("write");
+    let err = f.build(&m, "out").expect_err("corrupt layer");
+    let chain = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    );
+    assert!(
+        chain.contains("corrupt")
+            && chain.contains(
+                &layer
+                    .file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .to_string()
+            ),
+        "{chain}"
+    );
+}
+
+#[test]
+fn a_dynamic_init_or_missing_kernel_is_explained() {
+    assert_eq!(is_static_elf(&fake_static_init()), Ok(true));
+    let mut dynamic = fake_static_init();
+    // One program header of type PT_INTERP right after the ELF header.
+    dynamic[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+    dynamic[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+    dynamic[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+    dynamic.extend_from_slice(&[3, 0, 0, 0]);
+    dynamic.resize(64 + 56, 0);
+    assert_eq!(is_static_elf(&dynamic), Ok(false));
+    assert!(is_static_elf(b"#!/bin/sh").is_err());
+    let f = Fixture::new("init");
+    std::fs::write(f.dir.join("init"), &dynamic).expect("write");
+    let err = f
+        .build(&f.manifest(MANIFEST), "out")
+        .expect_err("dynamic")
+        .to_string();
+    assert!(
+        err.contains("dynamically linked") && err.contains("x86_64-unknown-linux-musl"),
+        "{err}"
+    );
+    let err = locate_kernel(Some(Path::new("/nonexistent/kernel")))
+        .expect_err("missing")
+        .to_string();
+    assert!(err.contains("kernel-config/build.sh"), "{err}");
+}
+
+#[test]
+fn import_refuses_hostile_tars_and_bad_arguments() {
+    let f = Fixture::new("import");
+    let evil = tree::tests::tar_of(&[tree::tests::E::File("../../etc/cron.d/evil", b"x")]);
+    std::fs::write(f.dir.join("evil.tar"), evil).expect("write");
+    let opts = |rootfs: PathBuf, env: Vec<String>| ImportOptions {
+        rootfs,
+        layout: f.dir.join("images/evil"),
+        tag: None,
+        entrypoint: None,
+        cmd: None,
+        env,
+        workdir: None,
+    };
+    let err = import(&opts(f.dir.join("evil.tar"), vec![])).expect_err("hostile");
+    let chain = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    );
+    assert!(chain.contains("\"..\""), "{chain}");
+    let err = import(&opts(f.dir.join("rootfs"), vec!["NOVALUE".into()]))
+        .expect_err("bad env")
+        .to_string();
+    assert!(err.contains("NOVALUE"), "{err}");
+    // Re-importing a tag replaces it rather than adding a second entry.
+    let again = ImportOptions {
+        layout: f.dir.join("images/base"),
+        tag: Some("1".into()),
+        ..opts(f.dir.join("rootfs"), vec![])
+    };
+    import(&again).expect("re-import");
+    let index: oci::Index =
+        serde_json::from_slice(&std::fs::read(f.dir.join("images/base/index.json")).expect("read"))
+            .expect("json");
+    assert_eq!(index.manifests.len(), 1);
+}
