@@ -216,6 +216,25 @@ fn state_dir(name: &str) -> PathBuf {
         .join(format!("{name}-{}", std::process::id()))
 }
 
+/// Removes state directories left by runs that were killed (their pid is gone).
+fn remove_stale_state_dirs(vms: &Path) {
+    let Ok(entries) = std::fs::read_dir(vms) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .rsplit_once('-')
+            .and_then(|(_, p)| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Removes the state directory when the run ends, however it ends.
 struct StateDir(PathBuf);
 
@@ -247,15 +266,28 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, Error> {
     );
 
     let state = StateDir(state_dir(&info.name));
+    if let Some(vms) = state.0.parent() {
+        remove_stale_state_dirs(vms);
+    }
     std::fs::create_dir_all(&state.0).map_err(|source| Error::StateDir {
         path: state.0.clone(),
         source,
     })?;
     let qmp_socket = state.0.join("qmp.sock");
+    // Under TCG the guest's TSC ticks at the host's rate, but calibrating it
+    // against the emulated PIT fails now and then on a busy host, and the
+    // guest then hangs at boot. Telling the kernel the rate avoids both the
+    // hang and the calibration time.
+    let mut extra = info.cmdline.clone();
+    if accel == Accelerator::Tcg && !opts.append.iter().any(|w| w.starts_with("tsc_early_khz=")) {
+        if let Some(khz) = sys::host_tsc_khz(Duration::from_millis(20)) {
+            extra.push(format!("tsc_early_khz={khz}"));
+        }
+    }
     let machine = Machine {
         kernel,
         initrd: Some(opts.image.join(&info.initrd)),
-        cmdline: command::kernel_cmdline(opts.verbose, &info.cmdline, &opts.append),
+        cmdline: command::kernel_cmdline(opts.verbose, &extra, &opts.append),
         memory_mib: opts.memory_mib.unwrap_or(info.memory_mib),
         cpus: opts.cpus.max(1),
         accel,

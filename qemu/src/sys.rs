@@ -121,3 +121,23 @@ pub fn kill(pid: u32) {
     // SAFETY: kill takes plain integers; the pid is our own child's.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
 }
+
+/// The host's time-stamp counter frequency in kHz, measured over `window`,
+/// when the CPU says its TSC runs at a constant rate.
+pub fn host_tsc_khz(window: std::time::Duration) -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    if !cpuinfo
+        .lines()
+        .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "constant_tsc"))
+    {
+        return None;
+    }
+    let start = std::time::Instant::now();
+    // SAFETY: rdtsc has no preconditions on x86_64; constant_tsc was checked.
+    let t0 = unsafe { std::arch::x86_64::_rdtsc() };
+    std::thread::sleep(window);
+    // SAFETY: as above.
+    let t1 = unsafe { std::arch::x86_64::_rdtsc() };
+    let micros = start.elapsed().as_micros() as u64;
+    (micros > 0).then(|| (t1.saturating_sub(t0)) * 1000 / micros)
+}
