@@ -10,7 +10,8 @@ fn the_hello_example_builds() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
     // Copy the manifest next to the test's busybox layout, as images/busybox.
     std::fs::create_dir_all(scratch.0.join("images")).expect("mkdir");
-    std::os::unix::fs::symlink(common::busybox_layout(), scratch.0.join("images/busybox")).expect("link");
+    std::os::unix::fs::symlink(common::busybox_layout(), scratch.0.join("images/busybox"))
+        .expect("link");
     std::fs::copy(example.join("hafen.toml"), scratch.0.join("hafen.toml")).expect("copy manifest");
     let out = Command::new(common::hafen())
         .arg("build")
@@ -21,7 +22,11 @@ fn the_hello_example_builds() {
         .arg(common::init_binary())
         .output()
         .expect("run hafen build");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for file in ["image.json", "vmlinux", "initramfs.cpio.gz"] {
         assert!(scratch.0.join("out").join(file).is_file(), "{file} missing");
     }

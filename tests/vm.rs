@@ -39,7 +39,12 @@ command = ["/bin/sh", "-c", "trap 'echo stop signal received; exit 0' TERM; echo
     let status = vm.wait_exit();
     vm.assert_console("svc exited with code 0");
     vm.assert_console("powering off");
-    assert_eq!(status.code(), Some(0), "hafen run exit status\n{}", vm.console());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "hafen run exit status\n{}",
+        vm.console()
+    );
 }
 
 /// A container whose command does not exist is reported with its name and
@@ -64,8 +69,14 @@ command = ["/bin/sh", "-c", "echo still running; trap 'exit 0' TERM; while true;
     );
     let mut vm = Vm::boot(&image);
     let line = vm.wait_for("container broken failed to start");
-    assert!(line.contains("/bin/does-not-exist"), "error names the command: {line}");
-    assert!(line.contains("not found"), "error says what is wrong: {line}");
+    assert!(
+        line.contains("/bin/does-not-exist"),
+        "error names the command: {line}"
+    );
+    assert!(
+        line.contains("not found"),
+        "error says what is wrong: {line}"
+    );
     vm.wait_for("after | still running");
     vm.signal(libc::SIGTERM);
     assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.console());
@@ -119,5 +130,10 @@ stop_timeout = 600
     vm.wait_for("power-off requested");
     vm.signal(libc::SIGTERM);
     let status = vm.wait_exit();
-    assert_ne!(status.code(), Some(0), "a forced stop is not a clean power-off\n{}", vm.console());
+    assert_ne!(
+        status.code(),
+        Some(0),
+        "a forced stop is not a clean power-off\n{}",
+        vm.console()
+    );
 }

@@ -183,6 +183,64 @@ pub struct Linux {
     /// Propagation of the root mount: `private`, `rprivate`, `slave`, `rslave`, `shared`, `rshared`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs_propagation: Option<String>,
+    /// System call filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<Seccomp>,
+}
+
+/// A seccomp profile: a default action and rules for named system calls.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Seccomp {
+    /// Action for calls no rule matches (`SCMP_ACT_ERRNO`, `SCMP_ACT_ALLOW`, ...).
+    pub default_action: String,
+    /// errno for a default `SCMP_ACT_ERRNO` (default EPERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_errno_ret: Option<u32>,
+    /// Architectures the profile covers (`SCMP_ARCH_X86_64`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub architectures: Vec<String>,
+    /// Filter flags (`SECCOMP_FILTER_FLAG_LOG`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+    /// Rules, tried in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub syscalls: Vec<SeccompRule>,
+}
+
+/// An action for a set of system calls, optionally only when arguments match.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeccompRule {
+    /// System call names.
+    pub names: Vec<String>,
+    /// What to do.
+    pub action: String,
+    /// errno for `SCMP_ACT_ERRNO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno_ret: Option<u32>,
+    /// Conditions on arguments, all of which must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<SeccompArg>,
+}
+
+/// A condition on one system call argument.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeccompArg {
+    /// Argument index, 0 to 5.
+    pub index: u32,
+    /// Value compared against (the mask, for `SCMP_CMP_MASKED_EQ`).
+    pub value: u64,
+    /// Second value (the expected masked value, for `SCMP_CMP_MASKED_EQ`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub value_two: u64,
+    /// `SCMP_CMP_EQ`, `NE`, `LT`, `LE`, `GT`, `GE` or `MASKED_EQ`.
+    pub op: String,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Maps a range of ids inside a user namespace to ids outside.

@@ -48,10 +48,14 @@ pub fn busybox_layout() -> &'static Path {
         std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir rootfs");
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
             .expect("copy /bin/busybox (install busybox-static: scripts/setup.sh)");
-        let list = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+        let list = Command::new("/bin/busybox")
+            .arg("--list")
+            .output()
+            .expect("busybox --list");
         for applet in String::from_utf8_lossy(&list.stdout).lines() {
             if applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("symlink applet");
+                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
+                    .expect("symlink applet");
             }
         }
         let layout = dir.join("layout");
@@ -63,7 +67,11 @@ pub fn busybox_layout() -> &'static Path {
             .args(["--tag", "1", "--env", "PATH=/bin", "--cmd", "/bin/sh"])
             .output()
             .expect("run hafen image import");
-        assert!(out.status.success(), "hafen image import failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "hafen image import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         layout
     })
 }
@@ -146,11 +154,18 @@ impl Vm {
                 }
             });
         }
-        Vm { child: Some(child), lines, console }
+        Vm {
+            child: Some(child),
+            lines,
+            console,
+        }
     }
 
     pub fn pid(&self) -> libc::pid_t {
-        self.child.as_ref().map(|c| c.id() as libc::pid_t).unwrap_or(0)
+        self.child
+            .as_ref()
+            .map(|c| c.id() as libc::pid_t)
+            .unwrap_or(0)
     }
 
     /// Everything the VM printed so far.
@@ -159,14 +174,23 @@ impl Vm {
     }
 
     fn fail(&self, why: &str) -> ! {
-        panic!("{why}\n----- guest console -----\n{}\n-------------------------", self.console());
+        panic!(
+            "{why}\n----- guest console -----\n{}\n-------------------------",
+            self.console()
+        );
     }
 
     /// Waits for a console line containing `needle`; returns it.
     pub fn wait_for(&self, needle: &str) -> String {
         let deadline = Instant::now() + BOOT_TIMEOUT;
         // Lines seen before this call count too.
-        if let Some(line) = self.console.lock().expect("console lock").iter().find(|l| l.contains(needle)) {
+        if let Some(line) = self
+            .console
+            .lock()
+            .expect("console lock")
+            .iter()
+            .find(|l| l.contains(needle))
+        {
             return line.clone();
         }
         loop {
@@ -174,7 +198,9 @@ impl Vm {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => self.fail(&format!("timed out waiting for {needle:?}")),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("timed out waiting for {needle:?}"))
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.fail(&format!("hafen run ended before printing {needle:?}"))
                 }

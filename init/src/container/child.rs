@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use rustix::fs::{FileType, Mode};
 use rustix::mount::{mount, MountFlags, MountPropagationFlags, UnmountFlags};
 
-use super::{caps, procfs, Plan, RootMount, Step, READY};
+use super::{caps, procfs, seccomp, Plan, RootMount, Step, READY};
 use crate::sys;
 
 /// Descriptors the child works with (numbers valid in the child).
@@ -230,6 +230,13 @@ fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
 
     // 13. Privileges: bounding set (needs CAP_SETPCAP, so first), identity
     //     (keeping permitted caps across setuid), then the capability sets.
+    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it
+    // while we still have it (the default profile allows what follows).
+    if !plan.no_new_privs {
+        if let Some(program) = &plan.seccomp {
+            seccomp::apply(program).map_err(fail_io(Step::Seccomp, "filter"))?;
+        }
+    }
     if let Some(c) = &plan.caps {
         caps::drop_bounding(c.bounding, plan.last_cap)
             .map_err(fail_io(Step::Bounding, "bounding set"))?;
@@ -247,6 +254,10 @@ fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
     }
     if plan.no_new_privs {
         caps::set_no_new_privs().map_err(fail_io(Step::NoNewPrivs, "prctl"))?;
+        // As late as possible, so set-up calls need not be allowed.
+        if let Some(program) = &plan.seccomp {
+            seccomp::apply(program).map_err(fail_io(Step::Seccomp, "filter"))?;
+        }
     }
 
     // 14. Created: wait to be started.

@@ -11,6 +11,8 @@ pub mod caps;
 pub mod cgroup;
 mod child;
 pub mod procfs;
+pub mod seccomp;
+mod syscalls;
 
 use std::ffi::CString;
 use std::fmt;
@@ -343,6 +345,7 @@ struct Plan {
     caps: Option<Caps>,
     last_cap: u32,
     no_new_privs: bool,
+    seccomp: Option<seccomp::Program>,
     exec_candidates: Vec<CString>,
     program: String,
     argv: Vec<CString>,
@@ -735,6 +738,13 @@ impl Plan {
             }
         };
 
+        let seccomp = match &linux.seccomp {
+            Some(profile) => Some(
+                seccomp::compile(profile).map_err(|e| spec_error(format!("linux.seccomp: {e}")))?,
+            ),
+            None => None,
+        };
+
         // cgroup: the spec's path, or hafen/ID; limits need cgroup v2.
         let settings = match &linux.resources {
             Some(r) => {
@@ -812,6 +822,7 @@ impl Plan {
             caps,
             last_cap: caps::last_cap(),
             no_new_privs: process.no_new_privileges,
+            seccomp,
             exec_candidates,
             program,
             argv: process
