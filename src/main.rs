@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "hafen", version, about = "Boot a machine straight into its containers")]
+#[command(
+    name = "hafen",
+    version,
+    about = "Boot a machine straight into its containers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
