@@ -4,7 +4,11 @@
 use std::collections::BTreeMap;
 
 use hafen_proto::annotations;
-use hafen_proto::spec::{Linux, Mount, Namespace, Process, Root, Spec, User, OCI_VERSION};
+use hafen_proto::capability;
+use hafen_proto::spec::{
+    Capabilities, Cpu, IdMapping, Linux, Memory, Mount, Namespace, Pids, Process, Resources, Root,
+    Spec, User, OCI_VERSION,
+};
 
 use crate::manifest::Container;
 use crate::oci::ImageConfig;
@@ -12,6 +16,65 @@ use crate::tree::Tree;
 
 /// PATH when neither the image nor the manifest sets one.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// First host uid/gid a user-namespaced container's ids map to.
+pub const USERNS_HOST_BASE: u32 = 100_000;
+/// How many ids a user-namespaced container gets.
+pub const USERNS_SIZE: u32 = 65_536;
+
+/// Paths under /proc and /sys a container cannot read (Docker's list).
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths under /proc a container can read but not write (Docker's list).
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The capability set: Docker's default, `cap_add`, `cap_drop` (`ALL` for
+/// every capability), or everything when privileged. Sorted by number.
+pub fn capabilities(security: &crate::manifest::Security) -> Vec<String> {
+    let all = || (0..capability::NAMES.len() as u32).collect::<Vec<u32>>();
+    let is_all = |list: &[String]| list.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
+    let mut caps: Vec<u32> = if security.privileged || is_all(&security.cap_add) {
+        all()
+    } else {
+        capability::DEFAULT
+            .iter()
+            .filter_map(|c| capability::parse(c))
+            .collect()
+    };
+    if !security.privileged {
+        if is_all(&security.cap_drop) {
+            caps.clear();
+        }
+        caps.extend(security.cap_add.iter().filter_map(|c| capability::parse(c)));
+        caps.retain(|c| {
+            !security
+                .cap_drop
+                .iter()
+                .any(|d| capability::parse(d) == Some(*c))
+        });
+    }
+    caps.sort_unstable();
+    caps.dedup();
+    caps.into_iter().map(capability::name).collect()
+}
 
 /// Why a bundle cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +145,13 @@ pub fn default_mounts() -> Vec<Mount> {
             "sysfs",
             "sysfs",
             &["nosuid", "noexec", "nodev", "ro"],
+        ),
+        // The container's own cgroup, read-only: bound, not a fresh cgroup2 mount.
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
         ),
     ]
 }
@@ -162,7 +232,8 @@ pub fn spec(
             container: container.name.clone(),
         });
     }
-    let user = match cfg.user.as_deref() {
+    let sec = &container.security;
+    let user = match sec.user.as_deref().or(cfg.user.as_deref()) {
         None | Some("") => User::default(),
         Some(u) => resolve_user(u, tree).map_err(|reason| BundleError::User {
             container: container.name.clone(),
@@ -188,12 +259,58 @@ pub fn spec(
     if let Some(timeout) = container.stop_timeout {
         annotations.insert(annotations::STOP_TIMEOUT.to_owned(), timeout.to_string());
     }
-    let namespaces = ["pid", "mount", "ipc", "uts"]
+    let mut namespaces = ["pid", "mount", "ipc", "uts"]
         .map(|kind| Namespace {
             kind: kind.to_owned(),
             path: None,
         })
         .to_vec();
+    let caps = capabilities(sec);
+    let mut linux = Linux::default();
+    if !sec.privileged {
+        linux.masked_paths = MASKED_PATHS.iter().map(|p| (*p).to_owned()).collect();
+        linux.readonly_paths = READONLY_PATHS.iter().map(|p| (*p).to_owned()).collect();
+        linux.seccomp = Some(crate::seccomp::default_profile(&caps));
+    }
+    if sec.userns {
+        namespaces.push(Namespace {
+            kind: "user".to_owned(),
+            path: None,
+        });
+        let map = vec![IdMapping {
+            container_id: 0,
+            host_id: USERNS_HOST_BASE,
+            size: USERNS_SIZE,
+        }];
+        linux.uid_mappings = map.clone();
+        linux.gid_mappings = map;
+    }
+    if sec.memory_bytes.is_some() || sec.millicpus.is_some() || sec.pids.is_some() {
+        let memory = sec.memory_bytes.map(|m| {
+            let m = i64::try_from(m).unwrap_or(i64::MAX);
+            // memory+swap equal to memory: no swap.
+            Memory {
+                limit: Some(m),
+                swap: Some(m),
+                reservation: None,
+            }
+        });
+        let cpu = sec.millicpus.map(|mc| Cpu {
+            quota: Some(mc as i64 * 100),
+            period: Some(100_000),
+            ..Cpu::default()
+        });
+        let pids = sec.pids.map(|p| Pids {
+            limit: i64::from(p),
+        });
+        linux.resources = Some(Resources {
+            memory,
+            cpu,
+            pids,
+            ..Resources::default()
+        });
+    }
+    linux.namespaces = namespaces;
     Ok(Spec {
         oci_version: OCI_VERSION.to_owned(),
         process: Some(Process {
@@ -201,18 +318,23 @@ pub fn spec(
             args,
             env: merge_env(cfg.env.as_deref().unwrap_or_default(), &container.env),
             cwd,
+            no_new_privileges: !sec.privileged,
+            capabilities: Some(Capabilities {
+                bounding: caps.clone(),
+                effective: caps.clone(),
+                permitted: caps,
+                inheritable: Vec::new(),
+                ambient: Vec::new(),
+            }),
             ..Process::default()
         }),
         root: Some(Root {
             path: "rootfs".to_owned(),
-            readonly: false,
+            readonly: sec.read_only,
         }),
         hostname: Some(container.name.clone()),
         mounts: default_mounts(),
-        linux: Some(Linux {
-            namespaces,
-            ..Linux::default()
-        }),
+        linux: Some(linux),
         annotations,
         ..Spec::default()
     })
@@ -239,6 +361,7 @@ mod tests {
             phase: Phase::Once,
             stop_signal: Some("SIGUSR1".into()),
             stop_timeout: Some(4),
+            security: crate::manifest::Security::default(),
         }
     }
 
@@ -296,9 +419,79 @@ mod tests {
                 "/dev/pts",
                 "/dev/shm",
                 "/dev/mqueue",
-                "/sys"
+                "/sys",
+                "/sys/fs/cgroup"
             ]
         );
+    }
+
+    #[test]
+    fn containers_are_hardened_by_default_and_the_manifest_relaxes_or_tightens() {
+        use crate::manifest::Security;
+        let tree = Tree::new();
+        let spec_of = |security: Security| {
+            let mut c = container(None, vec![]);
+            c.security = security;
+            spec(&c, 0, &image(None), &tree, "/l").expect("spec")
+        };
+        let hardened = spec_of(Security::default());
+        let p = hardened.process.as_ref().expect("process");
+        assert!(p.no_new_privileges);
+        let caps = p.capabilities.as_ref().expect("caps");
+        assert_eq!(caps.bounding.len(), 14);
+        assert!(caps.bounding.contains(&"CAP_NET_BIND_SERVICE".to_owned()));
+        assert!(!caps.bounding.contains(&"CAP_SYS_ADMIN".to_owned()));
+        let linux = hardened.linux.as_ref().expect("linux");
+        assert!(linux.masked_paths.contains(&"/proc/kcore".to_owned()));
+        assert!(linux.readonly_paths.contains(&"/proc/sys".to_owned()));
+        assert_eq!(
+            linux.seccomp.as_ref().expect("seccomp").default_action,
+            "SCMP_ACT_ERRNO"
+        );
+        assert!(linux.resources.is_none() && linux.uid_mappings.is_empty());
+
+        let tuned = spec_of(Security {
+            cap_add: vec!["CAP_NET_ADMIN".into()],
+            cap_drop: vec!["CAP_KILL".into(), "net_raw".into()],
+            read_only: true,
+            user: Some("1000:1000".into()),
+            memory_bytes: Some(64 << 20),
+            millicpus: Some(500),
+            pids: Some(20),
+            userns: true,
+            ..Security::default()
+        });
+        let p = tuned.process.as_ref().expect("process");
+        let caps = &p.capabilities.as_ref().expect("caps").bounding;
+        assert!(caps.contains(&"CAP_NET_ADMIN".to_owned()));
+        assert!(
+            !caps.contains(&"CAP_KILL".to_owned()) && !caps.contains(&"CAP_NET_RAW".to_owned())
+        );
+        assert_eq!((p.user.uid, p.user.gid), (1000, 1000));
+        assert!(tuned.root.as_ref().expect("root").readonly);
+        let linux = tuned.linux.as_ref().expect("linux");
+        let r = linux.resources.as_ref().expect("resources");
+        assert_eq!(r.memory.expect("memory").limit, Some(64 << 20));
+        assert_eq!(r.cpu.as_ref().expect("cpu").quota, Some(50_000));
+        assert_eq!(r.pids.expect("pids").limit, 20);
+        assert!(linux.namespaces.iter().any(|n| n.kind == "user"));
+        assert_eq!(linux.uid_mappings[0].host_id, USERNS_HOST_BASE);
+
+        let privileged = spec_of(Security {
+            privileged: true,
+            ..Security::default()
+        });
+        let p = privileged.process.as_ref().expect("process");
+        assert!(!p.no_new_privileges);
+        assert_eq!(p.capabilities.as_ref().expect("caps").bounding.len(), 41);
+        let linux = privileged.linux.as_ref().expect("linux");
+        assert!(linux.seccomp.is_none() && linux.masked_paths.is_empty());
+        let only_chown = Security {
+            cap_drop: vec!["ALL".into()],
+            cap_add: vec!["CAP_CHOWN".into()],
+            ..Security::default()
+        };
+        assert_eq!(capabilities(&only_chown), ["CAP_CHOWN"]);
     }
 
     #[test]

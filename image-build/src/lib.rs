@@ -8,6 +8,7 @@ pub mod cpio;
 pub mod import;
 pub mod manifest;
 pub mod oci;
+pub mod seccomp;
 pub mod tree;
 
 use std::collections::BTreeMap;
@@ -539,17 +540,25 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
 
     let containers_dir = layout::CONTAINERS_DIR.trim_start_matches('/');
     items.insert(containers_dir.to_owned(), Item::dir(0o755));
+    // Images used by user-namespaced containers also get a copy whose
+    // owners are shifted into the mapped range, so container root owns them.
+    let mut copies: BTreeMap<(ImageRef, u32), String> = BTreeMap::new();
     for (order, c) in manifest.containers.iter().enumerate() {
         let resolved = images
             .get(&c.image)
             .ok_or_else(|| Error::Invalid(format!("container {}: image not resolved", c.name)))?;
-        let spec = bundle::spec(
-            c,
-            order,
-            &resolved.image.config,
-            &resolved.tree,
-            &resolved.guest_dir,
-        )?;
+        let shift = if c.security.userns {
+            bundle::USERNS_HOST_BASE
+        } else {
+            0
+        };
+        let lower = if shift == 0 {
+            resolved.guest_dir.clone()
+        } else {
+            format!("{}-userns", resolved.guest_dir)
+        };
+        copies.insert((c.image.clone(), shift), lower.clone());
+        let spec = bundle::spec(c, order, &resolved.image.config, &resolved.tree, &lower)?;
         let json = serde_json::to_vec_pretty(&spec).map_err(|e| {
             Error::Invalid(format!(
                 "container {}: cannot encode config.json: {e}",
@@ -565,9 +574,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
     let images_dir = layout::IMAGES_DIR.trim_start_matches('/');
     items.insert(images_dir.to_owned(), Item::dir(0o755));
     let mut next_group = 0u32;
-    for resolved in images.values() {
-        let root = resolved.guest_dir.trim_start_matches('/').to_owned();
-        items.insert(root.clone(), Item::dir(0o755));
+    for ((image, shift), lower) in &copies {
+        let Some(resolved) = images.get(image) else {
+            continue;
+        };
+        let root = lower.trim_start_matches('/').to_owned();
+        let mut top = Item::dir(0o755);
+        (top.uid, top.gid) = (*shift, *shift);
+        items.insert(root.clone(), top);
         let mut groups: BTreeMap<u64, u32> = BTreeMap::new();
         for (path, node) in &resolved.tree.nodes {
             let (kind_bits, data, rdev, link) = match &node.kind {
@@ -598,8 +612,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
                 format!("{root}/{path}"),
                 Item {
                     mode: kind_bits | mode,
-                    uid: node.uid,
-                    gid: node.gid,
+                    uid: node.uid.saturating_add(*shift),
+                    gid: node.gid.saturating_add(*shift),
                     rdev,
                     data,
                     link,

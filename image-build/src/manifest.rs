@@ -58,6 +58,20 @@ struct RawContainer {
     phase: Option<String>,
     stop_signal: Option<String>,
     stop_timeout: Option<u32>,
+    #[serde(default)]
+    privileged: bool,
+    #[serde(default)]
+    cap_add: Vec<String>,
+    #[serde(default)]
+    cap_drop: Vec<String>,
+    #[serde(default)]
+    read_only: bool,
+    user: Option<String>,
+    memory: Option<toml::Value>,
+    cpus: Option<toml::Value>,
+    pids: Option<i64>,
+    #[serde(default)]
+    userns: bool,
 }
 
 /// A validated manifest.
@@ -90,6 +104,79 @@ pub struct Container {
     pub stop_signal: Option<String>,
     /// Seconds before SIGKILL.
     pub stop_timeout: Option<u32>,
+    /// Security and resource settings.
+    pub security: Security,
+}
+
+/// How a container is confined.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Security {
+    /// All capabilities, no seccomp filter, no masked paths.
+    pub privileged: bool,
+    /// Capabilities added to the default set (`CAP_NET_ADMIN`, or `ALL`).
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from the default set (or `ALL`).
+    pub cap_drop: Vec<String>,
+    /// Read-only root filesystem.
+    pub read_only: bool,
+    /// `uid[:gid]` or a name from the image; replaces the image's user.
+    pub user: Option<String>,
+    /// memory.max in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU quota in millicpus (1000 = one CPU).
+    pub millicpus: Option<u64>,
+    /// pids.max.
+    pub pids: Option<u32>,
+    /// Run in a user namespace, container root mapped to an unprivileged host range.
+    pub userns: bool,
+}
+
+/// Parses `268435456`, `"256M"`, `"1G"`, `"512k"` (binary units).
+pub fn parse_bytes(value: &toml::Value) -> Result<u64, String> {
+    let text = match value {
+        toml::Value::Integer(n) if *n > 0 => return Ok(*n as u64),
+        toml::Value::String(s) => s.trim().to_owned(),
+        other => {
+            return Err(format!(
+                "{other} is not a size: use bytes or a string such as \"256M\""
+            ))
+        }
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: use bytes or a string such as \"256M\""))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use K, M or G)")),
+    };
+    match n.checked_shl(shift).filter(|v| *v > 0 && v >> shift == n) {
+        Some(v) => Ok(v),
+        None => Err(format!("{text:?} is out of range")),
+    }
+}
+
+/// Parses `1`, `0.5` or `"1.5"` CPUs into millicpus.
+pub fn parse_cpus(value: &toml::Value) -> Result<u64, String> {
+    let cpus = match value {
+        toml::Value::Integer(n) => *n as f64,
+        toml::Value::Float(f) => *f,
+        toml::Value::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| format!("{s:?} is not a number of CPUs"))?,
+        other => return Err(format!("{other} is not a number of CPUs")),
+    };
+    if !(0.01..=1024.0).contains(&cpus) {
+        return Err(format!("{cpus} CPUs is out of range (0.01 to 1024)"));
+    }
+    Ok((cpus * 1000.0).round() as u64)
 }
 
 /// `oci:PATH[:TAG]`, with PATH resolved against the manifest's folder.
@@ -233,6 +320,63 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
                 ));
             }
         }
+        for (key, list) in [("cap_add", &c.cap_add), ("cap_drop", &c.cap_drop)] {
+            for (j, cap) in list.iter().enumerate() {
+                if !cap.eq_ignore_ascii_case("ALL") && hafen_proto::capability::parse(cap).is_none()
+                {
+                    return Err(invalid(
+                        format!("container[{i}].{key}[{j}]"),
+                        format!(
+                            "{cap:?} is not a capability (such as \"CAP_NET_ADMIN\") or \"ALL\""
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(user) = &c.user {
+            if user.is_empty() || user.contains(char::is_whitespace) {
+                return Err(invalid(
+                    field("user"),
+                    format!("{user:?} is not \"uid[:gid]\" or a user name"),
+                ));
+            }
+        }
+        let memory_bytes = c
+            .memory
+            .as_ref()
+            .map(parse_bytes)
+            .transpose()
+            .map_err(|m| invalid(field("memory"), m))?;
+        if memory_bytes.is_some_and(|m| m < 1 << 20) {
+            return Err(invalid(field("memory"), "must be at least 1M".into()));
+        }
+        let millicpus = c
+            .cpus
+            .as_ref()
+            .map(parse_cpus)
+            .transpose()
+            .map_err(|m| invalid(field("cpus"), m))?;
+        let pids = match c.pids {
+            None => None,
+            Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => Some(n as u32),
+            Some(n) => {
+                return Err(invalid(
+                    field("pids"),
+                    format!("{n} is out of range (at least 1)"),
+                ))
+            }
+        };
+        let security = Security {
+            privileged: c.privileged,
+            cap_add: c.cap_add,
+            cap_drop: c.cap_drop,
+            read_only: c.read_only,
+            user: c.user,
+            memory_bytes,
+            millicpus,
+            pids,
+            userns: c.userns,
+        };
         containers.push(Container {
             name: c.name,
             image,
@@ -241,6 +385,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
             phase,
             stop_signal: c.stop_signal,
             stop_timeout: c.stop_timeout,
+            security,
         });
     }
     Ok(Manifest {
@@ -336,6 +481,35 @@ image = "oci:/abs/layout"
         assert!(e.contains("no container"), "{e}");
         let e = error_of("name = \"x\"\n[[container]]\nname = \"a\"\n");
         assert!(e.contains("image"), "missing image: {e}");
+    }
+
+    #[test]
+    fn security_and_limit_keys_parse_and_bad_values_name_their_field() {
+        let with = |extra: &str| {
+            format!("name = \"x\"\n[[container]]\nname = \"a\"\nimage = \"oci:i\"\n{extra}")
+        };
+        let m = parse_str(&with("privileged = false\ncap_add = [\"CAP_NET_ADMIN\"]\ncap_drop = [\"ALL\"]\nread_only = true\nuser = \"1000:1000\"\nmemory = \"64M\"\ncpus = 0.5\npids = 32\nuserns = true")).expect("valid");
+        let s = &m.containers[0].security;
+        assert_eq!(
+            (s.memory_bytes, s.millicpus, s.pids),
+            (Some(64 << 20), Some(500), Some(32))
+        );
+        assert!(s.read_only && s.userns && !s.privileged);
+        for (extra, field) in [
+            ("cap_add = [\"CAP_FLY\"]", "container[0].cap_add[0]"),
+            ("memory = \"lots\"", "container[0].memory"),
+            ("memory = \"12Q\"", "container[0].memory"),
+            ("memory = 100", "container[0].memory"),
+            ("cpus = 0", "container[0].cpus"),
+            ("pids = 0", "container[0].pids"),
+            ("user = \"\"", "container[0].user"),
+            ("privileged = \"yes\"", "privileged"),
+        ] {
+            let e = error_of(&with(extra));
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+        assert_eq!(parse_bytes(&toml::Value::String("1G".into())), Ok(1 << 30));
+        assert_eq!(parse_bytes(&toml::Value::Integer(4096)), Ok(4096));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! Keeping them in one crate means the two sides cannot drift apart.
 
 pub mod annotations;
+pub mod capability;
 pub mod image;
 pub mod layout;
 pub mod signal;

@@ -85,6 +85,13 @@ fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
         }
     }
 
+    // In a new user namespace we still carry the host's ids, which the map
+    // does not cover: become the namespace's root so files we create are owned.
+    if plan.userns {
+        sys::set_identity(0, 0, &[])
+            .map_err(fail_io(Step::Sync, "become root of the user namespace"))?;
+    }
+
     // 3. Join existing namespaces.
     for (fd, flag, path) in &plan.joins {
         use std::os::fd::AsRawFd;

@@ -1,0 +1,102 @@
+//! The appliance's defaults, seen from inside real containers in a VM:
+//! capabilities, no_new_privs, seccomp, masked and read-only paths, cgroup
+//! limits, read-only root, users and user namespaces.
+
+mod common;
+
+use common::{build_image, Scratch, Vm};
+
+const MANIFEST: &str = r#"
+name = "isolation"
+
+[[container]]
+name = "defaults"
+image = "oci:busybox:1"
+phase = "once"
+command = ["/bin/sh", "-c", """
+grep -E '^(CapBnd|CapEff|NoNewPrivs|Seccomp):' /proc/self/status
+echo "firmware entries: $(ls /sys/firmware | wc -l)"
+echo 1 > /proc/sys/kernel/printk 2>/dev/null && echo "proc sys: writable" || echo "proc sys: read-only"
+unshare -m true 2>/dev/null && echo "unshare: allowed" || echo "unshare: refused"
+echo "cgroup: $(cat /proc/self/cgroup)"
+echo "pids.max: $(cat /sys/fs/cgroup/pids.max)"
+echo "id: $(id -u):$(id -g) host: $(hostname)"
+"""]
+
+[[container]]
+name = "limited"
+image = "oci:busybox:1"
+phase = "once"
+memory = "32M"
+pids = 16
+cpus = 0.5
+read_only = true
+user = "1000:1000"
+cap_drop = ["ALL"]
+command = ["/bin/sh", "-c", """
+grep -E '^(CapBnd|CapEff):' /proc/self/status
+echo "memory.max: $(cat /sys/fs/cgroup/memory.max) swap: $(cat /sys/fs/cgroup/memory.swap.max)"
+echo "pids.max: $(cat /sys/fs/cgroup/pids.max) cpu.max: $(cat /sys/fs/cgroup/cpu.max)"
+touch /probe 2>/dev/null && echo "root: writable" || echo "root: read-only"
+echo "id: $(id -u):$(id -g)"
+"""]
+
+[[container]]
+name = "privileged"
+image = "oci:busybox:1"
+phase = "once"
+privileged = true
+command = ["/bin/sh", "-c", """
+grep -E '^(CapBnd|NoNewPrivs|Seccomp):' /proc/self/status
+unshare -m true && echo "unshare: allowed" || echo "unshare: refused"
+"""]
+
+[[container]]
+name = "userns"
+image = "oci:busybox:1"
+phase = "once"
+userns = true
+command = ["/bin/sh", "-c", """
+echo "uid_map: $(awk '{print $1, $2, $3}' /proc/self/uid_map)"
+echo "id: $(id -u)"
+touch /probe && echo "root: writable by container root" || echo "root: not writable"
+echo "bin owner: $(stat -c %u /bin/busybox)"
+"""]
+"#;
+
+#[test]
+fn the_appliance_defaults_hold_inside_containers() {
+    let scratch = Scratch::new("isolation");
+    let image = build_image(&scratch, MANIFEST);
+    let mut vm = Vm::boot(&image);
+    // Every container is `once`: the machine powers off by itself.
+    let status = vm.wait_exit();
+    for line in [
+        // Docker's default capabilities, no_new_privs, a seccomp filter.
+        "defaults | CapBnd:\t00000000a80425fb",
+        "defaults | NoNewPrivs:\t1",
+        "defaults | Seccomp:\t2",
+        "defaults | firmware entries: 0",
+        "defaults | proc sys: read-only",
+        "defaults | unshare: refused",
+        "defaults | cgroup: 0::/hafen/defaults",
+        "defaults | pids.max: max",
+        "defaults | id: 0:0 host: defaults",
+        "limited | CapBnd:\t0000000000000000",
+        "limited | memory.max: 33554432 swap: 0",
+        "limited | pids.max: 16 cpu.max: 50000 100000",
+        "limited | root: read-only",
+        "limited | id: 1000:1000",
+        "privileged | CapBnd:\t000001ffffffffff",
+        "privileged | NoNewPrivs:\t0",
+        "privileged | Seccomp:\t0",
+        "privileged | unshare: allowed",
+        "userns | uid_map: 0 100000 65536",
+        "userns | id: 0",
+        "userns | root: writable by container root",
+        "userns | bin owner: 0",
+    ] {
+        vm.assert_console(line);
+    }
+    assert_eq!(status.code(), Some(0), "{}", vm.console());
+}
