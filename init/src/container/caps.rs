@@ -127,7 +127,10 @@ pub fn set(caps: &Caps) -> io::Result<()> {
         )
     } as libc::c_long)?;
     for cap in 0..64 {
-        if caps.ambient.has(cap) {
+        // The kernel only allows ambient caps that are both permitted and
+        // inheritable; bundles (runc's default spec among them) list others,
+        // which runc and crun skip, and so do we.
+        if caps.ambient.has(cap) && caps.permitted.has(cap) && caps.inheritable.has(cap) {
             // SAFETY: prctl with integer arguments only.
             let ret = unsafe {
                 libc::prctl(
