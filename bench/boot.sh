@@ -36,7 +36,7 @@ boot() { # image pattern -> "guest_ms wall_ms"
   start=$(date +%s%N)
   out=$($hafen run "$1" 2>&1) || { echo "bench: boot of $1 failed:" >&2; echo "$out" >&2; exit 1; }
   end=$(date +%s%N)
-  ms=$(echo "$out" | sed -n "s/.*$2 \([0-9]*\) ms after kernel start.*/\1/p" | head -1)
+  ms=$(echo "$out" | sed -n "s|.*$2 \([0-9]*\) ms after kernel start.*|\1|p" | head -1)
   [ -n "$ms" ] || { echo "bench: no timing line in:" >&2; echo "$out" >&2; exit 1; }
   echo "$ms $(( (end - start) / 1000000 ))"
 }

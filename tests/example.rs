@@ -27,7 +27,7 @@ fn the_hello_example_builds() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for file in ["image.json", "vmlinux", "initramfs.cpio.gz"] {
+    for file in ["image.json", "vmlinux", "initramfs.cpio.lz4"] {
         assert!(scratch.0.join("out").join(file).is_file(), "{file} missing");
     }
 }

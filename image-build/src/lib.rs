@@ -39,7 +39,7 @@ const BASE_FILES: &[(&str, &str)] = &[
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
 
 /// Name of the initramfs in an image directory.
-pub const INITRAMFS: &str = "initramfs.cpio.gz";
+pub const INITRAMFS: &str = "initramfs.cpio.lz4";
 
 /// What `hafen build` was asked to do.
 #[derive(Debug, Clone)]
@@ -626,10 +626,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
         path: opts.out.clone(),
         source,
     })?;
-    let initramfs = import::gzip(&archive).map_err(|source| Error::Output {
-        path: opts.out.clone(),
-        source,
-    })?;
+    let initramfs = cpio::lz4_legacy(&archive);
     let info = ImageInfo {
         name: manifest.name.clone(),
         kernel: "vmlinux".into(),

@@ -76,7 +76,7 @@ image = "oci:images/base:1"
 
 fn unpack(out: &Path) -> Vec<cpio::Parsed> {
     let gz = std::fs::read(out.join(INITRAMFS)).expect("initramfs");
-    let raw = import::maybe_gunzip(gz).expect("gunzip");
+    let raw = cpio::unlz4_legacy(&gz).expect("unlz4");
     cpio::parse(&raw).expect("valid cpio")
 }
 

@@ -118,7 +118,7 @@ mod tests {
     fn machine(accel: Accelerator) -> Machine {
         Machine {
             kernel: "/img/vmlinux".into(),
-            initrd: Some("/img/initramfs.cpio.gz".into()),
+            initrd: Some("/img/initramfs.cpio.lz4".into()),
             cmdline: kernel_cmdline(false, &["hafen.log=debug".into()], &["x=1".into()]),
             memory_mib: 256,
             cpus: 2,
@@ -145,7 +145,7 @@ mod tests {
             "-no-reboot",
             "-chardev stdio,id=console,signal=off -serial chardev:console",
             "-nic none",
-            "-kernel /img/vmlinux -initrd /img/initramfs.cpio.gz",
+            "-kernel /img/vmlinux -initrd /img/initramfs.cpio.lz4",
             "-append console=ttyS0 panic=-1 quiet hafen.log=debug x=1",
             "-qmp unix:/run/q.sock,server=on,wait=off",
         ] {
