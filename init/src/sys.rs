@@ -259,8 +259,17 @@ impl SigSet {
 
     /// A non-blocking, close-on-exec signalfd for this set.
     pub fn signalfd(&self) -> io::Result<OwnedFd> {
+        self.signalfd_with(libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
+    }
+
+    /// A blocking, close-on-exec signalfd: one read per signal, no poll.
+    pub fn signalfd_blocking(&self) -> io::Result<OwnedFd> {
+        self.signalfd_with(libc::SFD_CLOEXEC)
+    }
+
+    fn signalfd_with(&self, flags: libc::c_int) -> io::Result<OwnedFd> {
         // SAFETY: -1 asks for a new descriptor; the set pointer is valid.
-        let fd = unsafe { libc::signalfd(-1, &self.0, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        let fd = unsafe { libc::signalfd(-1, &self.0, flags) };
         check(fd as libc::c_long)?;
         // SAFETY: signalfd returned a fresh descriptor that nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -172,7 +172,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
 
     // Block before the child exists: nothing it does can be missed.
     let handled = SigSet::of(&catchable());
-    let signals = match handled.block().and_then(|()| handled.signalfd()) {
+    let signals = match handled.block().and_then(|()| handled.signalfd_blocking()) {
         Ok(fd) => fd,
         Err(e) => {
             say(&format!("cannot set up signal handling: {e}"));
@@ -231,27 +231,35 @@ pub fn main(args: Vec<OsString>) -> i32 {
 /// Forwards signals and reaps until the child exits; returns the exit code.
 fn supervise(o: &Options, child: libc::pid_t, signals: &std::os::fd::OwnedFd, pid1: bool) -> i32 {
     let target = if o.group { -child } else { child };
+    // One blocking read per signal: the fewest system calls between a signal
+    // arriving and it being forwarded.
     let status = loop {
-        wait_readable(signals.as_raw_fd(), -1);
-        let mut exited = None;
-        while let Ok(Some(sig)) = sys::read_signal(signals) {
-            if sig == libc::SIGCHLD {
-                continue;
-            }
-            if let Err(e) = sys::kill(target, sig) {
-                if o.verbosity > 0 {
-                    say(&format!(
-                        "cannot forward {}: {e}",
-                        hafen_proto::signal::name(sig)
-                    ));
-                }
-            } else if o.verbosity > 1 {
+        let sig = match sys::read_signal(signals) {
+            Ok(Some(sig)) => sig,
+            Ok(None) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
                 say(&format!(
+                    "reading signals failed: {e}; waiting for the child instead"
+                ));
+                break wait_for(child);
+            }
+        };
+        if sig != libc::SIGCHLD {
+            match sys::kill(target, sig) {
+                Err(e) if o.verbosity > 0 => say(&format!(
+                    "cannot forward {}: {e}",
+                    hafen_proto::signal::name(sig)
+                )),
+                Ok(()) if o.verbosity > 1 => say(&format!(
                     "forwarded {} to {target}",
                     hafen_proto::signal::name(sig)
-                ));
+                )),
+                _ => {}
             }
+            continue;
         }
+        let mut exited = None;
         while let Ok(Some((pid, status))) = sys::reap_one() {
             if pid == child {
                 exited = Some(status);
@@ -309,8 +317,26 @@ fn signal_rest(sig: i32, pid1: bool) {
     }
 }
 
+/// Blocks until `child` exits (the fallback when signals cannot be read).
+fn wait_for(child: libc::pid_t) -> ExitStatus {
+    let mut status = 0;
+    // SAFETY: status is a valid out-pointer.
+    while unsafe { libc::waitpid(child, &mut status, 0) } == -1 {
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return ExitStatus::Code(1);
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        ExitStatus::Signal(libc::WTERMSIG(status))
+    } else {
+        ExitStatus::Code(libc::WEXITSTATUS(status))
+    }
+}
+
 /// `--wait-children`: TERM to what is left, up to `secs` for it to go, then KILL.
 fn drain_children(secs: u64, signals: &std::os::fd::OwnedFd, pid1: bool, verbosity: u8) {
+    // From here on the signalfd is only polled with timeouts and drained.
+    let _ = sys::set_nonblocking(signals.as_raw_fd());
     while let Ok(Some(_)) = sys::reap_one() {}
     if children().is_empty() {
         return;
