@@ -191,9 +191,12 @@ fn as_a_subreaper_it_reaps_orphans_when_not_pid1() {
 #[test]
 fn p_sets_the_parent_death_signal() {
     // Our parent is a shell that exits after starting us; -p KILL must end us.
+    // The child records its pid so the test can end it afterwards.
+    let child_pid_file = std::env::temp_dir().join(format!("hafen-tiny-p-{}", std::process::id()));
     let script = format!(
-        "{} -p SIGKILL sleep 30 & echo $!; exit 0",
-        env!("CARGO_BIN_EXE_hafen-init")
+        "{} -p SIGKILL sh -c 'echo $$ > {}; exec sleep 30' >/dev/null 2>&1 & echo $!; exit 0",
+        env!("CARGO_BIN_EXE_hafen-init"),
+        child_pid_file.display()
     );
     let out = Command::new("sh")
         .args(["-c", &script])
@@ -216,6 +219,20 @@ fn p_sets_the_parent_death_signal() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The orphaned child is ours to clean up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let child: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&child_pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the child never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    kill(child, libc::SIGKILL);
+    let _ = std::fs::remove_file(&child_pid_file);
 }
 
 #[test]
