@@ -166,8 +166,15 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     }
     if let Some(sig) = o.parent_death {
-        // SAFETY: prctl with integer arguments.
+        // SAFETY: getppid and prctl take no pointers.
+        let parent = unsafe { libc::getppid() };
+        // SAFETY: as above.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
+        // The parent may have died between our start and the prctl.
+        // SAFETY: as above.
+        if unsafe { libc::getppid() } != parent {
+            let _ = sys::kill(std::process::id() as libc::pid_t, sig);
+        }
     }
 
     // Block before the child exists: nothing it does can be missed.

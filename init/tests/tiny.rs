@@ -191,10 +191,12 @@ fn as_a_subreaper_it_reaps_orphans_when_not_pid1() {
 #[test]
 fn p_sets_the_parent_death_signal() {
     // Our parent is a shell that exits after starting us; -p KILL must end us.
-    // The child records its pid so the test can end it afterwards.
+    // The shell lingers a moment so hafen-init has set -p before it exits (a
+    // parent that dies first cannot be noticed by anyone). The child records
+    // its pid so the test can end it afterwards.
     let child_pid_file = std::env::temp_dir().join(format!("hafen-tiny-p-{}", std::process::id()));
     let script = format!(
-        "{} -p SIGKILL sh -c 'echo $$ > {}; exec sleep 30' >/dev/null 2>&1 & echo $!; exit 0",
+        "{} -p SIGKILL sh -c 'echo $$ > {}; exec sleep 30' >/dev/null 2>&1 & echo $!; sleep 0.5; exit 0",
         env!("CARGO_BIN_EXE_hafen-init"),
         child_pid_file.display()
     );
