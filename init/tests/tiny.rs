@@ -263,3 +263,90 @@ fn wait_children_lets_grandchildren_finish_and_kills_the_stubborn() {
     );
     assert!(start.elapsed() < Duration::from_secs(20), "then killed");
 }
+
+#[test]
+fn on_a_terminal_the_child_gets_job_control() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: both out-pointers are valid; name, termios and winsize may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: openpty returned two fresh descriptors we now own.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut cmd = init();
+    cmd.args(["sh", "-c", "echo ready; read line; echo got:$line"])
+        .stdin(slave.try_clone().expect("dup"))
+        .stdout(slave.try_clone().expect("dup"))
+        .stderr(slave.try_clone().expect("dup"));
+    // SAFETY: setsid and ioctl are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY as _, 0);
+            Ok(())
+        });
+    }
+    let mut child = Reaped(cmd.spawn().expect("spawn"));
+    drop(slave);
+    let mut term = std::fs::File::from(master);
+    let mut seen = String::new();
+    let read_until = |term: &mut std::fs::File, seen: &mut String, needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !seen.contains(needle) {
+            let mut buf = [0u8; 256];
+            let n = std::io::Read::read(term, &mut buf).expect("read terminal");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on the terminal: {seen:?}"
+            );
+        }
+    };
+    read_until(&mut term, &mut seen, "ready");
+    let init_pid = child.0.id();
+    let sh: u32 = std::fs::read_to_string(format!("/proc/{init_pid}/task/{init_pid}/children"))
+        .expect("children")
+        .split_whitespace()
+        .next()
+        .expect("a child")
+        .parse()
+        .expect("pid");
+    let state = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // Ctrl-Z from the terminal stops the child (its group has the terminal), not the init.
+    std::io::Write::write_all(&mut term, &[0x1a]).expect("ctrl-z");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !state(sh).contains("T (stopped)") {
+        assert!(
+            Instant::now() < deadline,
+            "Ctrl-Z did not stop the child: {}",
+            state(sh)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !state(init_pid).contains("stopped"),
+        "the init itself keeps running"
+    );
+    // `fg`: SIGCONT to the init reaches the child, which still owns the terminal.
+    kill(init_pid, libc::SIGCONT);
+    std::io::Write::write_all(&mut term, b"hello\n").expect("type");
+    read_until(&mut term, &mut seen, "got:hello");
+    assert_eq!(child.0.wait().expect("wait").code(), Some(0));
+}

@@ -1133,12 +1133,17 @@ pub fn start(bundle: &Bundle) -> Result<Spawned, StartError> {
 
 /// The name shown for a container's command in messages.
 pub fn display_command(bundle: &Bundle) -> String {
-    bundle
+    let full = bundle
         .spec
         .process
         .as_ref()
         .map(|p| p.args.join(" "))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // One console line: a multi-line script shows its first line.
+    match full.split_once('\n') {
+        Some((first, _)) => format!("{first} ..."),
+        None => full,
+    }
 }
 
 #[cfg(test)]
