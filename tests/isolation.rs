@@ -24,6 +24,12 @@ echo "id: $(id -u):$(id -g) host: $(hostname)"
 """]
 
 [[container]]
+name = "checked"
+image = "oci:busybox:1"
+phase = "once"
+command = ["/bin/hafen-check", "/sys/firmware", "/proc/sys", "/dev/shm"]
+
+[[container]]
 name = "limited"
 image = "oci:busybox:1"
 phase = "once"
@@ -98,5 +104,49 @@ fn the_appliance_defaults_hold_inside_containers() {
     ] {
         vm.assert_console(line);
     }
+    // The static checker's report, as JSON on one console line.
+    let line = vm.wait_for("checked | {");
+    let report: serde_json::Value =
+        serde_json::from_str(line.trim_start_matches("checked | ")).expect("checker JSON");
+    assert_eq!(report["capabilities"]["bounding"], "00000000a80425fb");
+    assert_eq!(report["capabilities"]["ambient"], "0000000000000000");
+    assert_eq!(report["no_new_privs"], "1");
+    assert_eq!(report["seccomp"], "2");
+    assert_eq!(report["hostname"], "checked");
+    assert_eq!(report["cgroup"], "0::/hafen/checked");
+    assert_eq!(report["root_read_only"], false);
+    assert_eq!(report["paths"]["/sys/firmware"], "masked");
+    assert_eq!(report["paths"]["/proc/sys"], "read-only");
+    assert_eq!(report["paths"]["/dev/shm"], "writable");
+    assert_eq!(
+        report["devices"]["null"],
+        serde_json::json!({"type": "c", "major": 1, "minor": 3, "mode": "666"})
+    );
+    assert_eq!(report["devices"]["ptmx"]["type"], "l");
+    let mounts = report["mounts"].as_array().expect("mounts");
+    let mount = |target: &str| {
+        mounts
+            .iter()
+            .find(|m| m["target"] == target)
+            .unwrap_or_else(|| panic!("no {target} mount"))
+    };
+    assert_eq!(mount("/")["type"], "overlay");
+    assert!(mount("/sys")["options"]
+        .as_str()
+        .expect("opts")
+        .starts_with("ro,"));
+    assert!(mount("/sys/fs/cgroup")["options"]
+        .as_str()
+        .expect("opts")
+        .starts_with("ro,"));
+    assert_eq!(
+        mount("/sys/fs/cgroup")["type"],
+        "cgroup2",
+        "the container's own cgroup, bound"
+    );
+    assert_eq!(
+        report["rlimits"]["RLIMIT_NOFILE"].as_array().map(Vec::len),
+        Some(2)
+    );
     assert_eq!(status.code(), Some(0), "{}", vm.console());
 }

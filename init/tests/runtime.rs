@@ -112,6 +112,20 @@ impl Bundle {
         )
     }
 
+    /// Waits until the container has touched /tmp/ready (its traps are set:
+    /// a container's PID 1 ignores signals it has no handler for).
+    fn wait_ready(&self) {
+        let marker = self.dir.path().join("rootfs/tmp/ready");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !marker.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the container never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn state(&self, id: &str) -> Value {
         let out = self.runtime(&["state", id]).output().expect("state");
         assert!(
@@ -151,7 +165,7 @@ fn lifecycle_create_start_kill_delete() {
     let b = Bundle::new(&[
         "/bin/sh",
         "-c",
-        "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done",
+        "trap 'exit 0' TERM; touch /tmp/ready; while true; do sleep 1 & wait $!; done",
     ]);
     let pid_file = b.dir.path().join("pid");
     let (ok, err) = b.create("c1", &["--pid-file", pid_file.to_str().expect("utf8")]);
@@ -181,6 +195,7 @@ fn lifecycle_create_start_kill_delete() {
     let out = b.runtime(&["start", "c1"]).output().expect("start");
     assert!(out.status.success(), "start: {}", stderr(&out));
     assert_eq!(b.state("c1")["status"], "running");
+    b.wait_ready();
     let out = b.runtime(&["start", "c1"]).output().expect("start twice");
     assert!(
         !out.status.success() && stderr(&out).contains("not created"),
@@ -214,7 +229,7 @@ fn kill_takes_names_with_and_without_sig_and_numbers() {
         let b = Bundle::new(&[
             "/bin/sh",
             "-c",
-            "trap 'echo got USR1 > /tmp/x; exit 5' USR1; while true; do sleep 1 & wait $!; done",
+            "trap 'exit 5' USR1; touch /tmp/ready; while true; do sleep 1 & wait $!; done",
         ]);
         let id = format!("k{i}");
         let (ok, err) = b.create(&id, &[]);
@@ -225,6 +240,7 @@ fn kill_takes_names_with_and_without_sig_and_numbers() {
             .expect("start")
             .status
             .success());
+        b.wait_ready();
         let out = b.runtime(&["kill", &id, signal]).output().expect("kill");
         assert!(out.status.success(), "kill {signal}: {}", stderr(&out));
         b.wait_status(&id, "stopped");
@@ -564,4 +580,99 @@ fn bad_bundles_give_clear_errors() {
         stderr(&out)
     );
     assert!(!Path::new(&b.root().join("bad")).exists());
+}
+
+/// The static checker next to the hafen-init under test (scripts/build-init.sh builds it).
+fn checker() -> PathBuf {
+    let candidates = [
+        std::env::var_os("HAFEN_INIT").map(|p| PathBuf::from(p).with_file_name("hafen-check")),
+        Some(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/x86_64-unknown-linux-musl/release/hafen-check"),
+        ),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .expect("no static hafen-check: run scripts/build-init.sh (scripts/test.sh does)")
+}
+
+#[test]
+fn the_checker_reports_what_the_config_asks_for() {
+    let mut b = Bundle::new(&[
+        "/bin/hafen-check",
+        "/proc/timer_list",
+        "/proc/sys",
+        "/tmp",
+        "/data",
+    ]);
+    std::fs::copy(checker(), b.dir.path().join("rootfs/bin/hafen-check")).expect("copy checker");
+    std::fs::create_dir_all(b.dir.path().join("host-data")).expect("mkdir");
+    std::fs::write(b.dir.path().join("host-data/file"), "data").expect("write");
+    b.set("/process/capabilities", json!({"bounding": ["CAP_CHOWN", "CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"], "inheritable": [], "ambient": []}))
+        .set("/process/noNewPrivileges", json!(true))
+        .set("/process/rlimits", json!([{"type": "RLIMIT_NOFILE", "soft": 64, "hard": 128}, {"type": "RLIMIT_CORE", "soft": 0, "hard": 0}]))
+        .set("/process/cwd", json!("/tmp"))
+        .set("/domainname", json!("checked.test"))
+        .set("/linux/maskedPaths", json!(["/proc/timer_list"]))
+        .set("/linux/readonlyPaths", json!(["/proc/sys"]))
+        .set("/linux/seccomp", json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["reboot"], "action": "SCMP_ACT_ERRNO"}]}));
+    let mounts = b.config["mounts"].as_array_mut().expect("mounts");
+    mounts.push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}));
+    mounts.push(json!({"destination": "/data", "type": "bind", "source": "host-data", "options": ["rbind", "ro"]}));
+    let report: Value = serde_json::from_str(&see(&b)).expect("checker JSON");
+    // Root: exec recomputes effective and permitted from the bounding set.
+    assert_eq!(report["capabilities"]["bounding"], "0000000000000021");
+    assert_eq!(report["capabilities"]["ambient"], "0000000000000000");
+    assert_eq!(report["no_new_privs"], "1");
+    assert_eq!(report["seccomp"], "2");
+    assert_eq!(report["rlimits"]["RLIMIT_NOFILE"], json!([64, 128]));
+    assert_eq!(report["rlimits"]["RLIMIT_CORE"], json!([0, 0]));
+    assert_eq!(report["cwd"], "/tmp");
+    assert_eq!(report["hostname"], "box");
+    assert_eq!(report["domainname"], "checked.test");
+    assert_eq!(report["paths"]["/proc/timer_list"], "masked");
+    assert_eq!(report["paths"]["/proc/sys"], "read-only");
+    assert_eq!(report["paths"]["/tmp"], "writable");
+    assert_eq!(report["paths"]["/data"], "read-only");
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        assert_eq!(
+            report["devices"][name],
+            json!({"type": "c", "major": major, "minor": minor, "mode": "666"}),
+            "{name}"
+        );
+    }
+    for (kind, ours) in [
+        ("pid", "pid"),
+        ("net", "net"),
+        ("ipc", "ipc"),
+        ("uts", "uts"),
+        ("mnt", "mnt"),
+    ] {
+        assert_ne!(
+            report["namespaces"][kind],
+            host_ns(ours),
+            "{kind} namespace is the container's own"
+        );
+    }
+    assert_eq!(
+        report["namespaces"]["user"],
+        host_ns("user"),
+        "no user namespace was asked for"
+    );
+    let mounts = report["mounts"].as_array().expect("mounts");
+    let tmp = mounts
+        .iter()
+        .find(|m| m["target"] == "/tmp")
+        .expect("/tmp mount");
+    assert_eq!(tmp["type"], "tmpfs");
+    assert!(tmp["options"].as_str().expect("options").contains("nosuid"));
 }

@@ -39,6 +39,17 @@ pub fn init_binary() -> PathBuf {
     path
 }
 
+/// The static hafen-check built next to hafen-init (scripts/build-init.sh builds both).
+pub fn checker_binary() -> PathBuf {
+    let path = init_binary().with_file_name("hafen-check");
+    assert!(
+        path.is_file(),
+        "no static hafen-check at {}: run scripts/build-init.sh",
+        path.display()
+    );
+    path
+}
+
 /// A busybox OCI image layout shared by every test in this binary (tag `1`).
 pub fn busybox_layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
@@ -58,6 +69,7 @@ pub fn busybox_layout() -> &'static Path {
                     .expect("symlink applet");
             }
         }
+        std::fs::copy(checker_binary(), rootfs.join("bin/hafen-check")).expect("copy hafen-check");
         let layout = dir.join("layout");
         let out = Command::new(hafen())
             .args(["image", "import"])
