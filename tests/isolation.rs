@@ -21,6 +21,8 @@ unshare -m true 2>/dev/null && echo "unshare: allowed" || echo "unshare: refused
 echo "cgroup: $(cat /proc/self/cgroup)"
 echo "pids.max: $(cat /sys/fs/cgroup/pids.max)"
 echo "id: $(id -u):$(id -g) host: $(hostname)"
+mknod /dev/disk b 8 0 2>/dev/null && echo "mknod disk: allowed" || echo "mknod disk: refused"
+head -c 3 /dev/zero | wc -c | sed 's/^/zero bytes: /'
 """]
 
 [[container]]
@@ -55,6 +57,7 @@ privileged = true
 command = ["/bin/sh", "-c", """
 grep -E '^(CapBnd|NoNewPrivs|Seccomp):' /proc/self/status
 unshare -m true && echo "unshare: allowed" || echo "unshare: refused"
+mknod /dev/disk b 8 0 && echo "mknod disk: allowed" || echo "mknod disk: refused"
 """]
 
 [[container]]
@@ -88,6 +91,8 @@ fn the_appliance_defaults_hold_inside_containers() {
         "defaults | cgroup: 0::/hafen/defaults",
         "defaults | pids.max: max",
         "defaults | id: 0:0 host: defaults",
+        "defaults | mknod disk: refused",
+        "defaults | zero bytes: 3",
         "limited | CapBnd:\t0000000000000000",
         "limited | memory.max: 33554432 swap: 0",
         "limited | pids.max: 16 cpu.max: 50000 100000",
@@ -97,6 +102,7 @@ fn the_appliance_defaults_hold_inside_containers() {
         "privileged | NoNewPrivs:\t0",
         "privileged | Seccomp:\t0",
         "privileged | unshare: allowed",
+        "privileged | mknod disk: allowed",
         "userns | uid_map: 0 100000 65536",
         "userns | id: 0",
         "userns | root: writable by container root",

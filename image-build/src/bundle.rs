@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use hafen_proto::annotations;
 use hafen_proto::capability;
 use hafen_proto::spec::{
-    Capabilities, Cpu, IdMapping, Linux, Memory, Mount, Namespace, Pids, Process, Resources, Root,
-    Spec, User, OCI_VERSION,
+    Capabilities, Cpu, DeviceRule, IdMapping, Linux, Memory, Mount, Namespace, Pids, Process,
+    Resources, Root, Spec, User, OCI_VERSION,
 };
 
 use crate::manifest::Container;
@@ -45,6 +45,39 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sys",
     "/proc/sysrq-trigger",
 ];
+
+/// Device access a container gets: nothing, then read, write and mknod of
+/// null, zero, full, random, urandom, tty, console, ptmx and the pty slaves.
+pub fn default_device_rules() -> Vec<DeviceRule> {
+    let char_dev = |major: i64, minor: Option<i64>| DeviceRule {
+        allow: true,
+        kind: Some("c".into()),
+        major: Some(major),
+        minor,
+        access: Some("rwm".into()),
+    };
+    let mut rules = vec![DeviceRule {
+        allow: false,
+        kind: Some("a".into()),
+        major: None,
+        minor: None,
+        access: Some("rwm".into()),
+    }];
+    for (major, minor) in [
+        (1, 3),
+        (1, 5),
+        (1, 7),
+        (1, 8),
+        (1, 9),
+        (5, 0),
+        (5, 1),
+        (5, 2),
+    ] {
+        rules.push(char_dev(major, Some(minor)));
+    }
+    rules.push(char_dev(136, None));
+    rules
+}
 
 /// The capability set: Docker's default, `cap_add`, `cap_drop` (`ALL` for
 /// every capability), or everything when privileged. Sorted by number.
@@ -285,6 +318,12 @@ pub fn spec(
         linux.uid_mappings = map.clone();
         linux.gid_mappings = map;
     }
+    if !sec.privileged {
+        linux.resources = Some(Resources {
+            devices: default_device_rules(),
+            ..Resources::default()
+        });
+    }
     if sec.memory_bytes.is_some() || sec.millicpus.is_some() || sec.pids.is_some() {
         let memory = sec.memory_bytes.map(|m| {
             let m = i64::try_from(m).unwrap_or(i64::MAX);
@@ -303,12 +342,8 @@ pub fn spec(
         let pids = sec.pids.map(|p| Pids {
             limit: i64::from(p),
         });
-        linux.resources = Some(Resources {
-            memory,
-            cpu,
-            pids,
-            ..Resources::default()
-        });
+        let resources = linux.resources.get_or_insert_with(Resources::default);
+        (resources.memory, resources.cpu, resources.pids) = (memory, cpu, pids);
     }
     linux.namespaces = namespaces;
     Ok(Spec {
@@ -448,7 +483,14 @@ mod tests {
             linux.seccomp.as_ref().expect("seccomp").default_action,
             "SCMP_ACT_ERRNO"
         );
-        assert!(linux.resources.is_none() && linux.uid_mappings.is_empty());
+        assert!(linux.uid_mappings.is_empty());
+        let resources = linux.resources.as_ref().expect("device rules");
+        assert!(resources.memory.is_none() && resources.pids.is_none());
+        assert!(!resources.devices[0].allow, "everything is denied first");
+        assert!(resources
+            .devices
+            .iter()
+            .any(|d| d.allow && d.major == Some(1) && d.minor == Some(3)));
 
         let tuned = spec_of(Security {
             cap_add: vec!["CAP_NET_ADMIN".into()],

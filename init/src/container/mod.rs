@@ -10,6 +10,7 @@
 pub mod caps;
 pub mod cgroup;
 mod child;
+pub mod devices;
 pub mod procfs;
 pub mod seccomp;
 mod syscalls;
@@ -351,6 +352,7 @@ struct Plan {
     argv: Vec<CString>,
     envp: Vec<CString>,
     cgroup: Option<(String, Vec<cgroup::Setting>)>,
+    device_filter: Option<devices::Filter>,
 }
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -777,6 +779,14 @@ impl Plan {
             }
         };
 
+        // The device filter needs the container's cgroup; without cgroup v2
+        // (a hybrid host) the rules cannot be enforced and are left out.
+        let device_filter = match linux.resources.as_ref().map(|r| r.devices.as_slice()) {
+            Some(rules) if !rules.is_empty() && cgroup.is_some() => Some(
+                devices::compile(rules).map_err(|e| spec_error(format!("linux.resources.{e}")))?,
+            ),
+            _ => None,
+        };
         let seccomp = match &linux.seccomp {
             Some(profile) => Some(
                 seccomp::compile(profile).map_err(|e| spec_error(format!("linux.seccomp: {e}")))?,
@@ -837,6 +847,7 @@ impl Plan {
             last_cap: caps::last_cap(),
             no_new_privs: process.no_new_privileges,
             seccomp,
+            device_filter,
             exec_candidates,
             program,
             argv: process
@@ -877,6 +888,11 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
         }
         None => None,
     };
+    if let (Some(filter), Some(fd)) = (&plan.device_filter, &cgroup_fd) {
+        devices::attach(filter, fd).map_err(StartError::parent(
+            "attach the device filter to the container's cgroup",
+        ))?;
+    }
     let null = std::fs::File::open("/dev/null").map_err(StartError::parent("open /dev/null"))?;
     let output = match opts.stdio {
         StdioMode::Pipe => Some(sys::pipe().map_err(StartError::parent("create output pipe"))?),
