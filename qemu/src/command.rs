@@ -1,6 +1,7 @@
 //! The QEMU command line for a Hafen image.
 
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 /// The accelerator actually used.
@@ -37,8 +38,8 @@ pub struct Machine {
     pub cpus: u32,
     /// Accelerator.
     pub accel: Accelerator,
-    /// QMP socket path, if QMP is wanted.
-    pub qmp: Option<PathBuf>,
+    /// A listening unix socket QEMU inherits and serves QMP on, if QMP is wanted.
+    pub qmp_fd: Option<RawFd>,
 }
 
 /// The kernel command line: console on the first serial port, reboot on
@@ -78,11 +79,17 @@ pub fn arguments(m: &Machine) -> Vec<OsString> {
     push("none");
     // A guest reboot or panic ends the run; `hafen run` reports which.
     push("-no-reboot");
-    // The serial console on our stdout; Ctrl-C reaches `hafen run`, not QEMU.
+    // Lets a kernel built with CONFIG_PVPANIC report a panic as one (a
+    // SHUTDOWN event with reason guest-panic) instead of the reset that
+    // `panic=-1` otherwise makes it look like.
+    push("-device");
+    push("pvpanic");
+    // The serial console on our stdout. signal=off: QEMU must not turn a
+    // Ctrl-C on the console into its own exit; `hafen run` owns that.
     push("-chardev");
-    push("stdio,id=console,signal=off");
+    push("stdio,id=con,signal=off");
     push("-serial");
-    push("chardev:console");
+    push("chardev:con");
     // No network device: nothing in the guest can reach beyond this machine.
     push("-nic");
     push("none");
@@ -94,12 +101,13 @@ pub fn arguments(m: &Machine) -> Vec<OsString> {
     }
     args.push("-append".into());
     args.push(m.cmdline.clone().into());
-    if let Some(qmp) = &m.qmp {
-        let mut spec = OsString::from("unix:");
-        spec.push(qmp.as_os_str());
-        spec.push(",server=on,wait=off");
-        args.push("-qmp".into());
-        args.push(spec);
+    if let Some(fd) = m.qmp_fd {
+        // The socket is already listening when QEMU starts (we made it), so
+        // the client connects at once instead of polling for the file.
+        args.push("-chardev".into());
+        args.push(format!("socket,id=qmp,fd={fd},server=on,wait=off").into());
+        args.push("-mon".into());
+        args.push("chardev=qmp,mode=control".into());
     }
     args
 }
@@ -123,7 +131,7 @@ mod tests {
             memory_mib: 256,
             cpus: 2,
             accel,
-            qmp: Some("/run/q.sock".into()),
+            qmp_fd: Some(7),
         }
     }
 
@@ -143,19 +151,50 @@ mod tests {
             "-accel tcg -cpu max",
             "-m 256 -smp 2",
             "-no-reboot",
-            "-chardev stdio,id=console,signal=off -serial chardev:console",
+            "-nodefaults -no-user-config -display none",
+            "-chardev stdio,id=con,signal=off -serial chardev:con",
             "-nic none",
             "-kernel /img/vmlinux -initrd /img/initramfs.cpio.lz4",
-            "-append console=ttyS0 panic=-1 quiet hafen.log=debug x=1",
-            "-qmp unix:/run/q.sock,server=on,wait=off",
+            "-chardev socket,id=qmp,fd=7,server=on,wait=off -mon chardev=qmp,mode=control",
         ] {
             assert!(args.contains(part), "{part:?} missing from {args}");
         }
     }
 
     #[test]
-    fn kvm_uses_the_host_cpu_and_verbose_drops_quiet() {
+    fn kvm_uses_the_host_cpu() {
         assert!(joined(&machine(Accelerator::Kvm)).contains("-accel kvm -cpu host"));
+    }
+
+    #[test]
+    fn the_command_line_is_one_argument_in_order_console_image_user() {
+        let args = arguments(&machine(Accelerator::Tcg));
+        let at = args
+            .iter()
+            .position(|a| a == "-append")
+            .expect("-append present");
+        assert_eq!(
+            args[at + 1],
+            "console=ttyS0 panic=-1 quiet hafen.log=debug x=1"
+        );
+    }
+
+    #[test]
+    fn verbose_drops_quiet() {
         assert_eq!(kernel_cmdline(true, &[], &[]), "console=ttyS0 panic=-1");
+        assert_eq!(
+            kernel_cmdline(false, &[], &["a".into(), "b=c".into()]),
+            "console=ttyS0 panic=-1 quiet a b=c"
+        );
+    }
+
+    #[test]
+    fn no_qmp_means_no_monitor() {
+        let mut m = machine(Accelerator::Tcg);
+        m.qmp_fd = None;
+        m.initrd = None;
+        let args = joined(&m);
+        assert!(!args.contains("-mon"), "{args}");
+        assert!(!args.contains("-initrd"), "{args}");
     }
 }
