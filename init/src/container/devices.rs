@@ -114,6 +114,11 @@ pub fn compile(rules: &[DeviceRule]) -> Result<Filter, String> {
         }
         out.push(insn(ALU64_MOV_K, 0, 0, 0, i32::from(rule.allow)));
         out.push(insn(EXIT, 0, 0, 0, 0));
+        if checks.is_empty() {
+            // A rule that matches everything ends the program: older
+            // verifiers (6.1) refuse the unreachable code after it.
+            return Ok(Filter { insns: out });
+        }
     }
     out.push(insn(ALU64_MOV_K, 0, 0, 0, 0));
     out.push(insn(EXIT, 0, 0, 0, 0));
@@ -146,14 +151,24 @@ pub fn attach(filter: &Filter, cgroup: &OwnedFd) -> io::Result<()> {
     attr[0] = u64::from(BPF_PROG_TYPE_CGROUP_DEVICE) | ((filter.insns.len() as u64) << 32);
     attr[1] = filter.insns.as_ptr() as u64;
     attr[2] = license.as_ptr() as u64;
-    let prog = bpf(BPF_PROG_LOAD, &mut attr)?;
+    // The verifier's log, to explain a refusal.
+    let mut log = vec![0u8; 4096];
+    attr[3] = 1 | ((log.len() as u64) << 32);
+    attr[4] = log.as_mut_ptr() as u64;
+    let prog = bpf(BPF_PROG_LOAD, &mut attr).map_err(|e| {
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        let text = String::from_utf8_lossy(&log[..end]).replace('\n', "; ");
+        io::Error::new(e.kind(), format!("load: {e}: {text}"))
+    })?;
     // SAFETY: BPF_PROG_LOAD returned a fresh descriptor we own.
     let prog = unsafe { OwnedFd::from_raw_fd(prog as libc::c_int) };
     let mut attr = [0u64; 16];
     // target_fd (u32) | attach_bpf_fd (u32), attach_type (u32) | attach_flags (u32).
     attr[0] = (cgroup.as_raw_fd() as u32 as u64) | ((prog.as_raw_fd() as u32 as u64) << 32);
     attr[1] = u64::from(BPF_CGROUP_DEVICE) | (u64::from(BPF_F_ALLOW_MULTI) << 32);
-    bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
+    bpf(BPF_PROG_ATTACH, &mut attr)
+        .map(drop)
+        .map_err(|e| io::Error::new(e.kind(), format!("attach: {e}")))
 }
 
 #[cfg(test)]
@@ -200,6 +215,27 @@ mod tests {
     }
 
     #[test]
+    fn nothing_follows_a_catch_all_rule_which_older_verifiers_reject_as_unreachable() {
+        let deny_all = rule(false, Some("a"), None, None, Some("rwm"));
+        let alone = compile(std::slice::from_ref(&deny_all)).expect("compiles");
+        let with_more = compile(&[
+            deny_all,
+            rule(true, Some("c"), Some(1), Some(3), Some("rwm")),
+        ])
+        .expect("compiles");
+        assert_eq!(alone.insns.last().map(|i| i.code), Some(EXIT));
+        assert_eq!(
+            alone.insns[alone.insns.len() - 2],
+            insn(ALU64_MOV_K, 0, 0, 0, 0)
+        );
+        assert_eq!(
+            with_more.insns.len(),
+            alone.insns.len() + 4,
+            "one rule's checks and verdict, no trailing default"
+        );
+    }
+
+    #[test]
     fn the_last_matching_rule_wins_and_nothing_matching_is_denied() {
         let rules = [
             rule(false, None, None, None, Some("rwm")),
@@ -231,5 +267,40 @@ mod tests {
         );
         assert!(compile(&[rule(true, Some("x"), None, None, None)]).is_err());
         assert!(compile(&[rule(true, None, None, None, Some("rwz"))]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::*;
+
+    /// Loads and attaches a real filter to a fresh cgroup v2 directory, where
+    /// this host has one (a hybrid host mounts it at /sys/fs/cgroup/unified).
+    #[test]
+    fn the_kernel_accepts_the_program() {
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .find(|p| std::path::Path::new(&format!("{p}/cgroup.procs")).exists())
+            .expect("a cgroup v2 hierarchy");
+        let dir = format!("{root}/hafen-devices-test-{}", std::process::id());
+        std::fs::create_dir(&dir).expect("mkdir cgroup");
+        let fd = rustix::fs::open(
+            dir.as_str(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("open");
+        let filter = compile(&[DeviceRule {
+            allow: true,
+            kind: Some("c".into()),
+            major: Some(1),
+            minor: Some(3),
+            access: Some("rw".into()),
+        }])
+        .expect("compile");
+        let result = attach(&filter, &fd);
+        drop(fd);
+        let _ = std::fs::remove_dir(&dir);
+        result.expect("load and attach");
     }
 }
