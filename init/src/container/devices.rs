@@ -230,8 +230,8 @@ mod tests {
         );
         assert_eq!(
             with_more.insns.len(),
-            alone.insns.len() + 4,
-            "one rule's checks and verdict, no trailing default"
+            alone.insns.len() + 5,
+            "three checks and a verdict for the later rule, no trailing default"
         );
     }
 
