@@ -125,8 +125,10 @@ fn every_catchable_signal_is_forwarded() {
 
 #[test]
 fn with_g_signals_reach_the_whole_process_group() {
-    let script = "sh -c 'trap \"echo grandchild got TERM; exit 0\" TERM; echo grandchild ready; while true; do sleep 1 & wait $!; done' & \
-        trap 'wait; exit 0' TERM; wait";
+    // The parent's trap goes in first: the grandchild's "ready" must mean both are.
+    let script = "trap 'wait; exit 0' TERM; \
+        sh -c 'trap \"echo grandchild got TERM; exit 0\" TERM; echo grandchild ready; while true; do sleep 1 & wait $!; done' & \
+        wait";
     let mut child = Reaped(
         init()
             .args(["-g", "sh", "-c", script])
@@ -144,9 +146,11 @@ fn with_g_signals_reach_the_whole_process_group() {
 
 #[test]
 fn a_storm_of_orphans_leaves_no_zombie() {
-    // 2000 grandchildren orphaned at once, then count zombies in the namespace.
-    let script = "for i in $(seq 2000); do (true &) ; done; sleep 0.5; \
-        echo zombies=$(grep -l '^State:.Z' /proc/[0-9]*/status 2>/dev/null | wc -l)";
+    // 2000 grandchildren orphaned at once; then, for up to 20 s, count the
+    // zombies in the namespace until there are none.
+    let script = "for i in $(seq 2000); do (true &) ; done; \
+        for i in $(seq 200); do z=$(grep -l '^State:.Z' /proc/[0-9]*/status 2>/dev/null | wc -l); [ $z = 0 ] && break; sleep 0.1; done; \
+        echo zombies=$z";
     let out = as_pid1(&["sh", "-c", script]).output().expect("run");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -239,14 +243,20 @@ fn p_sets_the_parent_death_signal() {
 
 #[test]
 fn wait_children_lets_grandchildren_finish_and_kills_the_stubborn() {
-    // The main child exits at once, leaving two grandchildren: one cleans up on
-    // TERM, one ignores it.
-    let script = "sh -c 'trap \"sleep 0.2; echo polite done; exit 0\" TERM; while true; do sleep 1 & wait $!; done' & \
-        sh -c 'trap \"\" TERM; while true; do sleep 1; done' & sleep 0.3; exit 4";
+    // The main child exits once two grandchildren have set their traps: one
+    // cleans up on TERM, one ignores it.
+    let dir = tempfile_dir("wait-children");
+    let script = format!(
+        "sh -c 'trap \"sleep 0.2; echo polite done; exit 0\" TERM; touch {d}/polite; while true; do sleep 1 & wait $!; done' & \
+         sh -c 'trap \"\" TERM; touch {d}/stubborn; while true; do sleep 1; done' & \
+         while [ ! -e {d}/polite ] || [ ! -e {d}/stubborn ]; do sleep 0.05; done; exit 4",
+        d = dir.display()
+    );
     let start = Instant::now();
-    let out = as_pid1(&["--wait-children", "2", "sh", "-c", script])
+    let out = as_pid1(&["--wait-children", "2", "sh", "-c", &script])
         .output()
         .expect("run");
+    let _ = std::fs::remove_dir_all(&dir);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("polite done"),
@@ -262,6 +272,13 @@ fn wait_children_lets_grandchildren_finish_and_kills_the_stubborn() {
         "the stubborn one was waited for"
     );
     assert!(start.elapsed() < Duration::from_secs(20), "then killed");
+}
+
+fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hafen-tiny-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
 }
 
 #[test]
