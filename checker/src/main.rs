@@ -27,28 +27,9 @@ fn status_fields() -> BTreeMap<String, String> {
         .collect()
 }
 
-const RLIMITS: [&str; 16] = [
-    "CPU",
-    "FSIZE",
-    "DATA",
-    "STACK",
-    "CORE",
-    "RSS",
-    "NPROC",
-    "NOFILE",
-    "MEMLOCK",
-    "AS",
-    "LOCKS",
-    "SIGPENDING",
-    "MSGQUEUE",
-    "NICE",
-    "RTPRIO",
-    "RTTIME",
-];
-
 fn rlimits() -> Value {
     let mut out = Map::new();
-    for (i, name) in RLIMITS.iter().enumerate() {
+    for (i, name) in hafen_proto::rlimit::NAMES.iter().enumerate() {
         let mut lim = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,

@@ -10,5 +10,6 @@ pub mod annotations;
 pub mod capability;
 pub mod image;
 pub mod layout;
+pub mod rlimit;
 pub mod signal;
 pub mod spec;

@@ -224,8 +224,10 @@ fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
 
     // 12. Resource limits and working directory.
     for &(resource, soft, hard) in &plan.rlimits {
-        sys::setrlimit(resource, soft, hard)
-            .map_err(fail_io(Step::Rlimit, super::RLIMITS[resource as usize]))?;
+        sys::setrlimit(resource, soft, hard).map_err(fail_io(
+            Step::Rlimit,
+            hafen_proto::rlimit::NAMES[resource as usize],
+        ))?;
     }
     rustix::process::chdir(plan.cwd.as_c_str()).map_err(|e| {
         (

@@ -427,31 +427,6 @@ fn under_root(root: &str, path: &str, what: &str) -> Result<String, StartError> 
     ))
 }
 
-/// Resource limit names in number order (`RLIMIT_CPU` is 0).
-const RLIMITS: [&str; 16] = [
-    "CPU",
-    "FSIZE",
-    "DATA",
-    "STACK",
-    "CORE",
-    "RSS",
-    "NPROC",
-    "NOFILE",
-    "MEMLOCK",
-    "AS",
-    "LOCKS",
-    "SIGPENDING",
-    "MSGQUEUE",
-    "NICE",
-    "RTPRIO",
-    "RTTIME",
-];
-
-fn parse_rlimit(name: &str) -> Option<u32> {
-    let bare = name.strip_prefix("RLIMIT_")?;
-    RLIMITS.iter().position(|n| *n == bare).map(|i| i as u32)
-}
-
 /// The device nodes every container gets in its /dev (the OCI default set).
 const DEFAULT_DEVICES: &[(&str, u32, u32)] = &[
     ("null", 1, 3),
@@ -753,7 +728,7 @@ impl Plan {
             .rlimits
             .iter()
             .map(|r| {
-                parse_rlimit(&r.kind)
+                hafen_proto::rlimit::parse(&r.kind)
                     .map(|n| (n, r.soft, r.hard))
                     .ok_or_else(|| spec_error(format!("unknown rlimit {:?}", r.kind)))
             })
@@ -1202,12 +1177,5 @@ mod tests {
         assert_eq!(under_root("/r", "/proc", "d").expect("ok"), "/r/proc");
         assert!(under_root("/r", "proc", "d").is_err());
         assert!(under_root("/r", "/a/../../etc", "d").is_err());
-    }
-
-    #[test]
-    fn rlimit_names() {
-        assert_eq!(parse_rlimit("RLIMIT_NOFILE"), Some(7));
-        assert_eq!(parse_rlimit("RLIMIT_RTTIME"), Some(15));
-        assert_eq!(parse_rlimit("NOFILE"), None);
     }
 }
