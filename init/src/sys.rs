@@ -98,6 +98,62 @@ pub unsafe fn clone_into_cgroup(flags: libc::c_int, cgroup: RawFd) -> io::Result
     }
 }
 
+/// Like [`clone_into_cgroup`] (with `cgroup`) or [`clone_process`], but the
+/// child becomes our parent's child (`CLONE_PARENT`), not ours. This is how a
+/// short-lived intermediate that has joined another pid namespace hands the
+/// new process to its caller, whose reaper then owns it.
+///
+/// # Safety
+/// The same rules as [`clone_process`].
+pub unsafe fn clone_sibling(flags: libc::c_int, cgroup: Option<RawFd>) -> io::Result<CloneResult> {
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let mut args = CloneArgs {
+        flags: flags as u32 as u64 | libc::CLONE_PARENT as u64,
+        // With CLONE_PARENT the kernel takes the exit signal from the caller
+        // (SIGCHLD for our processes) and clone3 insists on zero here.
+        exit_signal: 0,
+        ..CloneArgs::default()
+    };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd as u64;
+    }
+    // SAFETY: as in clone_into_cgroup; the caller upholds the rules for the child.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match check(ret)? {
+        0 => Ok(CloneResult::Child),
+        pid => Ok(CloneResult::Parent(pid as libc::pid_t)),
+    }
+}
+
+/// Waits for the child `pid` to exit (blocking) and returns how it ended.
+/// Only for children nobody else waits for, such as a clone intermediate.
+pub fn wait_pid(pid: libc::pid_t) -> io::Result<ExitStatus> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer.
+        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if ret == pid {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(if libc::WIFSIGNALED(status) {
+        ExitStatus::Signal(libc::WTERMSIG(status))
+    } else {
+        ExitStatus::Code(libc::WEXITSTATUS(status))
+    })
+}
+
 /// Joins the namespace `fd` refers to.
 pub fn setns(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
     // SAFETY: setns takes a descriptor and a flag.

@@ -898,38 +898,15 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
         .chain([std::ptr::null()])
         .collect();
 
-    // Joining a pid namespace applies to children: switch before clone, back after.
-    let own_pidns = match &plan.pid_join {
-        Some(target) => {
-            let own = rustix::fs::open(
-                "/proc/self/ns/pid",
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-            .map_err(|e| StartError::Parent {
-                what: "open own pid namespace".into(),
-                source: e.into(),
-            })?;
-            sys::setns(target.as_raw_fd(), libc::CLONE_NEWPID)
-                .map_err(StartError::parent("join pid namespace"))?;
-            Some(own)
-        }
-        None => None,
-    };
-
     // SAFETY: hafen-init is single-threaded; the child below only makes
     // system calls on data prepared above, then execs or exits.
     let cloned = unsafe {
-        match &cgroup_fd {
-            Some(fd) => sys::clone_into_cgroup(plan.clone_flags, fd.as_raw_fd()),
-            None => sys::clone_process(plan.clone_flags),
-        }
+        clone_child(
+            plan.clone_flags,
+            cgroup_fd.as_ref().map(|fd| fd.as_raw_fd()),
+            plan.pid_join.as_ref().map(|fd| fd.as_raw_fd()),
+        )
     };
-    if let Some(own) = &own_pidns {
-        // Failing to switch back would put every later child in the joined namespace.
-        sys::setns(own.as_raw_fd(), libc::CLONE_NEWPID)
-            .map_err(StartError::parent("return to own pid namespace"))?;
-    }
     match cloned.map_err(StartError::parent("clone"))? {
         CloneResult::Child => {
             // Holding the sync pipe's write end ourselves would keep its read
@@ -987,6 +964,87 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
                 }
                 // The child has exited (or is about to); the caller's reaper collects it.
                 Some(err) => Err(err),
+            }
+        }
+    }
+}
+
+/// Clones a container's process: in the new namespaces `flags` names, in the
+/// cgroup `cgroup` and, when `pidns` is given, inside that existing pid
+/// namespace.
+///
+/// Joining a pid namespace only applies to a process's later children and
+/// cannot be undone (a process may not return to an ancestor namespace), so
+/// that case goes through a short-lived intermediate: it joins, clones with
+/// `CLONE_PARENT` and reports the new pid. The caller's own namespace for
+/// later children never changes (PID 1 spawns many containers and execs),
+/// and the new process is still the caller's child, owned by its reaper.
+///
+/// # Safety
+/// The same rules as [`sys::clone_process`]: a single-threaded caller, and a
+/// child that only makes raw system calls before exec or exit.
+pub unsafe fn clone_child(
+    flags: libc::c_int,
+    cgroup: Option<RawFd>,
+    pidns: Option<RawFd>,
+) -> io::Result<CloneResult> {
+    let Some(pidns) = pidns else {
+        // SAFETY: the caller upholds clone_process's rules.
+        return unsafe {
+            match cgroup {
+                Some(fd) => sys::clone_into_cgroup(flags, fd),
+                None => sys::clone_process(flags),
+            }
+        };
+    };
+    let (report_r, report_w) = sys::pipe()?;
+    // SAFETY: the caller upholds clone_process's rules; the intermediate
+    // only makes system calls and exits.
+    match unsafe { sys::clone_process(0) }? {
+        CloneResult::Child => {
+            let cloned = match sys::setns(pidns, libc::CLONE_NEWPID) {
+                // SAFETY: as above, for the final child.
+                Ok(()) => unsafe { sys::clone_sibling(flags, cgroup) },
+                Err(e) => Err(e),
+            };
+            let report = match cloned {
+                Ok(CloneResult::Child) => {
+                    drop(report_r);
+                    drop(report_w);
+                    return Ok(CloneResult::Child);
+                }
+                Ok(CloneResult::Parent(pid)) => pid,
+                Err(e) => -e.raw_os_error().unwrap_or(libc::EINVAL),
+            };
+            let _ = sys::write_all(report_w.as_raw_fd(), &report.to_le_bytes());
+            sys::exit_now(0)
+        }
+        CloneResult::Parent(intermediate) => {
+            drop(report_w);
+            let mut buf = [0u8; 4];
+            let mut got = 0;
+            while got < buf.len() {
+                match sys::read(report_r.as_raw_fd(), &mut buf[got..]) {
+                    Ok(Some(0)) => break,
+                    Ok(Some(n)) => got += n,
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = sys::wait_pid(intermediate);
+                        return Err(e);
+                    }
+                }
+            }
+            // Nobody else waits for the intermediate: it exits right after its report.
+            let _ = sys::wait_pid(intermediate);
+            if got < buf.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the clone intermediate exited without reporting",
+                ));
+            }
+            match i32::from_le_bytes(buf) {
+                pid if pid > 0 => Ok(CloneResult::Parent(pid)),
+                errno => Err(io::Error::from_raw_os_error(-errno)),
             }
         }
     }
