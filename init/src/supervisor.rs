@@ -62,8 +62,10 @@ struct Container {
     bundle: Bundle,
     state: State,
     output: Option<Output>,
-    /// Its cgroup (relative to the cgroup root), removed when it exits.
-    cgroup: Option<String>,
+    /// Its cgroup directory, removed when it exits.
+    cgroup: Option<std::path::PathBuf>,
+    /// Its root, when it shares PID 1's mount namespace: detached when it exits.
+    shared_root: Option<std::path::PathBuf>,
 }
 
 /// Timing of the first container start, for the boot measurement.
@@ -117,6 +119,7 @@ impl Supervisor {
                 state: State::NotStarted,
                 output: None,
                 cgroup: None,
+                shared_root: None,
             })
             .collect();
         Ok(Supervisor {
@@ -197,6 +200,7 @@ impl Supervisor {
                 pid,
                 output,
                 cgroup,
+                shared_root,
                 ..
             }) => {
                 if !self.first_exec_reported {
@@ -225,6 +229,7 @@ impl Supervisor {
                     });
                 }
                 c.cgroup = cgroup;
+                c.shared_root = shared_root;
                 c.state = State::Running {
                     pid,
                     stop_deadline: None,
@@ -310,8 +315,13 @@ impl Supervisor {
             warn!("{} {status}", c.bundle.name);
         }
         c.state = State::Exited;
-        if let Some(path) = c.cgroup.take() {
-            cgroup::remove(std::path::Path::new(cgroup::CGROUP_ROOT), &path);
+        if let Some(dir) = c.cgroup.take() {
+            cgroup::remove(&dir);
+        }
+        if let Some(root) = c.shared_root.take() {
+            if let Err(e) = container::release_shared_root(&root) {
+                warn!("{}: cannot detach {}: {e}", c.bundle.name, root.display());
+            }
         }
     }
 

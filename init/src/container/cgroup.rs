@@ -100,15 +100,11 @@ pub fn settings(resources: &Resources) -> Result<Vec<Setting>, String> {
             out.push(("cpuset.cpus".into(), cpus.clone()));
         }
     }
-    if let Some(pids) = &resources.pids {
-        out.push((
-            "pids.max".into(),
-            if pids.limit > 0 {
-                pids.limit.to_string()
-            } else {
-                "max".into()
-            },
-        ));
+    // 0 means "no limit given" (runc and crun write nothing); negative is unlimited.
+    match resources.pids.as_ref().map(|p| p.limit) {
+        Some(limit) if limit > 0 => out.push(("pids.max".into(), limit.to_string())),
+        Some(limit) if limit < 0 => out.push(("pids.max".into(), "max".into())),
+        _ => {}
     }
     if let Some(weight) = resources.block_io.as_ref().and_then(|b| b.weight) {
         out.push(("io.weight".into(), format!("default {weight}")));
@@ -120,6 +116,63 @@ pub fn settings(resources: &Resources) -> Result<Vec<Setting>, String> {
         out.push((key.clone(), value.clone()));
     }
     Ok(out)
+}
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+fn is_cgroup2(path: &Path) -> bool {
+    rustix::fs::statfs(path)
+        .map(|st| super::procfs::fs_magic(&st) == CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
+/// The cgroup v2 hierarchy to use: `root` itself, or on a hybrid host (v1
+/// controllers, v2 beside them) its `unified` directory, where the device
+/// filter and whatever controllers v2 has still apply.
+pub fn find_v2(root: &Path) -> Option<PathBuf> {
+    if is_cgroup2(root) {
+        return Some(root.to_owned());
+    }
+    let unified = root.join("unified");
+    is_cgroup2(&unified).then_some(unified)
+}
+
+/// The controller a cgroup file belongs to (`memory` for `memory.max`);
+/// `None` for the core `cgroup.*` files every cgroup has.
+fn controller_of(file: &str) -> Option<&str> {
+    let (controller, _) = file.split_once('.')?;
+    (controller != "cgroup").then_some(controller)
+}
+
+/// Checks that the hierarchy at `root` offers every controller `settings`
+/// need, so a limit that cannot be applied is a clear error up front.
+pub fn check_controllers(root: &Path, settings: &[Setting]) -> Result<(), String> {
+    let mut missing: Vec<&str> = Vec::new();
+    let available = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    for (file, _) in settings {
+        if let Some(c) = controller_of(file) {
+            if !available.split_whitespace().any(|a| a == c) && !missing.contains(&c) {
+                missing.push(c);
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the {} controller{} not available in the cgroup v2 hierarchy at {} (it offers: {}); \
+         on a host that binds {} to cgroup v1 (a hybrid layout), boot with \
+         systemd.unified_cgroup_hierarchy=1 or leave those limits out",
+        missing.join(", "),
+        if missing.len() == 1 { " is" } else { "s are" },
+        root.display(),
+        if available.trim().is_empty() {
+            "none"
+        } else {
+            available.trim()
+        },
+        if missing.len() == 1 { "it" } else { "them" },
+    ))
 }
 
 /// Creates the cgroup `path` (relative to `root`), enabling the parent's
@@ -219,9 +272,9 @@ pub fn write_at(dir: &impl AsFd, name: &str, value: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes a container's cgroup once it is empty (best effort).
-pub fn remove(root: &Path, path: &str) {
-    let _ = std::fs::remove_dir(root.join(path.trim_start_matches('/')));
+/// Removes a container's cgroup directory once it is empty (best effort).
+pub fn remove(dir: &Path) {
+    let _ = std::fs::remove_dir(dir);
 }
 
 #[cfg(test)]
@@ -274,7 +327,18 @@ mod tests {
         let got = settings(&resources).expect("valid");
         assert!(got.contains(&("memory.max".into(), "max".into())));
         assert!(got.contains(&("memory.swap.max".into(), "max".into())));
-        assert!(got.contains(&("pids.max".into(), "max".into())));
+        assert!(
+            !got.iter().any(|(file, _)| file == "pids.max"),
+            "pids.limit 0 means no limit: nothing is written"
+        );
+        let unlimited = Resources {
+            pids: Some(Pids { limit: -1 }),
+            ..Resources::default()
+        };
+        assert_eq!(
+            settings(&unlimited).expect("valid"),
+            [("pids.max".to_owned(), "max".to_owned())]
+        );
         let bad = Resources {
             memory: Some(Memory {
                 limit: Some(100),
@@ -289,6 +353,29 @@ mod tests {
         let mut evil = Resources::default();
         evil.unified.insert("../../etc/passwd".into(), "x".into());
         assert!(settings(&evil).is_err());
+    }
+
+    #[test]
+    fn a_limit_whose_controller_is_missing_is_a_clear_error() {
+        let root = tempfile_dir("controllers");
+        std::fs::write(root.join("cgroup.controllers"), "hugetlb\n").expect("write");
+        let memory = [("memory.max".to_owned(), "1048576".to_owned())];
+        let err = check_controllers(&root, &memory).expect_err("no memory controller");
+        assert!(
+            err.contains("memory controller is not available") && err.contains("hugetlb"),
+            "{err}"
+        );
+        let core = [("cgroup.max.depth".to_owned(), "2".to_owned())];
+        assert_eq!(check_controllers(&root, &core), Ok(()));
+        std::fs::write(root.join("cgroup.controllers"), "memory pids\n").expect("write");
+        assert_eq!(check_controllers(&root, &memory), Ok(()));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    fn tempfile_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hafen-cgroup-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir
     }
 
     #[test]

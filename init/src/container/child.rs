@@ -98,12 +98,15 @@ fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
         sys::setns(fd.as_raw_fd(), *flag).map_err(fail_io(Step::JoinNamespace, path))?;
     }
 
-    // 4. Nothing we mount may propagate back to the parent's namespace.
-    rustix::mount::mount_change(
-        "/",
-        MountPropagationFlags::from_bits_retain(plan.propagation.bits()),
-    )
-    .map_err(fail(Step::Propagation, "/"))?;
+    // 4. Nothing we mount may propagate back to the parent's namespace
+    //    (unless we share it: then the mounts are ours to detach later).
+    if let Some(propagation) = plan.setup_propagation {
+        rustix::mount::mount_change(
+            "/",
+            MountPropagationFlags::from_bits_retain(propagation.bits()),
+        )
+        .map_err(fail(Step::Propagation, "/"))?;
+    }
 
     // 5. The root filesystem.
     match &plan.root {
@@ -193,12 +196,28 @@ fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
     }
 
     // 9. pivot_root into the new root, stacking the old root on top of it,
-    //    then detach the old root: nothing of the parent's tree stays reachable.
+    //    then detach the old root: nothing of the parent's tree stays
+    //    reachable. Sharing our mount namespace, there is no old root to
+    //    detach and the container only chroots, as runc does.
     rustix::process::chdir(plan.rootfs_c.as_c_str())
         .map_err(fail(Step::PivotRoot, &plan.rootfs))?;
-    rustix::process::pivot_root(".", ".").map_err(fail(Step::PivotRoot, &plan.rootfs))?;
-    rustix::mount::unmount(".", UnmountFlags::DETACH).map_err(fail(Step::DetachOldRoot, "/"))?;
+    if plan.shares_mounts {
+        rustix::process::chroot(".").map_err(fail(Step::PivotRoot, &plan.rootfs))?;
+    } else {
+        rustix::process::pivot_root(".", ".").map_err(fail(Step::PivotRoot, &plan.rootfs))?;
+        rustix::mount::unmount(".", UnmountFlags::DETACH)
+            .map_err(fail(Step::DetachOldRoot, "/"))?;
+    }
     rustix::process::chdir("/").map_err(fail(Step::PivotRoot, "/"))?;
+    // The spec's rootfsPropagation (shared, slave...), now that it only
+    // concerns the container's own root.
+    if let Some(propagation) = plan.root_propagation {
+        rustix::mount::mount_change(
+            "/",
+            MountPropagationFlags::from_bits_retain(propagation.bits()),
+        )
+        .map_err(fail(Step::Propagation, "/"))?;
+    }
 
     // 10. sysctls, through a verified handle on the container's own /proc,
     //     before /proc/sys is made read-only.

@@ -57,6 +57,40 @@ pub struct Filter {
     insns: Vec<Insn>,
 }
 
+/// Device rules every container with a device policy gets after the spec's
+/// own (so they win, as the last matching rule decides): the nodes the
+/// runtime creates in every container's /dev and a terminal needs. Creating
+/// any node (`m`) stays allowed, as in runc and crun, so `linux.devices`
+/// nodes can be made; whether one may be opened is the spec's rules' call.
+/// (type, major, minor, access); -1 is any.
+const DEFAULT_RULES: &[(&str, i64, i64, &str)] = &[
+    ("c", -1, -1, "m"),
+    ("b", -1, -1, "m"),
+    ("c", 1, 3, "rwm"),    // null
+    ("c", 1, 5, "rwm"),    // zero
+    ("c", 1, 7, "rwm"),    // full
+    ("c", 1, 8, "rwm"),    // random
+    ("c", 1, 9, "rwm"),    // urandom
+    ("c", 5, 0, "rwm"),    // tty
+    ("c", 5, 1, "rwm"),    // console
+    ("c", 5, 2, "rwm"),    // ptmx
+    ("c", 136, -1, "rwm"), // /dev/pts/*
+];
+
+/// The spec's rules followed by [`DEFAULT_RULES`].
+pub fn with_defaults(rules: &[DeviceRule]) -> Vec<DeviceRule> {
+    let defaults = DEFAULT_RULES
+        .iter()
+        .map(|&(kind, major, minor, access)| DeviceRule {
+            allow: true,
+            kind: Some(kind.to_owned()),
+            major: Some(major),
+            minor: Some(minor),
+            access: Some(access.to_owned()),
+        });
+    rules.iter().cloned().chain(defaults).collect()
+}
+
 /// Compiles device rules; an error names the rule.
 pub fn compile(rules: &[DeviceRule]) -> Result<Filter, String> {
     // r1 = ctx: r2 = type, r3 = access, r4 = major, r5 = minor.
@@ -151,15 +185,26 @@ pub fn attach(filter: &Filter, cgroup: &OwnedFd) -> io::Result<()> {
     attr[0] = u64::from(BPF_PROG_TYPE_CGROUP_DEVICE) | ((filter.insns.len() as u64) << 32);
     attr[1] = filter.insns.as_ptr() as u64;
     attr[2] = license.as_ptr() as u64;
-    // The verifier's log, to explain a refusal.
-    let mut log = vec![0u8; 4096];
-    attr[3] = 1 | ((log.len() as u64) << 32);
-    attr[4] = log.as_mut_ptr() as u64;
-    let prog = bpf(BPF_PROG_LOAD, &mut attr).map_err(|e| {
-        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-        let text = String::from_utf8_lossy(&log[..end]).replace('\n', "; ");
-        io::Error::new(e.kind(), format!("load: {e}: {text}"))
-    })?;
+    let prog = match bpf(BPF_PROG_LOAD, &mut attr.clone()) {
+        Ok(prog) => prog,
+        Err(e) => {
+            // Load again with the verifier's log, only to explain the refusal
+            // (a log that is too small for the whole trace fails with ENOSPC,
+            // so it is never asked for on the way that works).
+            let mut log = vec![0u8; 64 * 1024];
+            attr[3] = 1 | ((log.len() as u64) << 32);
+            attr[4] = log.as_mut_ptr() as u64;
+            let _ = bpf(BPF_PROG_LOAD, &mut attr);
+            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
+            let tail: Vec<&str> = text.lines().rev().take(4).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("load: {e}: {}", tail.join("; ")),
+            ));
+        }
+    };
     // SAFETY: BPF_PROG_LOAD returned a fresh descriptor we own.
     let prog = unsafe { OwnedFd::from_raw_fd(prog as libc::c_int) };
     let mut attr = [0u64; 16];
@@ -267,6 +312,43 @@ mod tests {
         );
         assert!(compile(&[rule(true, Some("x"), None, None, None)]).is_err());
         assert!(compile(&[rule(true, None, None, None, Some("rwz"))]).is_err());
+    }
+
+    #[test]
+    fn a_deny_all_rule_still_leaves_the_default_devices_usable() {
+        let deny_all = [rule(false, None, None, None, Some("rwm"))];
+        let f = compile(&with_defaults(&deny_all)).expect("compiles");
+        let rw = ACC_READ | ACC_WRITE;
+        for (major, minor, name) in [
+            (1, 3, "null"),
+            (1, 5, "zero"),
+            (1, 7, "full"),
+            (1, 8, "random"),
+            (1, 9, "urandom"),
+            (5, 0, "tty"),
+            (5, 1, "console"),
+            (5, 2, "ptmx"),
+            (136, 4, "pts/4"),
+        ] {
+            assert_eq!(verdict(&f, DEV_CHAR, rw, major, minor), 1, "{name}");
+        }
+        assert_eq!(verdict(&f, DEV_CHAR, rw, 1, 1), 0, "/dev/mem stays denied");
+        assert_eq!(verdict(&f, DEV_BLOCK, ACC_READ, 7, 0), 0, "a loop device");
+        assert_eq!(
+            verdict(&f, DEV_BLOCK, ACC_MKNOD, 7, 0),
+            1,
+            "any node may be created, as in runc"
+        );
+        let deny_null = [
+            rule(false, None, None, None, Some("rwm")),
+            rule(false, Some("c"), Some(1), Some(3), Some("rwm")),
+        ];
+        let f = compile(&with_defaults(&deny_null)).expect("compiles");
+        assert_eq!(
+            verdict(&f, DEV_CHAR, rw, 1, 3),
+            1,
+            "the defaults come last, so they win"
+        );
     }
 }
 

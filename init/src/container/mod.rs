@@ -267,8 +267,11 @@ pub struct Spawned {
     /// With a gate: descriptor numbers, in the child, of the gate's write end
     /// and the error pipe's read end, which [`start_gated`] opens through /proc.
     pub gate_fds: Option<(RawFd, RawFd)>,
-    /// Its cgroup, relative to the cgroup root, when one was made.
-    pub cgroup: Option<String>,
+    /// Its cgroup directory, when one was made.
+    pub cgroup: Option<PathBuf>,
+    /// When it shares our mount namespace: its root, with the mounts made
+    /// for it, to detach once it is gone ([`release_shared_root`]).
+    pub shared_root: Option<PathBuf>,
 }
 
 /// One mount, fully resolved before clone.
@@ -325,7 +328,13 @@ struct Plan {
     uid_mappings: Vec<IdMapping>,
     gid_mappings: Vec<IdMapping>,
     oom_score_adj: Option<i32>,
-    propagation: MountFlags,
+    /// Propagation of every mount while the root is set up; `None` when the
+    /// container shares our mount namespace.
+    setup_propagation: Option<MountFlags>,
+    /// The spec's `rootfsPropagation` for the new root, when not private.
+    root_propagation: Option<MountFlags>,
+    /// No mount namespace of its own: chroot instead of pivot_root.
+    shares_mounts: bool,
     rootfs: String,
     rootfs_c: CString,
     root: RootMount,
@@ -351,11 +360,23 @@ struct Plan {
     program: String,
     argv: Vec<CString>,
     envp: Vec<CString>,
-    cgroup: Option<(String, Vec<cgroup::Setting>)>,
+    cgroup: Option<PlannedCgroup>,
     device_filter: Option<devices::Filter>,
 }
 
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+/// The container's cgroup: a cgroup v2 hierarchy, a path in it, its limits.
+#[derive(Debug)]
+struct PlannedCgroup {
+    root: PathBuf,
+    path: String,
+    settings: Vec<cgroup::Setting>,
+}
+
+impl PlannedCgroup {
+    fn dir(&self) -> PathBuf {
+        self.root.join(self.path.trim_start_matches('/'))
+    }
+}
 
 fn spec_error(msg: impl Into<String>) -> StartError {
     StartError::Spec(msg.into())
@@ -487,10 +508,10 @@ impl Plan {
             match &ns.path {
                 None => clone_flags |= flag,
                 Some(path) => {
-                    if flag == libc::CLONE_NEWUSER || flag == libc::CLONE_NEWNS {
+                    if flag == libc::CLONE_NEWUSER {
                         return Err(spec_error(format!(
-                            "joining an existing {} namespace is not supported yet",
-                            ns.kind
+                            "joining an existing user namespace ({path}) is not supported: \
+                             give linux.uidMappings and linux.gidMappings for a new one instead"
                         )));
                     }
                     let fd = rustix::fs::open(
@@ -510,11 +531,11 @@ impl Plan {
                 }
             }
         }
-        if clone_flags & libc::CLONE_NEWNS == 0 {
-            return Err(spec_error(
-                "a new mount namespace is required (linux.namespaces has no \"mount\")",
-            ));
-        }
+        // Without a mount namespace of its own (none listed), the container
+        // shares ours, like runc: its root and mounts are made here and it
+        // chroots; whoever deletes it detaches them again.
+        let shares_mounts = clone_flags & libc::CLONE_NEWNS == 0
+            && !joins.iter().any(|(_, flag, _)| *flag == libc::CLONE_NEWNS);
         let userns = clone_flags & libc::CLONE_NEWUSER != 0;
         if userns && (linux.uid_mappings.is_empty() || linux.gid_mappings.is_empty()) {
             return Err(spec_error(
@@ -525,6 +546,12 @@ impl Plan {
         // Root: overlay over image directories (Hafen images), or the bundle's rootfs.
         let root_mount = match spec.annotation(annotations::LOWER_DIRS) {
             Some(lower) if !lower.is_empty() => {
+                if shares_mounts {
+                    return Err(spec_error(
+                        "a root made of image layers needs a mount namespace: add \
+                         {\"type\": \"mount\"} to linux.namespaces",
+                    ));
+                }
                 for dir in lower.split(':') {
                     if !Path::new(dir).is_dir() {
                         return Err(spec_error(format!("image directory {dir} does not exist")));
@@ -554,13 +581,31 @@ impl Plan {
                 RootMount::Bind
             }
         };
-        let propagation = match linux.rootfs_propagation.as_deref() {
-            None | Some("") => {
-                MountFlags::from_bits_retain((libc::MS_PRIVATE | libc::MS_REC) as u32)
-            }
-            Some(p) => propagation_option(p)
-                .ok_or_else(|| spec_error(format!("unknown linux.rootfsPropagation {p:?}")))?,
+        // While the root is set up, nothing may propagate back to the
+        // namespace we came from, and pivot_root refuses shared parents:
+        // everything is private, or a slave when the spec wants the root to
+        // take part in propagation, which is applied to the new root after
+        // pivot_root.
+        let root_propagation = match linux.rootfs_propagation.as_deref() {
+            None | Some("") => None,
+            Some(p) => Some(
+                propagation_option(p)
+                    .ok_or_else(|| spec_error(format!("unknown linux.rootfsPropagation {p:?}")))?,
+            ),
         };
+        let private = MountFlags::from_bits_retain(libc::MS_PRIVATE as u32);
+        let setup_propagation = if shares_mounts {
+            None
+        } else if root_propagation.is_some_and(|p| !p.contains(private)) {
+            Some(MountFlags::from_bits_retain(
+                (libc::MS_SLAVE | libc::MS_REC) as u32,
+            ))
+        } else {
+            Some(MountFlags::from_bits_retain(
+                (libc::MS_PRIVATE | libc::MS_REC) as u32,
+            ))
+        };
+        let root_propagation = root_propagation.filter(|p| !p.contains(private));
 
         // cgroup: the spec's path, or hafen/ID; limits need cgroup v2.
         let settings = match &linux.resources {
@@ -569,22 +614,30 @@ impl Plan {
             }
             None => Vec::new(),
         };
-        let cgroup2 = rustix::fs::statfs(&opts.cgroup_root)
-            .map(|st| procfs::fs_magic(&st) == CGROUP2_SUPER_MAGIC)
-            .unwrap_or(false);
-        let cgroup = if cgroup2 {
-            let path = linux
-                .cgroups_path
-                .clone()
-                .unwrap_or_else(|| format!("hafen/{}", opts.id));
-            Some((path, settings))
-        } else if !settings.is_empty() {
-            return Err(spec_error(format!(
-                "linux.resources needs cgroup v2 mounted at {}",
-                opts.cgroup_root.display()
-            )));
-        } else {
-            None
+        let cgroup = match cgroup::find_v2(&opts.cgroup_root) {
+            Some(root) => {
+                cgroup::check_controllers(&root, &settings)
+                    .map_err(|e| spec_error(format!("linux.resources: {e}")))?;
+                let path = linux
+                    .cgroups_path
+                    .clone()
+                    .unwrap_or_else(|| format!("hafen/{}", opts.id));
+                Some(PlannedCgroup {
+                    root,
+                    path,
+                    settings,
+                })
+            }
+            None if !settings.is_empty() => {
+                return Err(spec_error(format!(
+                    "linux.resources needs cgroup v2, but neither {} nor {}/unified is a \
+                     cgroup2 mount: mount one there (mount -t cgroup2 none {0}) or leave \
+                     out the limits",
+                    opts.cgroup_root.display(),
+                    opts.cgroup_root.display()
+                )));
+            }
+            None => None,
         };
 
         // Mounts.
@@ -617,13 +670,9 @@ impl Plan {
             let bind = cgroup_bind || kind == "bind" || flags.contains(MountFlags::BIND);
             let mut source = m.source.clone().unwrap_or_else(|| kind.to_owned());
             let mut file_target = false;
-            if let (true, Some((path, _))) = (cgroup_bind, &cgroup) {
+            if let (true, Some(cg)) = (cgroup_bind, &cgroup) {
                 flags |= MountFlags::BIND;
-                source = opts
-                    .cgroup_root
-                    .join(path.trim_start_matches('/'))
-                    .to_string_lossy()
-                    .into_owned();
+                source = cg.dir().to_string_lossy().into_owned();
             } else if bind {
                 let src = if Path::new(&source).is_absolute() {
                     PathBuf::from(&source)
@@ -758,7 +807,8 @@ impl Plan {
         // (a hybrid host) the rules cannot be enforced and are left out.
         let device_filter = match linux.resources.as_ref().map(|r| r.devices.as_slice()) {
             Some(rules) if !rules.is_empty() && cgroup.is_some() => Some(
-                devices::compile(rules).map_err(|e| spec_error(format!("linux.resources.{e}")))?,
+                devices::compile(&devices::with_defaults(rules))
+                    .map_err(|e| spec_error(format!("linux.resources.{e}")))?,
             ),
             _ => None,
         };
@@ -800,7 +850,9 @@ impl Plan {
             uid_mappings: linux.uid_mappings.clone(),
             gid_mappings: linux.gid_mappings.clone(),
             oom_score_adj: process.oom_score_adj,
-            propagation,
+            setup_propagation,
+            root_propagation,
+            shares_mounts,
             rootfs_c: cstring("root.path", &rootfs)?,
             rootfs,
             root: root_mount,
@@ -858,8 +910,8 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
             .map_err(StartError::parent("create root directory"))?;
     }
     let cgroup_fd = match &plan.cgroup {
-        Some((path, settings)) => {
-            Some(cgroup::create(&opts.cgroup_root, path, settings).map_err(StartError::Cgroup)?)
+        Some(cg) => {
+            Some(cgroup::create(&cg.root, &cg.path, &cg.settings).map_err(StartError::Cgroup)?)
         }
         None => None,
     };
@@ -959,7 +1011,8 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
                         pid,
                         output,
                         gate_fds,
-                        cgroup: plan.cgroup.map(|(p, _)| p),
+                        cgroup: plan.cgroup.as_ref().map(PlannedCgroup::dir),
+                        shared_root: plan.shares_mounts.then(|| PathBuf::from(&plan.rootfs)),
                     })
                 }
                 // The child has exited (or is about to); the caller's reaper collects it.
@@ -1047,6 +1100,15 @@ pub unsafe fn clone_child(
                 errno => Err(io::Error::from_raw_os_error(-errno)),
             }
         }
+    }
+}
+
+/// Detaches the root and every mount made for a container that shared our
+/// mount namespace ([`Spawned::shared_root`]), once it has exited.
+pub fn release_shared_root(root: &Path) -> io::Result<()> {
+    match rustix::mount::unmount(root, rustix::mount::UnmountFlags::DETACH) {
+        Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::sys::{self, ExitStatus, SigSet};
 const DEFAULT_ROOT: &str = "/run/hafen-runtime";
 
 const USAGE: &str =
-    "usage: hafen-init runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND
+    "usage: hafen-init runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND | --version
 commands:
   create [--bundle DIR] [--pid-file FILE] ID   set up the container; it waits before exec
   start ID                                     let a created container exec its process
@@ -59,7 +59,11 @@ struct Saved {
     started: bool,
     gate_fd: i32,
     err_fd: i32,
-    cgroup: Option<String>,
+    /// Its cgroup directory, when one was made.
+    cgroup: Option<PathBuf>,
+    /// Its root, when it shares our mount namespace: detached on delete.
+    #[serde(default)]
+    shared_root: Option<PathBuf>,
     created: String,
 }
 
@@ -141,6 +145,18 @@ pub fn main(args: Vec<OsString>) -> i32 {
                 rest = tail;
             }
             "--debug" | "--systemd-cgroup=false" => rest = tail,
+            "--systemd-cgroup" | "--systemd-cgroup=true" => {
+                report(
+                    &globals,
+                    "--systemd-cgroup: hafen-init manages cgroups itself (cgroupfs) and does not \
+                     talk to systemd; leave the flag out (podman: --cgroup-manager=cgroupfs)",
+                );
+                return 1;
+            }
+            "-v" | "--version" | "version" => {
+                print_version();
+                return 0;
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return 0;
@@ -168,6 +184,13 @@ pub fn main(args: Vec<OsString>) -> i32 {
             1
         }
     }
+}
+
+/// The version lines podman and containerd parse (`NAME version X`), then
+/// the runtime spec version we follow.
+fn print_version() {
+    println!("hafen-init version {}", env!("CARGO_PKG_VERSION"));
+    println!("spec: {}", hafen_proto::spec::OCI_VERSION);
 }
 
 fn report(globals: &Globals, message: &str) {
@@ -390,6 +413,7 @@ fn create_container(
         gate_fd,
         err_fd,
         cgroup: spawned.cgroup,
+        shared_root: spawned.shared_root,
         created: now_rfc3339(),
     };
     save(globals, &saved)?;
@@ -472,7 +496,11 @@ fn kill(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
 fn delete(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
     let args = parse_command_args(args)?;
     let id = container_id(&args)?;
-    let saved = load(globals, id)?;
+    let saved = match load(globals, id) {
+        // Nothing to delete is what --force asks for (runc and crun exit 0).
+        Err(_) if args.force && !state_dir(globals, id).exists() => return Ok(0),
+        other => other?,
+    };
     match status(&saved) {
         Status::Running if !args.force => {
             return Err(err(format!(
@@ -496,11 +524,16 @@ fn delete(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
 }
 
 fn cleanup(globals: &Globals, saved: &Saved) {
-    if let Some(path) = &saved.cgroup {
-        let root = std::env::var_os("HAFEN_CGROUP_ROOT")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(cgroup::CGROUP_ROOT));
-        cgroup::remove(&root, path);
+    if let Some(dir) = &saved.cgroup {
+        cgroup::remove(dir);
+    }
+    if let Some(root) = &saved.shared_root {
+        if let Err(e) = container::release_shared_root(root) {
+            report(
+                globals,
+                &format!("delete {}: cannot detach {}: {e}", saved.id, root.display()),
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(state_dir(globals, &saved.id));
     let _ = std::fs::remove_dir(globals.root.join(".scratch").join(&saved.id));
