@@ -1,179 +1,46 @@
 //! `hafen-init runtime` on this host (as root): the OCI lifecycle, kill,
 //! delete, run's exit status and signal forwarding, what a container sees
-//! under many configs, and clear errors for bad bundles.
+//! under many configs, and clear errors for bad bundles. Every test runs on
+//! both cgroup layouts (`host::*` and `cgroup2::*`, see support/mod.rs).
+
+mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::{host_ns, layout_tests, stderr, stdout, Bundle, Layout};
 
-fn hafen_init() -> &'static str {
-    env!("CARGO_BIN_EXE_hafen-init")
-}
+layout_tests!(
+    lifecycle_create_start_kill_delete,
+    kill_takes_names_with_and_without_sig_and_numbers,
+    run_exits_with_the_containers_status,
+    run_forwards_sigterm_to_the_container,
+    the_container_sees_its_config,
+    user_namespaces_map_ids,
+    an_existing_namespace_is_joined_by_path,
+    bad_bundles_give_clear_errors,
+    the_checker_reports_what_the_config_asks_for,
+);
 
-/// A bundle with a busybox root in a temp dir, and a state root of its own.
-struct Bundle {
-    dir: tempfile::TempDir,
-    config: Value,
-}
-
-impl Bundle {
-    fn new(args: &[&str]) -> Bundle {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let bin = dir.path().join("rootfs/bin");
-        std::fs::create_dir_all(&bin).expect("mkdir");
-        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
-        let list = Command::new("/bin/busybox")
-            .arg("--list")
-            .output()
-            .expect("busybox --list");
-        for applet in String::from_utf8_lossy(&list.stdout)
-            .lines()
-            .filter(|a| *a != "busybox")
-        {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
-        }
-        for d in ["proc", "sys", "dev", "tmp", "etc"] {
-            std::fs::create_dir_all(dir.path().join("rootfs").join(d)).expect("mkdir");
-        }
-        let config = json!({
-            "ociVersion": "1.0.2",
-            "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/"},
-            "root": {"path": "rootfs"},
-            "hostname": "box",
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
-            ],
-            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}]}
-        });
-        Bundle { dir, config }
-    }
-
-    fn set(&mut self, pointer: &str, value: Value) -> &mut Bundle {
-        let (parent, key) = pointer.rsplit_once('/').expect("pointer");
-        let target = self.config.pointer_mut(parent).expect("parent exists");
-        target[key] = value;
-        self
-    }
-
-    fn write(&self) {
-        std::fs::write(self.dir.path().join("config.json"), self.config.to_string())
-            .expect("write config");
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn runtime(&self, args: &[&str]) -> Command {
-        self.write();
-        let mut cmd = Command::new(hafen_init());
-        cmd.arg("runtime").arg("--root").arg(self.root()).args(args);
-        cmd
-    }
-
-    fn run(&self, id: &str) -> Output {
-        self.runtime(&[
-            "run",
-            "--bundle",
-            self.dir.path().to_str().expect("utf8"),
-            id,
-        ])
-        .output()
-        .expect("run")
-    }
-
-    /// `create` with the container's stdio in files: a created container
-    /// keeps its stdio open, so piping it would never reach end of file.
-    fn create(&self, id: &str, extra: &[&str]) -> (bool, String) {
-        let err_path = self.dir.path().join(format!("create-{id}.err"));
-        let err = std::fs::File::create(&err_path).expect("stderr file");
-        let mut args = vec![
-            "create",
-            "--bundle",
-            self.dir.path().to_str().expect("utf8"),
-        ];
-        args.extend_from_slice(extra);
-        args.push(id);
-        let status = self
-            .runtime(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .status()
-            .expect("create");
-        (
-            status.success(),
-            std::fs::read_to_string(&err_path).unwrap_or_default(),
-        )
-    }
-
-    /// Waits until the container has touched /tmp/ready (its traps are set:
-    /// a container's PID 1 ignores signals it has no handler for).
-    fn wait_ready(&self) {
-        let marker = self.dir.path().join("rootfs/tmp/ready");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !marker.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the container never became ready"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn state(&self, id: &str) -> Value {
-        let out = self.runtime(&["state", id]).output().expect("state");
-        assert!(
-            out.status.success(),
-            "state: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("state JSON")
-    }
-
-    fn wait_status(&self, id: &str, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let state = self.state(id);
-            if state["status"] == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "container {id} never became {want}: {state}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[test]
-fn lifecycle_create_start_kill_delete() {
-    let b = Bundle::new(&[
-        "/bin/sh",
-        "-c",
-        "trap 'exit 0' TERM; touch /tmp/ready; while true; do sleep 1 & wait $!; done",
-    ]);
+fn lifecycle_create_start_kill_delete(layout: Layout) {
+    let b = Bundle::new(
+        layout,
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'exit 0' TERM; touch /tmp/ready; while true; do sleep 1 & wait $!; done",
+        ],
+    );
+    let c1 = b.id("c1");
     let pid_file = b.dir.path().join("pid");
-    let (ok, err) = b.create("c1", &["--pid-file", pid_file.to_str().expect("utf8")]);
+    let (ok, err) = b.create(&c1, &["--pid-file", pid_file.to_str().expect("utf8")]);
     assert!(ok, "create: {err}");
-    let state = b.state("c1");
+    let state = b.state(&c1);
     assert_eq!(state["status"], "created");
     assert_eq!(state["ociVersion"], "1.0.2");
-    assert_eq!(state["id"], "c1");
+    assert_eq!(state["id"], c1);
     let pid = state["pid"].as_i64().expect("pid");
     assert!(pid > 0);
     assert_eq!(
@@ -189,49 +56,51 @@ fn lifecycle_create_start_kill_delete() {
             .expect("utf8")
     ));
 
-    let (ok, err) = b.create("c1", &[]);
+    let (ok, err) = b.create(&c1, &[]);
     assert!(!ok && err.contains("already exists"), "{err}");
 
-    let out = b.runtime(&["start", "c1"]).output().expect("start");
+    let out = b.runtime(&["start", &c1]).output().expect("start");
     assert!(out.status.success(), "start: {}", stderr(&out));
-    assert_eq!(b.state("c1")["status"], "running");
+    assert_eq!(b.state(&c1)["status"], "running");
     b.wait_ready();
-    let out = b.runtime(&["start", "c1"]).output().expect("start twice");
+    let out = b.runtime(&["start", &c1]).output().expect("start twice");
     assert!(
         !out.status.success() && stderr(&out).contains("not created"),
         "{}",
         stderr(&out)
     );
 
-    let out = b.runtime(&["delete", "c1"]).output().expect("delete");
+    let out = b.runtime(&["delete", &c1]).output().expect("delete");
     assert!(
         !out.status.success() && stderr(&out).contains("running"),
         "delete of a running container is refused: {}",
         stderr(&out)
     );
 
-    let out = b.runtime(&["kill", "c1", "TERM"]).output().expect("kill");
+    let out = b.runtime(&["kill", &c1, "TERM"]).output().expect("kill");
     assert!(out.status.success(), "kill: {}", stderr(&out));
-    b.wait_status("c1", "stopped");
-    assert_eq!(b.state("c1")["pid"], 0);
-    let out = b.runtime(&["kill", "c1"]).output().expect("kill stopped");
+    b.wait_status(&c1, "stopped");
+    assert_eq!(b.state(&c1)["pid"], 0);
+    let out = b.runtime(&["kill", &c1]).output().expect("kill stopped");
     assert!(!out.status.success() && stderr(&out).contains("not running"));
-    let out = b.runtime(&["delete", "c1"]).output().expect("delete");
+    let out = b.runtime(&["delete", &c1]).output().expect("delete");
     assert!(out.status.success(), "delete: {}", stderr(&out));
-    assert!(!b.root().join("c1").exists(), "state removed");
-    let out = b.runtime(&["state", "c1"]).output().expect("state");
+    assert!(!b.root().join(&c1).exists(), "state removed");
+    let out = b.runtime(&["state", &c1]).output().expect("state");
     assert!(!out.status.success() && stderr(&out).contains("does not exist"));
 }
 
-#[test]
-fn kill_takes_names_with_and_without_sig_and_numbers() {
+fn kill_takes_names_with_and_without_sig_and_numbers(layout: Layout) {
     for (i, signal) in ["SIGUSR1", "USR1", "10"].iter().enumerate() {
-        let b = Bundle::new(&[
-            "/bin/sh",
-            "-c",
-            "trap 'exit 5' USR1; touch /tmp/ready; while true; do sleep 1 & wait $!; done",
-        ]);
-        let id = format!("k{i}");
+        let b = Bundle::new(
+            layout,
+            &[
+                "/bin/sh",
+                "-c",
+                "trap 'exit 5' USR1; touch /tmp/ready; while true; do sleep 1 & wait $!; done",
+            ],
+        );
+        let id = b.id(&format!("k{i}"));
         let (ok, err) = b.create(&id, &[]);
         assert!(ok, "{err}");
         assert!(b
@@ -251,54 +120,48 @@ fn kill_takes_names_with_and_without_sig_and_numbers() {
             .status
             .success());
     }
-    let b = Bundle::new(&["/bin/sleep", "100"]);
-    let (ok, err) = b.create("x", &[]);
+    let b = Bundle::new(layout, &["/bin/sleep", "100"]);
+    let x = b.id("x");
+    let (ok, err) = b.create(&x, &[]);
     assert!(ok, "{err}");
-    let out = b.runtime(&["kill", "x", "SIGNOPE"]).output().expect("kill");
+    let out = b.runtime(&["kill", &x, "SIGNOPE"]).output().expect("kill");
     assert!(!out.status.success() && stderr(&out).contains("unknown signal"));
     let out = b
-        .runtime(&["delete", "--force", "x"])
+        .runtime(&["delete", "--force", &x])
         .output()
         .expect("delete --force");
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-#[test]
-fn run_exits_with_the_containers_status() {
+fn run_exits_with_the_containers_status(layout: Layout) {
     for (script, code) in [("exit 0", 0), ("exit 3", 3), ("exit 255", 255)] {
-        let b = Bundle::new(&["/bin/sh", "-c", script]);
-        let out = b.run("r");
+        let b = Bundle::new(layout, &["/bin/sh", "-c", script]);
+        let r = b.id("r");
+        let out = b.run(&r);
         assert_eq!(out.status.code(), Some(code), "{script}: {}", stderr(&out));
-        assert!(!b.root().join("r").exists(), "run cleans up");
+        assert!(!b.root().join(&r).exists(), "run cleans up");
     }
     // Killed from outside: 128 + the signal.
-    let b = Bundle::new(&["/bin/sleep", "100"]);
-    b.write();
-    let mut child = Command::new(hafen_init())
-        .args(["runtime", "--root"])
-        .arg(b.root())
-        .args([
-            "run",
-            "--bundle",
-            b.dir.path().to_str().expect("utf8"),
-            "killed",
-        ])
+    let b = Bundle::new(layout, &["/bin/sleep", "100"]);
+    let killed = b.id("killed");
+    let mut child = b
+        .runtime(&["run", "--bundle", b.path_str(), &killed])
         .spawn()
         .expect("spawn run");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !b.root().join("killed/state.json").exists() {
+    while !b.root().join(&killed).join("state.json").exists() {
         assert!(Instant::now() < deadline, "run never created its container");
         std::thread::sleep(Duration::from_millis(10));
     }
     let out = b
-        .runtime(&["kill", "killed", "KILL"])
+        .runtime(&["kill", &killed, "KILL"])
         .output()
         .expect("kill");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(child.wait().expect("wait").code(), Some(128 + 9));
 
-    let b = Bundle::new(&["/bin/definitely-not-here"]);
-    let out = b.run("r");
+    let b = Bundle::new(layout, &["/bin/definitely-not-here"]);
+    let out = b.run(&b.id("r"));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("/bin/definitely-not-here") && stderr(&out).contains("not found"),
@@ -307,23 +170,18 @@ fn run_exits_with_the_containers_status() {
     );
 }
 
-#[test]
-fn run_forwards_sigterm_to_the_container() {
-    let b = Bundle::new(&[
-        "/bin/sh",
-        "-c",
-        "trap 'echo bye; exit 7' TERM; echo ready; while true; do sleep 1 & wait $!; done",
-    ]);
-    b.write();
-    let mut child = Command::new(hafen_init())
-        .args(["runtime", "--root"])
-        .arg(b.root())
-        .args([
-            "run",
-            "--bundle",
-            b.dir.path().to_str().expect("utf8"),
-            "fwd",
-        ])
+fn run_forwards_sigterm_to_the_container(layout: Layout) {
+    let b = Bundle::new(
+        layout,
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'echo bye; exit 7' TERM; echo ready; while true; do sleep 1 & wait $!; done",
+        ],
+    );
+    let fwd = b.id("fwd");
+    let mut child = b
+        .runtime(&["run", "--bundle", b.path_str(), &fwd])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn");
@@ -347,7 +205,7 @@ fn run_forwards_sigterm_to_the_container() {
 
 /// Runs `script` in a container built from `b` and returns its stdout.
 fn see(b: &Bundle) -> String {
-    let out = b.run("see");
+    let out = b.run(&b.id("see"));
     assert!(
         out.status.success(),
         "run failed: {}{}",
@@ -357,15 +215,7 @@ fn see(b: &Bundle) -> String {
     stdout(&out)
 }
 
-fn host_ns(kind: &str) -> String {
-    std::fs::read_link(format!("/proc/self/ns/{kind}"))
-        .expect("ns")
-        .to_string_lossy()
-        .into_owned()
-}
-
-#[test]
-fn the_container_sees_its_config() {
+fn the_container_sees_its_config(layout: Layout) {
     let script =
         "readlink /proc/self/ns/pid /proc/self/ns/net /proc/self/ns/cgroup /proc/self/ns/mnt; \
         echo host=$(hostname) dom=$(cat /proc/sys/kernel/domainname); \
@@ -379,7 +229,7 @@ fn the_container_sees_its_config() {
         mkdir /tmp/blocked 2>/dev/null && echo mkdir=ok || echo mkdir=denied; \
         ls -l /dev/null /dev/zero /dev/extra | awk '{print $1, $5, $6, $NF}'; \
         grep ' /data ' /proc/self/mounts; grep ' /scratch ' /proc/self/mounts";
-    let mut b = Bundle::new(&["/bin/sh", "-c", script]);
+    let mut b = Bundle::new(layout, &["/bin/sh", "-c", script]);
     std::fs::create_dir_all(b.dir.path().join("host-data")).expect("mkdir");
     b.set("/linux/namespaces", json!([{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}, {"type": "cgroup"}]))
         .set("/domainname", json!("example.test"))
@@ -462,13 +312,15 @@ fn the_container_sees_its_config() {
     );
 }
 
-#[test]
-fn user_namespaces_map_ids() {
-    let mut b = Bundle::new(&[
-        "/bin/sh",
-        "-c",
-        "awk '{print $1, $2, $3}' /proc/self/uid_map; id -u; touch /owned && echo writable",
-    ]);
+fn user_namespaces_map_ids(layout: Layout) {
+    let mut b = Bundle::new(
+        layout,
+        &[
+            "/bin/sh",
+            "-c",
+            "awk '{print $1, $2, $3}' /proc/self/uid_map; id -u; touch /owned && echo writable",
+        ],
+    );
     // The rootfs must belong to the mapped root to be writable by it.
     let status = Command::new("chown")
         .args(["-R", "100000:100000"])
@@ -491,9 +343,8 @@ fn user_namespaces_map_ids() {
     assert_eq!(owner, 100000, "container root is host uid 100000");
 }
 
-#[test]
-fn an_existing_namespace_is_joined_by_path() {
-    let mut b = Bundle::new(&["/bin/readlink", "/proc/self/ns/net"]);
+fn an_existing_namespace_is_joined_by_path(layout: Layout) {
+    let mut b = Bundle::new(layout, &["/bin/readlink", "/proc/self/ns/net"]);
     let mut holder = Command::new("unshare")
         .args(["--net", "sleep", "60"])
         .spawn()
@@ -518,7 +369,7 @@ fn an_existing_namespace_is_joined_by_path() {
         "/linux/namespaces",
         json!([{"type": "pid"}, {"type": "mount"}, {"type": "network", "path": net}]),
     );
-    let out = b.run("j");
+    let out = b.run(&b.id("j"));
     let _ = holder.kill();
     let _ = holder.wait();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -526,51 +377,44 @@ fn an_existing_namespace_is_joined_by_path() {
 }
 
 fn expect_error(b: &Bundle, needle: &str) {
-    let out = b.run("bad");
+    let bad = b.id("bad");
+    let out = b.run(&bad);
     assert_eq!(out.status.code(), Some(1), "{needle}: {}", stderr(&out));
     assert!(
         stderr(&out).contains(needle),
         "error should mention {needle:?}: {}",
         stderr(&out)
     );
-    assert!(!b.root().join("bad").exists(), "no state left behind");
+    assert!(!b.root().join(&bad).exists(), "no state left behind");
 }
 
-#[test]
-fn bad_bundles_give_clear_errors() {
-    let mut b = Bundle::new(&["/bin/true"]);
+fn bad_bundles_give_clear_errors(layout: Layout) {
+    let mut b = Bundle::new(layout, &["/bin/true"]);
     b.set("/root/path", json!("missing-rootfs"));
     expect_error(&b, "missing-rootfs");
-    let mut b = Bundle::new(&["/bin/true"]);
+    let mut b = Bundle::new(layout, &["/bin/true"]);
     b.set(
         "/linux/namespaces",
         json!([{"type": "mount"}, {"type": "time-travel"}]),
     );
     expect_error(&b, "unknown namespace type \"time-travel\"");
-    let mut b = Bundle::new(&["/bin/true"]);
+    let mut b = Bundle::new(layout, &["/bin/true"]);
     b.set("/process/cwd", json!("relative"));
     expect_error(&b, "process.cwd");
-    let mut b = Bundle::new(&["/bin/true"]);
+    let mut b = Bundle::new(layout, &["/bin/true"]);
     b.set(
         "/process/capabilities",
         json!({"bounding": ["CAP_TELEPORT"]}),
     );
     expect_error(&b, "CAP_TELEPORT");
-    let mut b = Bundle::new(&["/bin/true"]);
+    let mut b = Bundle::new(layout, &["/bin/true"]);
     b.config.as_object_mut().expect("object").remove("process");
     expect_error(&b, "no process");
-    let b = Bundle::new(&["/bin/true"]);
-    b.write();
+    let b = Bundle::new(layout, &["/bin/true"]);
+    let bad = b.id("bad");
     std::fs::write(b.dir.path().join("config.json"), "{ \"ociVersion\": ").expect("write");
-    let out = Command::new(hafen_init())
-        .args(["runtime", "--root"])
-        .arg(b.root())
-        .args([
-            "run",
-            "--bundle",
-            b.dir.path().to_str().expect("utf8"),
-            "bad",
-        ])
+    let out = b
+        .runtime_raw(&["run", "--bundle", b.path_str(), &bad])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
@@ -579,7 +423,7 @@ fn bad_bundles_give_clear_errors() {
         "{}",
         stderr(&out)
     );
-    assert!(!Path::new(&b.root().join("bad")).exists());
+    assert!(!Path::new(&b.root().join(&bad)).exists());
 }
 
 /// The static checker next to the hafen-init under test (scripts/build-init.sh builds it).
@@ -598,15 +442,17 @@ fn checker() -> PathBuf {
         .expect("no static hafen-check: run scripts/build-init.sh (scripts/test.sh does)")
 }
 
-#[test]
-fn the_checker_reports_what_the_config_asks_for() {
-    let mut b = Bundle::new(&[
-        "/bin/hafen-check",
-        "/proc/timer_list",
-        "/proc/sys",
-        "/tmp",
-        "/data",
-    ]);
+fn the_checker_reports_what_the_config_asks_for(layout: Layout) {
+    let mut b = Bundle::new(
+        layout,
+        &[
+            "/bin/hafen-check",
+            "/proc/timer_list",
+            "/proc/sys",
+            "/tmp",
+            "/data",
+        ],
+    );
     std::fs::copy(checker(), b.dir.path().join("rootfs/bin/hafen-check")).expect("copy checker");
     std::fs::create_dir_all(b.dir.path().join("host-data")).expect("mkdir");
     std::fs::write(b.dir.path().join("host-data/file"), "data").expect("write");
