@@ -154,6 +154,24 @@ pub fn wait_pid(pid: libc::pid_t) -> io::Result<ExitStatus> {
     })
 }
 
+/// Waits (blocking) for any child to exit; `None` when there are none left.
+pub fn wait_any() -> io::Result<Option<libc::pid_t>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid > 0 {
+            return Ok(Some(pid));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => return Ok(None),
+            _ => return Err(err),
+        }
+    }
+}
+
 /// Joins the namespace `fd` refers to.
 pub fn setns(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
     // SAFETY: setns takes a descriptor and a flag.
@@ -342,6 +360,14 @@ pub fn reset_signal_dispositions() {
         // numbers the C library reserves) are harmless and ignored.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
+}
+
+/// Ignores SIGPIPE (`true`) or restores its default action (`false`), so a
+/// write to a pipe whose reader is gone fails with EPIPE instead of killing.
+pub fn ignore_sigpipe(ignore: bool) {
+    let action = if ignore { libc::SIG_IGN } else { libc::SIG_DFL };
+    // SAFETY: SIG_IGN and SIG_DFL are valid dispositions for SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, action) };
 }
 
 /// Reads one pending signal from a signalfd; `None` when none is pending.

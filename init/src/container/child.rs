@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use rustix::fs::{FileType, Mode};
 use rustix::mount::{mount, MountFlags, MountPropagationFlags, UnmountFlags};
 
-use super::{caps, procfs, seccomp, Plan, RootMount, Step, READY};
+use super::{caps, hooks, procfs, seccomp, Plan, RootMount, Step, HOOKS_REQUEST, READY};
 use crate::sys;
 
 /// Descriptors the child works with (numbers valid in the child).
@@ -23,6 +23,8 @@ pub(super) struct Fds {
     pub gate: Option<RawFd>,
     /// Write end of the error pipe.
     pub err: RawFd,
+    /// Read end of the pipe the parent sends the hooks' state on.
+    pub hooks: Option<RawFd>,
 }
 
 pub(super) type Failure = (Step, String, i32);
@@ -195,6 +197,21 @@ fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
         sys::setdomainname(name).map_err(fail_io(Step::Domainname, "domainname"))?;
     }
 
+    // 8b. Hooks: the parent runs the runtime's (prestart, createRuntime)
+    //     while we wait, then sends the state for ours; createContainer
+    //     hooks run here, in our namespaces but before pivot_root.
+    let mut start_state = Vec::new();
+    if let Some(channel) = fds.hooks {
+        sys::write_all(fds.err, &[HOOKS_REQUEST]).map_err(fail_io(Step::Hook, "request"))?;
+        let creating = read_frame(channel)?;
+        start_state = read_frame(channel)?;
+        run_hooks(
+            hooks::Kind::CreateContainer,
+            &plan.create_container_hooks,
+            &creating,
+        )?;
+    }
+
     // 9. pivot_root into the new root, stacking the old root on top of it,
     //    then detach the old root: nothing of the parent's tree stays
     //    reachable. Sharing our mount namespace, there is no old root to
@@ -298,6 +315,53 @@ fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
                 Ok(None) => continue,
                 _ => return Err((Step::Gate, "start".into(), libc::EPIPE)),
             }
+        }
+    }
+
+    // 15. startContainer hooks, inside the container, just before exec.
+    run_hooks(
+        hooks::Kind::StartContainer,
+        &plan.start_container_hooks,
+        &start_state,
+    )
+}
+
+/// Runs our own hooks of `kind`; a failure carries the hook's message.
+fn run_hooks(
+    kind: hooks::Kind,
+    list: &[hafen_proto::spec::Hook],
+    state: &[u8],
+) -> Result<(), Failure> {
+    if list.is_empty() {
+        return Ok(());
+    }
+    // A hook that exits without reading its state must not kill us.
+    sys::ignore_sigpipe(true);
+    let result = hooks::run(kind, list, state);
+    sys::ignore_sigpipe(false);
+    result.map_err(|e| (Step::Hook, e.to_string(), 0))
+}
+
+/// Reads one length-prefixed message (at most 1 MiB) from the parent.
+fn read_frame(fd: RawFd) -> Result<Vec<u8>, Failure> {
+    let broken = || (Step::Hook, "state from the runtime".to_owned(), libc::EPIPE);
+    let mut len = [0u8; 4];
+    read_exact(fd, &mut len).map_err(|()| broken())?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > 1 << 20 {
+        return Err((Step::Hook, "state from the runtime".into(), libc::E2BIG));
+    }
+    let mut buf = vec![0u8; len];
+    read_exact(fd, &mut buf).map_err(|()| broken())?;
+    Ok(buf)
+}
+
+fn read_exact(fd: RawFd, mut buf: &mut [u8]) -> Result<(), ()> {
+    while !buf.is_empty() {
+        match sys::read(fd, buf) {
+            Ok(Some(0)) | Err(_) => return Err(()),
+            Ok(Some(n)) => buf = &mut buf[n..],
+            Ok(None) => {}
         }
     }
     Ok(())

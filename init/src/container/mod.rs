@@ -11,6 +11,7 @@ pub mod caps;
 pub mod cgroup;
 mod child;
 pub mod devices;
+pub mod hooks;
 pub mod procfs;
 pub mod seccomp;
 mod syscalls;
@@ -85,10 +86,12 @@ pub enum Step {
     Gate,
     /// Executing the command.
     Exec,
+    /// Running a `createContainer` or `startContainer` hook.
+    Hook,
 }
 
 impl Step {
-    const ALL: [Step; 26] = [
+    const ALL: [Step; 27] = [
         Step::Stdio,
         Step::Sync,
         Step::JoinNamespace,
@@ -115,6 +118,7 @@ impl Step {
         Step::Seccomp,
         Step::Gate,
         Step::Exec,
+        Step::Hook,
     ];
 
     fn from_u8(value: u8) -> Option<Step> {
@@ -150,6 +154,7 @@ impl Step {
             Step::Seccomp => "install seccomp filter",
             Step::Gate => "wait for start",
             Step::Exec => "exec",
+            Step::Hook => "run hook",
         }
     }
 }
@@ -168,6 +173,8 @@ pub enum StartError {
     },
     /// The container's cgroup could not be set up.
     Cgroup(cgroup::CgroupError),
+    /// A `prestart` or `createRuntime` hook failed.
+    Hook(hooks::HookError),
     /// A step in the container's child process failed.
     Child {
         /// The step.
@@ -204,6 +211,13 @@ impl fmt::Display for StartError {
             StartError::Spec(msg) => write!(f, "invalid or unsupported config: {msg}"),
             StartError::Parent { what, source } => write!(f, "{what}: {source}"),
             StartError::Cgroup(e) => write!(f, "{e}"),
+            StartError::Hook(e) => write!(f, "{e}"),
+            // A hook's failure in the child is fully described by its message.
+            StartError::Child {
+                step: Step::Hook,
+                path,
+                ..
+            } => f.write_str(path),
             StartError::Child {
                 step: Step::Exec,
                 path,
@@ -242,6 +256,10 @@ pub struct SpawnOptions {
     pub cgroup_root: PathBuf,
     /// Directory for each container's private overlay scratch tmpfs.
     pub scratch_root: String,
+    /// Run the spec's `prestart`, `createRuntime`, `createContainer` and
+    /// `startContainer` hooks (the OCI runtime does; PID 1 does not block
+    /// its event loop on them).
+    pub hooks: bool,
 }
 
 impl SpawnOptions {
@@ -253,6 +271,7 @@ impl SpawnOptions {
             gate: false,
             cgroup_root: PathBuf::from(cgroup::CGROUP_ROOT),
             scratch_root: "/run/hafen/containers".to_owned(),
+            hooks: false,
         }
     }
 }
@@ -362,6 +381,12 @@ struct Plan {
     envp: Vec<CString>,
     cgroup: Option<PlannedCgroup>,
     device_filter: Option<devices::Filter>,
+    /// The hooks the child runs itself.
+    create_container_hooks: Vec<hafen_proto::spec::Hook>,
+    start_container_hooks: Vec<hafen_proto::spec::Hook>,
+    /// The child asks the parent to run the runtime-side hooks, and gets
+    /// the state JSON for its own, before pivot_root.
+    hook_channel: bool,
 }
 
 /// The container's cgroup: a cgroup v2 hierarchy, a path in it, its limits.
@@ -819,6 +844,30 @@ impl Plan {
             None => None,
         };
 
+        let hook_kinds = [
+            hooks::Kind::Prestart,
+            hooks::Kind::CreateRuntime,
+            hooks::Kind::CreateContainer,
+            hooks::Kind::StartContainer,
+        ];
+        let (create_container_hooks, start_container_hooks, hook_channel) = if opts.hooks {
+            (
+                hooks::Kind::CreateContainer.of(spec).to_vec(),
+                hooks::Kind::StartContainer.of(spec).to_vec(),
+                hook_kinds.iter().any(|k| !k.of(spec).is_empty()),
+            )
+        } else {
+            (Vec::new(), Vec::new(), false)
+        };
+        for hook in hook_kinds.iter().flat_map(|k| k.of(spec)) {
+            if !hook.path.starts_with('/') {
+                return Err(spec_error(format!(
+                    "hook path {:?} is not absolute",
+                    hook.path
+                )));
+            }
+        }
+
         // Process.
         if !process.cwd.starts_with('/') {
             return Err(spec_error(format!(
@@ -888,6 +937,9 @@ impl Plan {
                 .map(|e| cstring("process.env", e))
                 .collect::<Result<_, _>>()?,
             cgroup,
+            create_container_hooks,
+            start_container_hooks,
+            hook_channel,
         })
     }
 
@@ -899,6 +951,9 @@ impl Plan {
 
 /// The first byte a gated child writes on the error pipe: "set up, waiting".
 const READY: u8 = 0xff;
+/// A byte the child writes on the error pipe before pivot_root: "run the
+/// runtime's hooks, then send me the state for mine".
+const HOOKS_REQUEST: u8 = 0xfe;
 
 /// Creates the container `spec` describes and, without a gate, starts it.
 pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spawned, StartError> {
@@ -936,6 +991,11 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
     } else {
         None
     };
+    let hook_pipe = if plan.hook_channel {
+        Some(sys::pipe().map_err(StartError::parent("create hook pipe"))?)
+    } else {
+        None
+    };
 
     let argv: Vec<*const libc::c_char> = plan
         .argv
@@ -967,12 +1027,17 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
                 drop(w);
                 r
             });
+            let hook_pipe = hook_pipe.map(|(r, w)| {
+                drop(w);
+                r
+            });
             let ends = child::Fds {
                 null: null.as_raw_fd(),
                 out: output.as_ref().map(|(_, w)| w.as_raw_fd()),
                 sync: sync.as_ref().map(|r| r.as_raw_fd()),
                 gate: gate.as_ref().map(|(r, _)| r.as_raw_fd()),
                 err: err_w.as_raw_fd(),
+                hooks: hook_pipe.as_ref().map(|r| r.as_raw_fd()),
             };
             let (step, path, errno) = child::run(&plan, &ends, &argv, &envp);
             report_and_exit(err_w.as_raw_fd(), step, &path, errno)
@@ -1001,7 +1066,23 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
                 .as_ref()
                 .map(|(_, w)| (w.as_raw_fd(), err_r.as_raw_fd()));
             drop(gate);
-            match read_child_error(&err_r, opts.gate) {
+            let hook_pipe = hook_pipe.map(|(r, w)| {
+                drop(r);
+                w
+            });
+            let mut on_hooks = || match &hook_pipe {
+                Some(w) => runtime_hooks(spec, bundle_dir, opts, pid, w),
+                None => Err(StartError::Parent {
+                    what: "the container asked for hooks it does not have".into(),
+                    source: io::Error::from(io::ErrorKind::InvalidData),
+                }),
+            };
+            let report = read_child_error(&err_r, opts.gate, &mut on_hooks);
+            if matches!(report, Some(StartError::Hook(_))) {
+                // Its own hooks never ran: it must not go on to exec.
+                let _ = sys::kill(pid, libc::SIGKILL);
+            }
+            match report {
                 None => {
                     if let Some(out) = &output {
                         sys::set_nonblocking(out.as_raw_fd())
@@ -1135,6 +1216,36 @@ fn parent_setup(plan: &Plan, pid: libc::pid_t) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Runs the `prestart` and `createRuntime` hooks for the container `pid`
+/// and sends the child the state JSON its own hooks read (creating, then
+/// created), each length-prefixed.
+fn runtime_hooks(
+    spec: &Spec,
+    bundle_dir: &Path,
+    opts: &SpawnOptions,
+    pid: libc::pid_t,
+    reply: &OwnedFd,
+) -> Result<(), StartError> {
+    let bundle = bundle_dir.to_string_lossy();
+    let container = hooks::Container {
+        oci_version: &spec.oci_version,
+        id: &opts.id,
+        bundle: &bundle,
+        annotations: &spec.annotations,
+    };
+    let state = |kind| container.state(pid, kind);
+    for kind in [hooks::Kind::Prestart, hooks::Kind::CreateRuntime] {
+        hooks::run(kind, kind.of(spec), &state(kind)).map_err(StartError::Hook)?;
+    }
+    let mut msg = Vec::new();
+    for kind in [hooks::Kind::CreateContainer, hooks::Kind::StartContainer] {
+        let json = state(kind);
+        msg.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        msg.extend_from_slice(&json);
+    }
+    sys::write_all(reply.as_raw_fd(), &msg).map_err(StartError::parent("send the hook state"))
+}
+
 /// Releases a container stopped at its gate (OCI `start`): opens the gate
 /// and the error pipe through /proc, lets it exec, and reports whether exec
 /// succeeded.
@@ -1155,7 +1266,8 @@ pub fn start_gated(pid: libc::pid_t, gate_w: RawFd, err_r: RawFd) -> Result<(), 
     let gate = open(gate_w, rustix::fs::OFlags::WRONLY)?;
     sys::write_all(gate.as_raw_fd(), &[1]).map_err(StartError::parent("open the start gate"))?;
     drop(gate);
-    match read_child_error(&err, false) {
+    let mut no_hooks = || Ok(());
+    match read_child_error(&err, false, &mut no_hooks) {
         None => Ok(()),
         Some(e) => Err(e),
     }
@@ -1179,11 +1291,23 @@ fn report_and_exit(fd: RawFd, step: Step, path: &str, errno: i32) -> ! {
 }
 
 /// Reads the child's report. `None` means success: the pipe closed empty
-/// (exec happened) or, with `gated`, the child said it is ready.
-fn read_child_error(fd: &OwnedFd, gated: bool) -> Option<StartError> {
+/// (exec happened) or, with `gated`, the child said it is ready. When the
+/// child asks for the runtime's hooks, `on_hooks` runs them.
+fn read_child_error(
+    fd: &OwnedFd,
+    gated: bool,
+    on_hooks: &mut dyn FnMut() -> Result<(), StartError>,
+) -> Option<StartError> {
     let mut msg = Vec::new();
     let mut buf = [0u8; 512];
     loop {
+        if msg.first() == Some(&HOOKS_REQUEST) {
+            msg.remove(0);
+            if let Err(e) = on_hooks() {
+                return Some(e);
+            }
+            continue;
+        }
         if gated && msg.first() == Some(&READY) {
             return None;
         }
@@ -1235,6 +1359,13 @@ fn decode_child_error(msg: &[u8]) -> Option<StartError> {
 
 /// Starts a system-mode container (PID 1): output captured, no gate.
 pub fn start(bundle: &Bundle) -> Result<Spawned, StartError> {
+    if bundle.spec.hooks.is_some() {
+        // A hook without a timeout could stall the whole machine's event loop.
+        warn!(
+            "{}: OCI hooks are only run by `hafen-init runtime`; ignored at boot",
+            bundle.name
+        );
+    }
     spawn(
         &bundle.spec,
         &bundle.dir,

@@ -9,10 +9,10 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use hafen_proto::spec::Spec;
+use hafen_proto::spec::{Hooks, Spec};
 use serde::{Deserialize, Serialize};
 
-use crate::container::{self, cgroup, SpawnOptions, StdioMode};
+use crate::container::{self, cgroup, hooks, SpawnOptions, StdioMode};
 use crate::sys::{self, ExitStatus, SigSet};
 
 /// Default directory holding one state directory per container.
@@ -64,7 +64,30 @@ struct Saved {
     /// Its root, when it shares our mount namespace: detached on delete.
     #[serde(default)]
     shared_root: Option<PathBuf>,
+    /// The spec's hooks: `start` runs poststart, `delete` poststop.
+    #[serde(default)]
+    hooks: Option<Hooks>,
     created: String,
+}
+
+impl Saved {
+    /// Runs the hooks of `kind` (poststart, poststop); their failure is
+    /// only a warning, as the spec says.
+    fn run_hooks(&self, globals: &Globals, kind: hooks::Kind, pid: i32) {
+        let list = kind.of_hooks(self.hooks.as_ref());
+        if list.is_empty() {
+            return;
+        }
+        let container = hooks::Container {
+            oci_version: &self.oci_version,
+            id: &self.id,
+            bundle: &self.bundle,
+            annotations: &self.annotations,
+        };
+        if let Err(e) = hooks::run(kind, list, &container.state(pid, kind)) {
+            warn(globals, &format!("container {}: {e}", self.id));
+        }
+    }
 }
 
 /// The OCI state, as `state` prints it.
@@ -194,12 +217,20 @@ fn print_version() {
 }
 
 fn report(globals: &Globals, message: &str) {
-    eprintln!("hafen-init runtime: error: {message}");
+    log_line(globals, "error", message);
+}
+
+fn warn(globals: &Globals, message: &str) {
+    log_line(globals, "warning", message);
+}
+
+fn log_line(globals: &Globals, level: &str, message: &str) {
+    eprintln!("hafen-init runtime: {level}: {message}");
     if let Some(path) = &globals.log {
         let line = if globals.json_log {
-            serde_json::json!({"level": "error", "msg": message}).to_string()
+            serde_json::json!({"level": level, "msg": message}).to_string()
         } else {
-            format!("error: {message}")
+            format!("{level}: {message}")
         };
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
@@ -391,13 +422,23 @@ fn create_container(
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(cgroup::CGROUP_ROOT)),
         scratch_root: globals.root.join(".scratch").to_string_lossy().into_owned(),
+        hooks: true,
     };
     let spawned = match container::spawn(&spec, &bundle, &opts) {
         Ok(s) => s,
         Err(e) => {
+            // A failed start leaves no process, cgroup or state behind: the
+            // child has exited or is about to (a failed hook had it killed).
+            while let Ok(Some(_)) = sys::wait_any() {}
+            if let Some(root) = cgroup::find_v2(&opts.cgroup_root) {
+                let linux = spec.linux.as_ref();
+                let path = linux
+                    .and_then(|l| l.cgroups_path.clone())
+                    .unwrap_or_else(|| format!("hafen/{id}"));
+                cgroup::remove(&root.join(path.trim_start_matches('/')));
+            }
             let _ = std::fs::remove_dir_all(&dir);
-            // Collect the child, if one was made and has exited.
-            while let Ok(Some(_)) = sys::reap_one() {}
+            let _ = std::fs::remove_dir(globals.root.join(".scratch").join(id));
             return Err(err(format!("container {id}: {e}")));
         }
     };
@@ -414,6 +455,7 @@ fn create_container(
         err_fd,
         cgroup: spawned.cgroup,
         shared_root: spawned.shared_root,
+        hooks: spec.hooks.clone(),
         created: now_rfc3339(),
     };
     save(globals, &saved)?;
@@ -442,6 +484,7 @@ fn start(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
         .map_err(|e| err(format!("container {id}: {e}")))?;
     saved.started = true;
     save(globals, &saved)?;
+    saved.run_hooks(globals, hooks::Kind::Poststart, saved.pid);
     Ok(0)
 }
 
@@ -520,6 +563,7 @@ fn delete(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
         Status::Stopped => {}
     }
     cleanup(globals, &saved);
+    saved.run_hooks(globals, hooks::Kind::Poststop, 0);
     Ok(0)
 }
 
@@ -561,6 +605,7 @@ fn run(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
         .map_err(|e| err(format!("block signals: {e}")))?;
     let signals = set.signalfd().map_err(|e| err(format!("signalfd: {e}")))?;
     let saved = create_container(globals, &args, false)?;
+    saved.run_hooks(globals, hooks::Kind::Poststart, saved.pid);
     let status = loop {
         match sys::read_signal(&signals) {
             Ok(Some(libc::SIGCHLD)) | Ok(None) => {}
@@ -587,6 +632,7 @@ fn run(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
         unsafe { libc::poll(&mut pfd, 1, -1) };
     };
     cleanup(globals, &saved);
+    saved.run_hooks(globals, hooks::Kind::Poststop, 0);
     Ok(match status {
         ExitStatus::Code(code) => code,
         ExitStatus::Signal(sig) => 128 + sig,
