@@ -1,12 +1,26 @@
-//! `hafen-init` chooses its mode from its arguments, unambiguously:
+//! `hafen-init` chooses its mode from its name and arguments, unambiguously:
+//! - called as `hafen-runtime` (the file name of argv[0], e.g. through a
+//!   symlink to hafen-init): the OCI runtime command line, with every
+//!   argument passed on, so the symlink is a drop-in `--runtime` for podman,
+//!   conmon or containerd, which call a runtime binary with OCI commands;
 //! - no arguments: the guest's PID 1 (system mode);
 //! - `runtime ...`: the OCI runtime command line;
 //! - anything else: a tiny init for one child (`hafen-init [OPTIONS] [--] CMD [ARGS...]`).
 //!   To run a program that is itself called `runtime`, put `--` before it.
 
+use std::ffi::OsString;
+use std::path::Path;
+
+/// The program name that selects the OCI runtime command line.
+const RUNTIME_NAME: &str = "hafen-runtime";
+
 fn main() {
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if args.is_empty() {
+    let mut args_os = std::env::args_os();
+    let argv0 = args_os.next().unwrap_or_default();
+    let mut args: Vec<OsString> = args_os.collect();
+    if Path::new(&argv0).file_name() == Some(RUNTIME_NAME.as_ref()) {
+        std::process::exit(hafen_init::runtime::main(args))
+    } else if args.is_empty() {
         hafen_init::system::main()
     } else if args[0] == "runtime" {
         args.remove(0);
