@@ -1,8 +1,11 @@
 //! podman (Debian's 4.3, through conmon) drives hafen-init as its OCI
 //! runtime: `podman info`, `run --rm` with output, stdin and exit codes,
-//! a detached container through `ps`, `exec` (plain and `-t`), `stop` and
-//! `rm`, and `run -t` through the console socket; and nothing is left
-//! behind afterwards.
+//! errors podman must classify (127, 126), a detached container through
+//! `ps`, `kill`, `stop` and `rm`, `exec` (output, exit code, cwd, env,
+//! user, `-t`), and `run -t` through the console socket; and nothing is
+//! left behind afterwards (containers, processes, runtime state, cgroups,
+//! storage). Each test has its own podman, so one missing runtime feature
+//! fails only the tests that need it.
 //!
 //! The runtime is a `hafen-runtime` symlink to hafen-init in a temp dir,
 //! behind `tests/podman-runtime-log.sh`, which records every command line
@@ -620,20 +623,6 @@ fn podman_run_returns_the_container_exit_code() {
         exit.code() == Some(3),
     );
 
-    let missing = podman.run(&["--rm", IMAGE, "/nonexistent"]);
-    podman.expect(
-        "a missing command exits 127 and names it (podman reads the runtime's error)",
-        &missing,
-        missing.code() == Some(127) && missing.stderr.contains("/nonexistent"),
-    );
-
-    let directory = podman.run(&["--rm", IMAGE, "/etc"]);
-    podman.expect(
-        "a command that cannot be executed exits 126",
-        &directory,
-        directory.code() == Some(126),
-    );
-
     let run = podman.run(&["-d", "--name", "victim", IMAGE, "sleep", "600"]);
     podman.expect("run -d sleep", &run, run.status.success());
     let kill = podman.podman(&["kill", "victim"]);
@@ -653,18 +642,50 @@ fn podman_run_returns_the_container_exit_code() {
     podman.assert_nothing_left();
 }
 
+/// podman turns a runtime's `create` error into 127 or 126 by its words
+/// ("no such file or directory", "executable file not found in",
+/// "permission denied"); an error from `start` is always 126.
 #[test]
-fn podman_detached_container_runs_execs_stops_and_is_removed() {
+fn podman_run_reports_a_command_that_cannot_run() {
     let podman = Podman::new();
-    // PID 1 ignores SIGTERM unless it handles it: exit 7 on TERM, so stop is quick and visible.
-    let script = "trap 'exit 7' TERM; sleep 600 & wait";
-    let run = podman.run(&["-d", "--name", "sleeper", IMAGE, "sh", "-c", script]);
+    let missing = podman.run(&["--rm", IMAGE, "/nonexistent"]);
+    podman.expect(
+        "a missing command fails create, exits 127 and names the command",
+        &missing,
+        missing.code() == Some(127)
+            && missing.stderr.contains("/nonexistent")
+            && missing
+                .stderr
+                .contains("OCI runtime attempted to invoke a command that was not found"),
+    );
+
+    let directory = podman.run(&["--rm", IMAGE, "/etc"]);
+    podman.expect(
+        "a command that cannot be executed fails create and exits 126",
+        &directory,
+        directory.code() == Some(126) && directory.stderr.contains("OCI permission denied"),
+    );
+    podman.assert_nothing_left();
+}
+
+/// Starts `sleeper`, a container whose PID 1 runs `SLEEPER` (it exits 7 on
+/// SIGTERM: PID 1 ignores SIGTERM unless it handles it), and returns its id.
+fn start_sleeper(podman: &Podman) -> String {
+    let run = podman.run(&["-d", "--name", "sleeper", IMAGE, "sh", "-c", SLEEPER]);
     podman.expect(
         "run -d prints the container id",
         &run,
         run.status.success() && run.stdout.trim().len() == 64,
     );
-    let id = run.stdout.trim().to_owned();
+    run.stdout.trim().to_owned()
+}
+
+const SLEEPER: &str = "trap 'exit 7' TERM; sleep 600 & wait";
+
+#[test]
+fn podman_detached_container_is_listed_stopped_and_removed() {
+    let podman = Podman::new();
+    let id = start_sleeper(&podman);
 
     let ps = podman.podman(&["ps", "--format", "json"]);
     let listed: Value = serde_json::from_str(&ps.stdout).unwrap_or(Value::Null);
@@ -679,32 +700,7 @@ fn podman_detached_container_runs_execs_stops_and_is_removed() {
             && entry["Id"].as_str() == Some(id.as_str())
             && entry["State"] == "running"
             && pid > 0
-            && String::from_utf8_lossy(&cmdline).contains(script),
-    );
-
-    let exec = podman.podman(&[
-        "exec",
-        "sleeper",
-        "sh",
-        "-c",
-        "hostname; tr '\\0' ' ' < /proc/1/cmdline; echo; echo to-stderr >&2; exit 5",
-    ]);
-    let lines: Vec<&str> = exec.stdout.lines().collect();
-    podman.expect(
-        "exec runs in the container's namespaces, with its output and exit code",
-        &exec,
-        exec.code() == Some(5)
-            && lines.len() == 2
-            && lines[0] == &id[..12]
-            && lines[1].contains(script)
-            && exec.stderr.contains("to-stderr"),
-    );
-
-    let exec_tty = podman.podman(&["exec", "-t", "sleeper", "tty"]);
-    podman.expect(
-        "exec -t gets a terminal through the console socket",
-        &exec_tty,
-        exec_tty.status.success() && exec_tty.stdout.trim_end().starts_with("/dev/pts/"),
+            && String::from_utf8_lossy(&cmdline).contains(SLEEPER),
     );
 
     let stop = podman.podman(&["stop", "--time", "20", "sleeper"]);
@@ -729,6 +725,64 @@ fn podman_detached_container_runs_execs_stops_and_is_removed() {
 
     let rm = podman.podman(&["rm", "sleeper"]);
     podman.expect("rm removes the stopped container", &rm, rm.status.success());
+    podman.assert_nothing_left();
+}
+
+#[test]
+fn podman_exec_runs_in_a_running_container() {
+    let podman = Podman::new();
+    let id = start_sleeper(&podman);
+
+    let exec = podman.podman(&[
+        "exec",
+        "sleeper",
+        "sh",
+        "-c",
+        "hostname; tr '\\0' ' ' < /proc/1/cmdline; echo; echo to-stderr >&2; exit 5",
+    ]);
+    let lines: Vec<&str> = exec.stdout.lines().collect();
+    podman.expect(
+        "exec runs in the container's namespaces, with its output and exit code",
+        &exec,
+        exec.code() == Some(5)
+            && lines.len() == 2
+            && lines[0] == &id[..12]
+            && lines[1].contains(SLEEPER)
+            && exec.stderr.contains("to-stderr"),
+    );
+
+    let as_user = podman.podman(&[
+        "exec",
+        "--workdir",
+        "/tmp",
+        "--env",
+        "GREETING=hello",
+        "--user",
+        "1000:1001",
+        "sleeper",
+        "sh",
+        "-c",
+        "pwd; echo $GREETING; id -u; id -g",
+    ]);
+    podman.expect(
+        "exec honours the process's cwd, env and user",
+        &as_user,
+        as_user.status.success() && as_user.stdout == "/tmp\nhello\n1000\n1001\n",
+    );
+
+    let exec_tty = podman.podman(&["exec", "-t", "sleeper", "tty"]);
+    podman.expect(
+        "exec -t gets a terminal through the console socket",
+        &exec_tty,
+        exec_tty.status.success() && exec_tty.stdout.trim_end().starts_with("/dev/pts/"),
+    );
+
+    let rm = podman.podman(&["rm", "--force", "--time", "0", "sleeper"]);
+    podman.expect(
+        "rm --force removes the running container",
+        &rm,
+        rm.status.success(),
+    );
     podman.assert_nothing_left();
 }
 
