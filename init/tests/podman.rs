@@ -16,9 +16,11 @@
 //! runs the same steps with another runtime, to check the test itself.
 //!
 //! Every podman command runs inside one private mount namespace per test
-//! with a pure cgroup2 mount on /sys/fs/cgroup and a tmpfs on
-//! /var/lib/containers (podman 4.3 keeps a blob cache there whatever its
-//! storage root is; the directory is created on the host if missing).
+//! with a pure cgroup2 mount on /sys/fs/cgroup, /var/lib read-only
+//! (podman 4.3 creates a blob cache in /var/lib/containers whatever its
+//! storage root is, and keeps it in memory when it cannot) and a /tmp of
+//! its own (conmon makes its console sockets in /tmp, and leaves them when
+//! the runtime fails); the test's files are under Cargo's target/tmp.
 //! podman's storage, state, configuration, events and the runtime's state
 //! all live in the test's temp dir; containers.conf, registries.conf and
 //! storage.conf are the test's own, so the host's configuration is never
@@ -153,7 +155,11 @@ impl Podman {
             Path::new("/usr/bin/podman").exists(),
             "podman is missing: run scripts/setup.sh"
         );
-        let dir = tempfile::tempdir().expect("tempdir");
+        // Not under /tmp: the namespace has a /tmp of its own.
+        let dir = tempfile::Builder::new()
+            .prefix("podman-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("tempdir");
         let root = dir.path();
         for d in ["rt/real", "tmp", "net", "hooks", "home", "rootfs/bin"] {
             std::fs::create_dir_all(root.join(d)).expect("mkdir");
@@ -210,8 +216,9 @@ runtime_supports_json = ["runc", "crun", "hafen-runtime"]
             .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
             .arg(
                 "mount -t cgroup2 none /sys/fs/cgroup \
-                 && mkdir -p /var/lib/containers \
-                 && mount -t tmpfs -o mode=0700 hafen-podman-test /var/lib/containers \
+                 && mount --bind /var/lib /var/lib \
+                 && mount -o remount,bind,ro /var/lib \
+                 && mount -t tmpfs -o mode=1777 hafen-podman-tmp /tmp \
                  && echo ready && exec sleep 600",
             )
             .stdin(Stdio::null())
