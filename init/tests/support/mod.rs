@@ -38,11 +38,11 @@ impl Layout {
         }
     }
 
-    /// `hafen-init ARGS...` as run on this layout. The wrapper execs (no
-    /// fork), so the child's pid is hafen-init's and its status is too.
-    pub fn command(self) -> Command {
+    /// `PROGRAM ARGS...` as run on this layout. The wrapper execs (no
+    /// fork), so the child's pid is the program's and its status is too.
+    pub fn command(self, program: &str) -> Command {
         match self {
-            Layout::Host => Command::new(hafen_init()),
+            Layout::Host => Command::new(program),
             Layout::Cgroup2 => {
                 let mut cmd = Command::new("unshare");
                 cmd.args([
@@ -53,11 +53,30 @@ impl Layout {
                     "sh",
                     "-c",
                     "mount -t cgroup2 none /sys/fs/cgroup && exec \"$0\" \"$@\"",
-                    hafen_init(),
+                    program,
                 ]);
                 cmd
             }
         }
+    }
+
+    /// The OCI runtime command line on this layout: `hafen-init runtime`,
+    /// or the runtime named by `HAFEN_TEST_ORACLE` (e.g. /usr/sbin/runc) to
+    /// check what a test expects against another runtime.
+    pub fn runtime(self) -> Command {
+        match std::env::var("HAFEN_TEST_ORACLE") {
+            Ok(oracle) if !oracle.is_empty() => self.command(&oracle),
+            _ => {
+                let mut cmd = self.command(hafen_init());
+                cmd.arg("runtime");
+                cmd
+            }
+        }
+    }
+
+    /// Whether the tests drive another runtime than hafen-init.
+    pub fn oracle() -> bool {
+        std::env::var_os("HAFEN_TEST_ORACLE").is_some_and(|o| !o.is_empty())
     }
 }
 
@@ -85,19 +104,78 @@ macro_rules! layout_tests {
 }
 pub(crate) use layout_tests;
 
+/// This host's cgroup v2 hierarchy as the test process sees it: the
+/// hybrid layout's /sys/fs/cgroup/unified, or /sys/fs/cgroup itself.
+pub fn cgroup_v2_root() -> PathBuf {
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    if unified.join("cgroup.controllers").exists() {
+        unified.to_owned()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
+}
+
+/// Whether the v2 hierarchy offers `controller` (memory, pids, ...).
+pub fn v2_has_controller(controller: &str) -> bool {
+    std::fs::read_to_string(cgroup_v2_root().join("cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == controller)
+}
+
 /// The v2 directory of the container `id`'s default cgroup (hafen/ID).
 pub fn cgroup_dir(id: &str) -> PathBuf {
-    Path::new("/sys/fs/cgroup/unified/hafen").join(id)
+    cgroup_v2_root().join("hafen").join(id)
+}
+
+/// The pids of every process whose environment holds `HAFEN_TEST_TAG=tag`.
+pub fn tagged_processes(tag: &str) -> Vec<i32> {
+    let needle = format!("HAFEN_TEST_TAG={tag}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// Kills (SIGKILL) every process tagged `tag`, and says whether there was any.
+pub fn kill_tagged(tag: &str) -> bool {
+    let pids = tagged_processes(tag);
+    for pid in &pids {
+        // SAFETY: kill takes plain integers; the tag is unique to this test,
+        // so these are processes it started.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    !pids.is_empty()
+}
+
+/// Mount points at or below `dir` in this process's mount namespace.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| *m == prefix || m.starts_with(&format!("{prefix}/")))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A bundle with a busybox root in a temp dir, and a state root of its own.
-/// Every container it made is force-deleted when it is dropped, so a failed
-/// test leaves no process or cgroup behind.
+/// When it is dropped, every container named by [`Bundle::id`] is
+/// force-deleted and every process tagged by [`Bundle::tag`] killed, so a
+/// failed test leaves no process or cgroup behind.
 pub struct Bundle {
     pub dir: tempfile::TempDir,
     pub config: Value,
     pub layout: Layout,
     ids: RefCell<Vec<String>>,
+    tags: RefCell<Vec<String>>,
 }
 
 impl Bundle {
@@ -137,6 +215,7 @@ impl Bundle {
             config,
             layout,
             ids: RefCell::new(Vec::new()),
+            tags: RefCell::new(Vec::new()),
         }
     }
 
@@ -165,6 +244,22 @@ impl Bundle {
         id
     }
 
+    /// Adds `HAFEN_TEST_TAG=TAG` to the container's environment, TAG unique
+    /// to this bundle, so a test can find (and kill) its processes by it.
+    pub fn tag(&mut self) -> String {
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            self.path().file_name().expect("name").to_string_lossy()
+        );
+        self.config["process"]["env"]
+            .as_array_mut()
+            .expect("process.env")
+            .push(json!(format!("HAFEN_TEST_TAG={tag}")));
+        self.tags.borrow_mut().push(tag.clone());
+        tag
+    }
+
     /// Sets the config value at the JSON pointer `pointer` (its parent must exist).
     pub fn set(&mut self, pointer: &str, value: Value) -> &mut Bundle {
         let (parent, key) = pointer.rsplit_once('/').expect("pointer");
@@ -186,8 +281,11 @@ impl Bundle {
     /// `hafen-init runtime --root ROOT ARGS...` on this layout, without
     /// writing the config first.
     pub fn runtime_raw(&self, args: &[&str]) -> Command {
-        let mut cmd = self.layout.command();
-        cmd.arg("runtime").arg("--root").arg(self.root()).args(args);
+        let mut cmd = self.layout.runtime();
+        // Set so tests can tell that this environment does not leak into
+        // what the runtime runs (hooks get exactly the spec's env).
+        cmd.env("HAFEN_TEST_RUNTIME_ENV", "leaked");
+        cmd.arg("--root").arg(self.root()).args(args);
         cmd
     }
 
@@ -296,6 +394,9 @@ impl Drop for Bundle {
                     .stderr(Stdio::null())
                     .status();
             }
+        }
+        for tag in self.tags.borrow().iter() {
+            kill_tagged(tag);
         }
     }
 }
