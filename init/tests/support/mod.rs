@@ -168,8 +168,9 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 
 /// A bundle with a busybox root in a temp dir, and a state root of its own.
 /// When it is dropped, every container named by [`Bundle::id`] is
-/// force-deleted and every process tagged by [`Bundle::tag`] killed, so a
-/// failed test leaves no process or cgroup behind.
+/// force-deleted (and its empty cgroup removed) and every process tagged by
+/// [`Bundle::tag`] killed, so a failed test leaves no process or cgroup
+/// behind.
 pub struct Bundle {
     pub dir: tempfile::TempDir,
     pub config: Value,
@@ -394,6 +395,9 @@ impl Drop for Bundle {
                     .stderr(Stdio::null())
                     .status();
             }
+            // A runtime that failed before saving its state may still have
+            // made the cgroup; the id is ours alone, so its dir is too.
+            let _ = std::fs::remove_dir(cgroup_dir(id));
         }
         for tag in self.tags.borrow().iter() {
             kill_tagged(tag);
