@@ -305,7 +305,11 @@ fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
         }
     }
 
-    // 14. Created: wait to be started.
+    // 14. The program must exist and be executable now, so `create` (not
+    //     only `start`) reports a command that cannot run, as runc does.
+    check_executable(plan)?;
+
+    // 15. Created: wait to be started.
     if let Some(gate) = fds.gate {
         sys::write_all(fds.err, &[READY]).map_err(fail_io(Step::Gate, "ready"))?;
         let mut byte = [0u8; 1];
@@ -318,12 +322,30 @@ fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
         }
     }
 
-    // 15. startContainer hooks, inside the container, just before exec.
+    // 16. startContainer hooks, inside the container, just before exec.
     run_hooks(
         hooks::Kind::StartContainer,
         &plan.start_container_hooks,
         &start_state,
     )
+}
+
+/// Finds the first PATH candidate that exists, as exec will, and checks it
+/// is a file we may execute.
+fn check_executable(plan: &Plan) -> Result<(), Failure> {
+    for candidate in &plan.exec_candidates {
+        let st = match rustix::fs::stat(candidate.as_c_str()) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => continue,
+            Err(e) => return Err((Step::Exec, plan.program.clone(), e.raw_os_error())),
+        };
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            return Err((Step::Exec, plan.program.clone(), libc::EACCES));
+        }
+        return rustix::fs::access(candidate.as_c_str(), rustix::fs::Access::EXEC_OK)
+            .map_err(|e| (Step::Exec, plan.program.clone(), e.raw_os_error()));
+    }
+    Err((Step::Exec, plan.program.clone(), libc::ENOENT))
 }
 
 /// Runs our own hooks of `kind`; a failure carries the hook's message.

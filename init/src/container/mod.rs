@@ -223,7 +223,22 @@ impl fmt::Display for StartError {
                 path,
                 source,
             } if source.raw_os_error() == Some(libc::ENOENT) => {
-                write!(f, "exec {path}: command not found in the container")
+                // The words podman and other callers look for.
+                write!(
+                    f,
+                    "exec {path}: not found in the container (no such file or directory)"
+                )
+            }
+            StartError::Child {
+                step: Step::Exec,
+                path,
+                source,
+            } => {
+                // "permission denied", in the lower case callers match on.
+                let cause = source.to_string();
+                let mut chars = cause.chars();
+                let first = chars.next().map(|c| c.to_ascii_lowercase());
+                write!(f, "exec {path}: {}{}", first.unwrap_or(' '), chars.as_str())
             }
             StartError::Child { step, path, source } => {
                 write!(f, "{} {path}: {source}", step.describe())
@@ -1401,7 +1416,7 @@ mod tests {
         let err = decode_child_error(&msg).expect("an error");
         assert_eq!(
             err.to_string(),
-            "exec /bin/no: command not found in the container"
+            "exec /bin/no: not found in the container (no such file or directory)"
         );
         assert_eq!(err.exit_code(), 127);
         assert!(
