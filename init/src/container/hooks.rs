@@ -193,9 +193,11 @@ fn run_one(hook: &Hook, state: &[u8]) -> Result<(), HookFailure> {
             None => cmd.env(pair, ""),
         };
     }
-    // The hook's output goes where ours goes; stdin is the state.
+    // The hook's output goes where ours goes; stdin is the state. Its own
+    // process group lets a timeout kill whatever it started, too.
     let mut child = cmd
         .stdin(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(HookFailure::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
@@ -215,6 +217,7 @@ fn run_one(hook: &Hook, state: &[u8]) -> Result<(), HookFailure> {
         }
         if let (Some(deadline), Some(secs)) = (deadline, timeout) {
             if Instant::now() >= deadline {
+                let _ = crate::sys::kill(-(child.id() as i32), libc::SIGKILL);
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(HookFailure::Timeout(secs));
