@@ -39,6 +39,7 @@ layout_tests!(
     a_failing_start_container_hook_fails_start_before_the_process_runs,
     failing_poststart_and_poststop_hooks_only_warn,
     delete_force_of_an_unknown_id_succeeds,
+    deleting_a_created_container_needs_force,
     a_limit_the_v2_hierarchy_lacks_is_an_error_naming_it,
 );
 
@@ -1141,6 +1142,22 @@ fn delete_force_of_an_unknown_id_succeeds(layout: Layout) {
     let out = b.cmd(&["delete", &id]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+}
+
+/// The spec: deleting a container that is not stopped is an error and has
+/// no effect; a created one was deleted (as runc does) before.
+fn deleting_a_created_container_needs_force(layout: Layout) {
+    let b = Bundle::new(layout, &["/bin/true"]);
+    let id = b.id("created");
+    let (ok, err) = b.create(&id, &[]);
+    assert!(ok, "create: {err}");
+    let out = b.cmd(&["delete", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("created"), "{}", stderr(&out));
+    assert_eq!(b.state(&id)["status"], "created", "left alone");
+    let out = b.cmd(&["delete", "--force", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    b.assert_gone(&id);
 }
 
 /// On the hybrid host any linux.resources failed create. What the v2

@@ -545,9 +545,11 @@ fn delete(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
         other => other?,
     };
     match status(&saved) {
-        Status::Running if !args.force => {
+        // The spec: deleting a container that is not stopped is an error
+        // and leaves it alone (runc and crun delete a created one anyway).
+        status @ (Status::Running | Status::Created) if !args.force => {
             return Err(err(format!(
-                "container {id:?} is running: stop it first (kill) or use delete --force"
+                "container {id:?} is {status}: stop it first (kill) or use delete --force"
             )))
         }
         Status::Running | Status::Created => {
