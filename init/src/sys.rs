@@ -577,3 +577,179 @@ pub fn sync() {
     // SAFETY: sync takes no arguments and cannot fail.
     unsafe { libc::sync() }
 }
+
+// Tiny init (`tiny.rs`): the signal state a child inherits, as tini hands it on.
+
+/// Whether `signal` is set to be ignored in the calling process.
+pub fn signal_ignored(signal: i32) -> io::Result<bool> {
+    // SAFETY: sigaction is plain data; a null new action only queries.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: old is a valid out-pointer.
+    check(unsafe { libc::sigaction(signal, std::ptr::null(), &mut old) } as libc::c_long)?;
+    Ok(old.sa_sigaction == libc::SIG_IGN)
+}
+
+/// Sets `signal` to be ignored, or to its default action. Async-signal-safe,
+/// so a child may call it between fork and exec.
+pub fn set_signal_ignored(signal: i32, ignored: bool) -> io::Result<()> {
+    // SAFETY: sigaction is plain data; all-zero is an empty mask and no flags.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = if ignored {
+        libc::SIG_IGN
+    } else {
+        libc::SIG_DFL
+    };
+    // SAFETY: action is a valid sigaction; the old one is not asked for.
+    check(unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } as libc::c_long)
+        .map(drop)
+}
+
+impl SigSet {
+    /// Makes this set the whole signal mask; returns the mask it replaces.
+    pub fn swap_mask(&self) -> io::Result<SigSet> {
+        // SAFETY: sigset_t is plain data, filled by sigprocmask.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are valid.
+        let ret = unsafe { libc::sigprocmask(libc::SIG_SETMASK, &self.0, &mut old) };
+        check(ret as libc::c_long)?;
+        Ok(SigSet(old))
+    }
+
+    /// Whether `signal` is in the set.
+    pub fn contains(&self, signal: i32) -> bool {
+        // SAFETY: the set is a valid sigset_t; an invalid number yields -1.
+        unsafe { libc::sigismember(&self.0, signal) == 1 }
+    }
+}
+
+/// SIGPIPE's disposition when the process started: 0 unknown, 1 default, 2 ignored.
+static SIGPIPE_AT_START: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Records SIGPIPE's inherited disposition. It runs from `.init_array`, before
+/// Rust's runtime sets SIGPIPE to ignored (which would hide the caller's choice).
+extern "C" fn record_sigpipe_at_start() {
+    let state = match signal_ignored(libc::SIGPIPE) {
+        Ok(true) => 2,
+        Ok(false) => 1,
+        Err(_) => 0,
+    };
+    SIGPIPE_AT_START.store(state, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[used]
+#[link_section = ".init_array"]
+static RECORD_SIGPIPE_AT_START: extern "C" fn() = record_sigpipe_at_start;
+
+/// Whether SIGPIPE was ignored when this process was executed (before Rust's
+/// runtime changed it); `None` if that could not be recorded.
+pub fn sigpipe_ignored_at_start() -> Option<bool> {
+    // Referencing the constructor keeps the linker from dropping it with an
+    // otherwise unused object file.
+    std::hint::black_box(&RECORD_SIGPIPE_AT_START);
+    match SIGPIPE_AT_START.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Some(false),
+        2 => Some(true),
+        _ => None,
+    }
+}
+
+/// Registers the caller as a child subreaper: orphans below it become its children.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } as libc::c_long)
+        .map(drop)
+}
+
+/// Whether the caller is a child subreaper (the flag survives exec).
+pub fn is_child_subreaper() -> io::Result<bool> {
+    let mut flag: libc::c_int = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_GET_CHILD_SUBREAPER,
+            &mut flag as *mut libc::c_int,
+            0,
+            0,
+            0,
+        )
+    } as libc::c_long)?;
+    Ok(flag != 0)
+}
+
+/// Asks for `signal` when the parent dies.
+pub fn set_parent_death_signal(signal: i32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    check(
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) }
+            as libc::c_long,
+    )
+    .map(drop)
+}
+
+/// The parent's pid.
+pub fn parent_pid() -> libc::pid_t {
+    // SAFETY: getppid takes no arguments and cannot fail.
+    unsafe { libc::getppid() }
+}
+
+/// Blocks until the child `pid` ends (retrying on EINTR).
+pub fn wait_child(pid: libc::pid_t) -> io::Result<ExitStatus> {
+    let mut status = 0;
+    // SAFETY: status is a valid out-pointer.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } == -1 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(if libc::WIFSIGNALED(status) {
+        ExitStatus::Signal(libc::WTERMSIG(status))
+    } else {
+        ExitStatus::Code(libc::WEXITSTATUS(status))
+    })
+}
+
+/// Waits up to `timeout_ms` for `fd` to be readable; whether it is.
+pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: pfd is one valid pollfd.
+    let n = check(unsafe { libc::poll(&mut pfd, 1, timeout_ms) } as libc::c_long)?;
+    Ok(n > 0)
+}
+
+/// What a tiny init's child gets between fork and exec, in tini's order: its
+/// own process group, the terminal's foreground when stdin is one, then the
+/// signal mask and dispositions the init itself was started with.
+#[derive(Debug, Clone)]
+pub struct JobChild {
+    /// The signal mask to hand on.
+    pub mask: SigSet,
+    /// Signals whose disposition to set: (signal, ignored).
+    pub dispositions: Vec<(i32, bool)>,
+}
+
+/// Arranges for `cmd`'s child to be set up as `setup` says.
+pub fn set_up_job_child(cmd: &mut std::process::Command, setup: JobChild) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only makes async-signal-safe calls (setpgid,
+    // getpgrp, tcsetpgrp, sigprocmask, sigaction) on data prepared before
+    // fork; iterating the Vec does not allocate.
+    unsafe {
+        cmd.pre_exec(move || {
+            check(libc::setpgid(0, 0) as libc::c_long)?;
+            // The init ignores SIGTTOU, and the child still does, so taking
+            // the terminal from a background group cannot stop it. No
+            // terminal (ENOTTY) is the usual case and not an error.
+            libc::tcsetpgrp(0, libc::getpgrp());
+            setup.mask.set_mask()?;
+            for &(signal, ignored) in &setup.dispositions {
+                set_signal_ignored(signal, ignored)?;
+            }
+            Ok(())
+        });
+    }
+}

@@ -1,16 +1,23 @@
 //! Tiny-init mode: `hafen-init [OPTIONS] [--] CMD [ARGS...]` runs CMD as its
 //! child, forwards the signals it receives, reaps every zombie, and exits
 //! with CMD's status — the job tini, dumb-init and catatonit do for a
-//! container's PID 1.
+//! container's PID 1. It is a drop-in for tini: the same options, environment
+//! variables, exit codes and signal handling, with `--wait-children` and `-V`
+//! on top.
 //!
 //! One loop reads a signalfd: every catchable signal except the synchronous
-//! ones (SEGV, BUS, ILL, FPE, TRAP, ABRT, SYS) is blocked before the child
-//! exists, so no exit and no signal is lost, and reaping happens in the
-//! same place that forwards signals.
+//! ones (SEGV, BUS, ILL, FPE, TRAP, ABRT, SYS) and the terminal's TTIN and
+//! TTOU is blocked before the child exists, so no exit and no signal is
+//! lost, and reaping happens in the same place that forwards signals. TTIN
+//! and TTOU are ignored instead, as tini does, so the init is never stopped
+//! for touching a terminal whose foreground it handed to the child.
+//!
+//! The child gets back exactly the signal state the init was started with:
+//! its mask and its ignored signals (tini's rule), not a cleared set.
 
-use std::ffi::OsString;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,27 +25,56 @@ use crate::sys::{self, ExitStatus, SigSet};
 
 const USAGE: &str = "usage: hafen-init [OPTIONS] [--] CMD [ARGS...]
 Runs CMD as a child, forwards signals to it, reaps zombies, exits with its status.
-options:
-  -g                   forward signals to CMD's process group, not just CMD
-  -s                   register as child subreaper (also: TINI_SUBREAPER, HAFEN_SUBREAPER)
-  -p SIGNAL            signal to receive when our parent dies
-  -e CODE              treat exit code CODE as 0 (repeatable)
-  --wait-children SECS when CMD exits, send TERM to what is left, wait up to SECS, then KILL
-  -v                   more messages (repeatable)
+Options (short ones combine, as in -sg or -e3; parsing stops at CMD):
+  -s                   register as a child subreaper when not PID 1
+  -g                   send signals to CMD's process group, not just CMD
+  -p SIGNAL            signal to receive when our parent dies, e.g. -p SIGKILL
+  -e CODE              exit 0 when CMD exits with CODE, 0-255 (repeatable)
+  -w                   warn about every zombie reaped that was not CMD
+  -v                   more messages (repeatable, up to -vvv)
+  --wait-children SECS when CMD exits, TERM what is left, wait up to SECS, then KILL
+  -l                   print the license
   -V, --version        print the version
   -h, --help           print this help
-Option parsing stops at the first argument that is not an option.";
+Environment:
+  TINI_SUBREAPER, HAFEN_SUBREAPER   set (to anything, even empty): like -s
+  TINI_KILL_PROCESS_GROUP           set (to anything, even empty or 0): like -g
+  TINI_VERBOSITY                    the message level (default 1: warnings)
+Exit status: CMD's code, 128+N when CMD was killed by signal N, 127 when CMD
+does not exist, 126 when it may not be executed, 1 on a usage error or when
+CMD cannot be started for another reason.";
+
+/// Message levels, as tini counts them: the default shows warnings.
+const WARN: u32 = 1;
+const INFO: u32 = 2;
+const DEBUG: u32 = 3;
 
 /// Parsed command line.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 struct Options {
     group: bool,
     subreaper: bool,
     parent_death: Option<i32>,
     zero_codes: Vec<i32>,
+    warn_on_reap: bool,
     wait_children: Option<u64>,
-    verbosity: u8,
+    verbosity: u32,
     command: Vec<OsString>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            group: false,
+            subreaper: false,
+            parent_death: None,
+            zero_codes: Vec::new(),
+            warn_on_reap: false,
+            wait_children: None,
+            verbosity: WARN,
+            command: Vec::new(),
+        }
+    }
 }
 
 /// What parsing asks for instead of running a command.
@@ -47,65 +83,202 @@ enum Parsed {
     Run(Options),
     Help,
     Version,
-    Error(String),
+    License,
+    /// A usage error: the message, then the usage, on stderr; exit 1.
+    Usage(String),
+    /// A bad option value: the message alone on stderr; exit 1.
+    Invalid(String),
 }
 
+/// Parses options as tini's getopt does (`p:hvwgle:s`, clusters and attached
+/// values) plus our own `-V` and long options, except that parsing stops at
+/// the first argument that is not an option: tini permutes unless
+/// POSIXLY_CORRECT is set, which would take `sh -c` for options of its own.
 fn parse(args: Vec<OsString>) -> Parsed {
     let mut o = Options::default();
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let Some(s) = arg.to_str() else {
-            o.command.push(arg);
+    let mut i = 0;
+    while let Some(arg) = args.get(i) {
+        let bytes = arg.as_bytes();
+        if bytes == b"--" {
+            i += 1;
             break;
-        };
-        let mut value = |name: &str| {
-            it.next()
-                .and_then(|v| v.into_string().ok())
-                .ok_or(format!("{name} needs a value"))
-        };
-        match s {
-            "--" => break,
-            "-h" | "--help" => return Parsed::Help,
-            "-V" | "--version" => return Parsed::Version,
-            "-g" => o.group = true,
-            "-s" => o.subreaper = true,
-            "-v" | "-vv" | "-vvv" => o.verbosity += (s.len() - 1) as u8,
-            "-p" => match value("-p")
-                .map(|v| hafen_proto::signal::parse(&v).ok_or(format!("-p: unknown signal {v:?}")))
-            {
-                Ok(Ok(sig)) => o.parent_death = Some(sig),
-                Ok(Err(e)) | Err(e) => return Parsed::Error(e),
-            },
-            "-e" => match value("-e").map(|v| {
-                v.parse::<i32>()
-                    .ok()
-                    .filter(|c| (0..=255).contains(c))
-                    .ok_or(format!("-e: {v:?} is not an exit code (0-255)"))
-            }) {
-                Ok(Ok(code)) => o.zero_codes.push(code),
-                Ok(Err(e)) | Err(e) => return Parsed::Error(e),
-            },
-            "--wait-children" => match value("--wait-children").map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| format!("--wait-children: {v:?} is not whole seconds"))
-            }) {
-                Ok(Ok(secs)) => o.wait_children = Some(secs),
-                Ok(Err(e)) | Err(e) => return Parsed::Error(e),
-            },
-            _ if s.starts_with('-') && s.len() > 1 => {
-                return Parsed::Error(format!("unknown option {s:?}"))
+        }
+        if let Some(long) = bytes.strip_prefix(b"--") {
+            let (name, inline) = match long.iter().position(|&b| b == b'=') {
+                Some(eq) => (&long[..eq], Some(&long[eq + 1..])),
+                None => (long, None),
+            };
+            match (name, inline) {
+                (b"help", None) => return Parsed::Help,
+                (b"version", None) => return Parsed::Version,
+                (b"wait-children", _) => {
+                    let value = match inline {
+                        Some(v) => OsStr::from_bytes(v),
+                        None => {
+                            i += 1;
+                            match args.get(i) {
+                                Some(v) => v.as_os_str(),
+                                None => {
+                                    return Parsed::Usage(
+                                        "option '--wait-children' requires an argument".into(),
+                                    )
+                                }
+                            }
+                        }
+                    };
+                    match value.to_str().and_then(|v| v.parse::<u64>().ok()) {
+                        Some(secs) => o.wait_children = Some(secs),
+                        None => {
+                            return Parsed::Invalid(format!(
+                                "not a valid option for --wait-children (whole seconds): {}",
+                                value.to_string_lossy()
+                            ))
+                        }
+                    }
+                }
+                _ => {
+                    return Parsed::Usage(format!(
+                        "unrecognized option '{}'",
+                        arg.to_string_lossy()
+                    ))
+                }
             }
-            _ => {
-                o.command.push(arg);
-                break;
+            i += 1;
+            continue;
+        }
+        if bytes.len() < 2 || bytes[0] != b'-' {
+            break;
+        }
+        let mut at = 1;
+        while at < bytes.len() {
+            let letter = bytes[at];
+            at += 1;
+            match letter {
+                b'h' => return Parsed::Help,
+                b'V' => return Parsed::Version,
+                b'l' => return Parsed::License,
+                b's' => o.subreaper = true,
+                b'g' => o.group = true,
+                b'w' => o.warn_on_reap = true,
+                b'v' => o.verbosity = o.verbosity.saturating_add(1),
+                b'p' | b'e' => {
+                    // The value is the rest of this argument, or the next one.
+                    let value = if at < bytes.len() {
+                        OsStr::from_bytes(&bytes[at..])
+                    } else {
+                        i += 1;
+                        match args.get(i) {
+                            Some(v) => v.as_os_str(),
+                            None => {
+                                return Parsed::Usage(format!(
+                                    "option requires an argument -- '{}'",
+                                    letter as char
+                                ))
+                            }
+                        }
+                    };
+                    at = bytes.len();
+                    let text = value.to_string_lossy();
+                    if letter == b'p' {
+                        match value.to_str().and_then(hafen_proto::signal::parse) {
+                            Some(sig) => o.parent_death = Some(sig),
+                            None => {
+                                return Parsed::Invalid(format!(
+                                    "not a valid option for -p: {text}"
+                                ))
+                            }
+                        }
+                    } else {
+                        match exit_code(value.as_bytes()) {
+                            Some(code) => o.zero_codes.push(code),
+                            None => {
+                                return Parsed::Invalid(format!(
+                                    "not a valid option for -e (an exit code, 0-255): {text}"
+                                ))
+                            }
+                        }
+                    }
+                }
+                other => {
+                    return Parsed::Usage(format!(
+                        "invalid option -- '{}'",
+                        char::from(other).escape_default()
+                    ))
+                }
             }
         }
+        i += 1;
     }
-    o.command.extend(it);
+    o.command = args.into_iter().skip(i).collect();
     if o.command.is_empty() {
-        return Parsed::Error("no command given".into());
+        return Parsed::Usage("no command given".into());
     }
     Parsed::Run(o)
+}
+
+/// The leading integer of `text` as C's strtol reads it: optional blanks, an
+/// optional sign, digits (none reads as 0); `None` when anything follows.
+fn strtol(text: &[u8]) -> Option<i64> {
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(text.len());
+    let mut rest = &text[start..];
+    let negative = rest.first() == Some(&b'-');
+    if matches!(rest.first(), Some(b'-' | b'+')) {
+        rest = &rest[1..];
+    }
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        // strtol leaves its end pointer at the very start: only an empty
+        // argument is then consumed whole.
+        return text.is_empty().then_some(0);
+    }
+    let magnitude = rest[..digits].iter().fold(0i64, |n, &d| {
+        n.saturating_mul(10).saturating_add(i64::from(d - b'0'))
+    });
+    (digits == rest.len()).then_some(if negative { -magnitude } else { magnitude })
+}
+
+/// A `-e` value: tini takes what strtol reads whole, from 0 to 255.
+fn exit_code(text: &[u8]) -> Option<i32> {
+    strtol(text)
+        .filter(|c| (0..=255).contains(c))
+        .map(|c| c as i32)
+}
+
+/// `TINI_VERBOSITY` as tini reads it (atoi into an unsigned level): a leading
+/// integer or 0; a negative level wraps around to "everything".
+fn verbosity_from_env(text: &[u8]) -> u32 {
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(text.len());
+    let mut rest = &text[start..];
+    let negative = rest.first() == Some(&b'-');
+    if matches!(rest.first(), Some(b'-' | b'+')) {
+        rest = &rest[1..];
+    }
+    let value = rest
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0i32, |n, &d| {
+            n.saturating_mul(10).saturating_add(i32::from(d - b'0'))
+        });
+    (if negative { -value } else { value }) as u32
+}
+
+/// Applies tini's environment variables: set at all means on, whatever the value.
+fn apply_env(o: &mut Options, var: impl Fn(&str) -> Option<OsString>) {
+    if var("TINI_SUBREAPER").is_some() || var("HAFEN_SUBREAPER").is_some() {
+        o.subreaper = true;
+    }
+    if var("TINI_KILL_PROCESS_GROUP").is_some() {
+        o.group = true;
+    }
+    if let Some(level) = var("TINI_VERBOSITY") {
+        o.verbosity = verbosity_from_env(level.as_bytes());
+    }
 }
 
 /// Signals that report a fault of the process itself: left alone so a
@@ -120,9 +293,16 @@ const SYNCHRONOUS: [i32; 7] = [
     libc::SIGSYS,
 ];
 
-fn catchable() -> Vec<i32> {
+/// Terminal signals the init ignores rather than forwards (tini's rule): it
+/// gives the terminal's foreground to the child and must not be stopped for
+/// writing to or reading from it.
+const TERMINAL: [i32; 2] = [libc::SIGTTIN, libc::SIGTTOU];
+
+/// The signals the init blocks, reads from its signalfd and forwards.
+fn forwarded() -> Vec<i32> {
     (1..=libc::SIGRTMAX())
-        .filter(|s| *s != libc::SIGKILL && *s != libc::SIGSTOP && !SYNCHRONOUS.contains(s))
+        .filter(|s| *s != libc::SIGKILL && *s != libc::SIGSTOP)
+        .filter(|s| !SYNCHRONOUS.contains(s) && !TERMINAL.contains(s))
         // glibc and musl reserve 32-33 (or 32-34) for threads.
         .filter(|s| !(32..libc::SIGRTMIN()).contains(s))
         .collect()
@@ -130,6 +310,17 @@ fn catchable() -> Vec<i32> {
 
 fn say(msg: &str) {
     let _ = sys::write_all(2, format!("hafen-init: {msg}\n").as_bytes());
+}
+
+fn license() -> String {
+    format!(
+        "hafen-init {version} is part of Hafen, licensed under {license}\n\
+         (the Apache License, Version 2.0). You may use, change and share it on that\n\
+         license's terms; its full text is at https://www.apache.org/licenses/LICENSE-2.0.\n\
+         It comes as it is, without warranties or conditions of any kind.",
+        version = env!("CARGO_PKG_VERSION"),
+        license = env!("CARGO_PKG_LICENSE"),
+    )
 }
 
 /// Runs the tiny init with the arguments after the program name; returns the exit code.
@@ -144,89 +335,84 @@ pub fn main(args: Vec<OsString>) -> i32 {
             println!("hafen-init {}", env!("CARGO_PKG_VERSION"));
             return 0;
         }
-        Parsed::Error(e) => {
+        Parsed::License => {
+            println!("{}", license());
+            return 0;
+        }
+        Parsed::Usage(e) => {
             say(&format!("{e}\n{USAGE}"));
-            return 2;
+            return 1;
+        }
+        Parsed::Invalid(e) => {
+            say(&e);
+            return 1;
         }
     };
-    let env_set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
-    o.subreaper |= env_set("TINI_SUBREAPER") || env_set("HAFEN_SUBREAPER");
-    let pid1 = std::process::id() == 1;
-    if !pid1 {
-        if o.subreaper {
-            // SAFETY: prctl with integer arguments.
-            if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-                say(&format!(
-                    "cannot become a child subreaper: {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-        } else {
-            say("warning: not PID 1 and not a subreaper (-s): orphaned grandchildren will not be reaped here");
-        }
-    }
-    if let Some(sig) = o.parent_death {
-        // SAFETY: getppid and prctl take no pointers.
-        let parent = unsafe { libc::getppid() };
-        // SAFETY: as above.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
-        // The parent may have died between our start and the prctl.
-        // SAFETY: as above.
-        if unsafe { libc::getppid() } != parent {
-            let _ = sys::kill(std::process::id() as libc::pid_t, sig);
-        }
-    }
+    apply_env(&mut o, |k| std::env::var_os(k));
 
-    // Block before the child exists: nothing it does can be missed.
-    let handled = SigSet::of(&catchable());
-    let signals = match handled.block().and_then(|()| handled.signalfd_blocking()) {
-        Ok(fd) => fd,
+    // Signals first, before anything can arrive (tini's order). What we
+    // change here is recorded so the child gets the original back.
+    let (signals, child_setup) = match take_signals() {
+        Ok(taken) => taken,
         Err(e) => {
             say(&format!("cannot set up signal handling: {e}"));
             return 1;
         }
     };
+    if let Some(sig) = o.parent_death {
+        let parent = sys::parent_pid();
+        if let Err(e) = sys::set_parent_death_signal(sig) {
+            say(&format!("cannot set the parent death signal: {e}"));
+            return 1;
+        }
+        // The parent may have died before the prctl: act as if it just did.
+        if sys::parent_pid() != parent {
+            let _ = sys::kill(std::process::id() as libc::pid_t, sig);
+        }
+    }
+    let pid1 = std::process::id() == 1;
+    if o.subreaper && !pid1 {
+        if let Err(e) = sys::set_child_subreaper() {
+            say(&format!("cannot register as a child subreaper: {e}"));
+            return 1;
+        }
+    }
+    // The subreaper flag survives exec, so a caller may have set it for us.
+    if !pid1 && !sys::is_child_subreaper().unwrap_or(false) && o.verbosity >= WARN {
+        say(
+            "warning: not running as PID 1 and not registered as a child subreaper: \
+             orphaned processes will not be reparented to hafen-init, so zombie reaping \
+             won't work. Use -s, set TINI_SUBREAPER or HAFEN_SUBREAPER, or run hafen-init \
+             as PID 1.",
+        );
+    }
 
     let program = o.command[0].clone();
     let mut cmd = Command::new(&program);
     cmd.args(&o.command[1..]);
-    // SAFETY: between fork and exec only async-signal-safe calls: setpgid,
-    // isatty, tcsetpgrp, sigprocmask, signal.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setpgid(0, 0);
-            // Take the terminal while SIGTTOU is still blocked, so job control works.
-            if libc::isatty(0) == 1 {
-                libc::tcsetpgrp(0, libc::getpgrp());
-            }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            for sig in 1..libc::SIGRTMAX() {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-            }
-            Ok(())
-        });
-    }
+    sys::set_up_job_child(&mut cmd, child_setup);
     let child = match cmd.spawn() {
         Ok(child) => child.id() as libc::pid_t,
         Err(e) => {
             let shown = program.to_string_lossy();
-            return match e.kind() {
-                std::io::ErrorKind::NotFound => {
+            // tini's codes for a failed exec.
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) => {
                     say(&format!("{shown}: command not found"));
                     127
                 }
-                _ => {
+                Some(libc::EACCES) => {
                     say(&format!("{shown}: cannot execute: {e}"));
                     126
+                }
+                _ => {
+                    say(&format!("{shown}: cannot execute: {e}"));
+                    1
                 }
             };
         }
     };
-    if o.verbosity > 0 {
+    if o.verbosity >= INFO {
         say(&format!(
             "started {} as pid {child}",
             program.to_string_lossy()
@@ -235,8 +421,36 @@ pub fn main(args: Vec<OsString>) -> i32 {
     supervise(&o, child, &signals, pid1)
 }
 
+/// Blocks the forwarded signals (reading them from the returned signalfd),
+/// ignores the terminal's, and makes sure children can be waited for; returns
+/// the signal state to give the child: the one we were started with.
+fn take_signals() -> std::io::Result<(OwnedFd, sys::JobChild)> {
+    let mut dispositions = Vec::new();
+    for sig in TERMINAL {
+        dispositions.push((sig, sys::signal_ignored(sig)?));
+        sys::set_signal_ignored(sig, true)?;
+    }
+    // An ignored SIGCHLD makes the kernel reap our children before we can
+    // read their status (tini then waits forever): take the default for
+    // ourselves and hand the ignore on.
+    if sys::signal_ignored(libc::SIGCHLD)? {
+        dispositions.push((libc::SIGCHLD, true));
+        sys::set_signal_ignored(libc::SIGCHLD, false)?;
+    }
+    // Rust's runtime ignores SIGPIPE before main; the child gets what our
+    // caller gave us.
+    dispositions.push((
+        libc::SIGPIPE,
+        sys::sigpipe_ignored_at_start().unwrap_or(false),
+    ));
+    let forwarded = SigSet::of(&forwarded());
+    let mask = forwarded.swap_mask()?;
+    let signals = forwarded.signalfd_blocking()?;
+    Ok((signals, sys::JobChild { mask, dispositions }))
+}
+
 /// Forwards signals and reaps until the child exits; returns the exit code.
-fn supervise(o: &Options, child: libc::pid_t, signals: &std::os::fd::OwnedFd, pid1: bool) -> i32 {
+fn supervise(o: &Options, child: libc::pid_t, signals: &OwnedFd, pid1: bool) -> i32 {
     let target = if o.group { -child } else { child };
     // One blocking read per signal: the fewest system calls between a signal
     // arriving and it being forwarded.
@@ -249,16 +463,16 @@ fn supervise(o: &Options, child: libc::pid_t, signals: &std::os::fd::OwnedFd, pi
                 say(&format!(
                     "reading signals failed: {e}; waiting for the child instead"
                 ));
-                break wait_for(child);
+                break sys::wait_child(child).unwrap_or(ExitStatus::Code(1));
             }
         };
         if sig != libc::SIGCHLD {
             match sys::kill(target, sig) {
-                Err(e) if o.verbosity > 0 => say(&format!(
-                    "cannot forward {}: {e}",
+                Err(e) if o.verbosity >= WARN => say(&format!(
+                    "warning: cannot forward {} to {target}: {e}",
                     hafen_proto::signal::name(sig)
                 )),
-                Ok(()) if o.verbosity > 1 => say(&format!(
+                Ok(()) if o.verbosity >= DEBUG => say(&format!(
                     "forwarded {} to {target}",
                     hafen_proto::signal::name(sig)
                 )),
@@ -270,19 +484,24 @@ fn supervise(o: &Options, child: libc::pid_t, signals: &std::os::fd::OwnedFd, pi
         while let Ok(Some((pid, status))) = sys::reap_one() {
             if pid == child {
                 exited = Some(status);
+            } else {
+                reaped_other(o, pid, status);
             }
         }
         if let Some(status) = exited {
             break status;
         }
     };
+    if o.verbosity >= INFO {
+        say(&format!("{} {status}", o.command[0].to_string_lossy()));
+    }
     if let Some(secs) = o.wait_children {
-        drain_children(secs, signals, pid1, o.verbosity);
+        drain_children(o, secs, signals, pid1);
     }
     let code = match status {
         ExitStatus::Code(code) => code,
         ExitStatus::Signal(sig) => 128 + sig,
-    };
+    } % 256;
     if o.zero_codes.contains(&code) {
         0
     } else {
@@ -290,14 +509,22 @@ fn supervise(o: &Options, child: libc::pid_t, signals: &std::os::fd::OwnedFd, pi
     }
 }
 
-fn wait_readable(fd: libc::c_int, timeout_ms: i32) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: pfd is one valid pollfd.
-    unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+/// Reports a reaped process that was not the child (`-w`, as tini words it).
+fn reaped_other(o: &Options, pid: libc::pid_t, status: ExitStatus) {
+    if o.warn_on_reap && o.verbosity >= WARN {
+        say(&format!(
+            "warning: Reaped zombie process with pid={pid} ({status}; not the child)"
+        ));
+    } else if o.verbosity >= DEBUG {
+        say(&format!("reaped pid {pid} ({status})"));
+    }
+}
+
+/// Reaps every exited child without blocking.
+fn reap_all(o: &Options) {
+    while let Ok(Some((pid, status))) = sys::reap_one() {
+        reaped_other(o, pid, status);
+    }
 }
 
 /// Our direct children (as a subreaper, orphans become ours).
@@ -324,34 +551,22 @@ fn signal_rest(sig: i32, pid1: bool) {
     }
 }
 
-/// Blocks until `child` exits (the fallback when signals cannot be read).
-fn wait_for(child: libc::pid_t) -> ExitStatus {
-    let mut status = 0;
-    // SAFETY: status is a valid out-pointer.
-    while unsafe { libc::waitpid(child, &mut status, 0) } == -1 {
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return ExitStatus::Code(1);
-        }
-    }
-    if libc::WIFSIGNALED(status) {
-        ExitStatus::Signal(libc::WTERMSIG(status))
-    } else {
-        ExitStatus::Code(libc::WEXITSTATUS(status))
-    }
-}
-
 /// `--wait-children`: TERM to what is left, up to `secs` for it to go, then KILL.
-fn drain_children(secs: u64, signals: &std::os::fd::OwnedFd, pid1: bool, verbosity: u8) {
+fn drain_children(o: &Options, secs: u64, signals: &OwnedFd, pid1: bool) {
     // From here on the signalfd is only polled with timeouts and drained.
     let _ = sys::set_nonblocking(signals.as_raw_fd());
-    while let Ok(Some(_)) = sys::reap_one() {}
+    let pause = |ms: i32| {
+        let _ = sys::poll_readable(signals.as_raw_fd(), ms);
+        while let Ok(Some(_)) = sys::read_signal(signals) {}
+    };
+    reap_all(o);
     if children().is_empty() {
         return;
     }
     signal_rest(libc::SIGTERM, pid1);
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        while let Ok(Some(_)) = sys::reap_one() {}
+        reap_all(o);
         if children().is_empty() {
             return;
         }
@@ -359,23 +574,18 @@ fn drain_children(secs: u64, signals: &std::os::fd::OwnedFd, pid1: bool, verbosi
         if left.is_zero() {
             break;
         }
-        wait_readable(
-            signals.as_raw_fd(),
-            left.as_millis().min(i32::MAX as u128) as i32 + 1,
-        );
-        while let Ok(Some(_)) = sys::read_signal(signals) {}
+        pause(left.as_millis().min(i32::MAX as u128 - 1) as i32 + 1);
     }
-    if verbosity > 0 {
-        say("children still running after --wait-children; sending SIGKILL");
+    if o.verbosity >= WARN {
+        say("warning: children still running after --wait-children; sending SIGKILL");
     }
     signal_rest(libc::SIGKILL, pid1);
     let stop = Instant::now() + Duration::from_secs(5);
     while !children().is_empty() && Instant::now() < stop {
-        while let Ok(Some(_)) = sys::reap_one() {}
-        wait_readable(signals.as_raw_fd(), 10);
-        while let Ok(Some(_)) = sys::read_signal(signals) {}
+        reap_all(o);
+        pause(10);
     }
-    while let Ok(Some(_)) = sys::reap_one() {}
+    reap_all(o);
 }
 
 #[cfg(test)]
@@ -386,59 +596,150 @@ mod tests {
         list.iter().map(OsString::from).collect()
     }
 
+    fn run(list: &[&str]) -> Options {
+        match parse(args(list)) {
+            Parsed::Run(o) => o,
+            other => panic!("{list:?} parsed as {other:?}"),
+        }
+    }
+
     #[test]
     fn options_stop_at_the_first_non_option() {
-        let Parsed::Run(o) = parse(args(&["-g", "-e", "3", "sh", "-c", "exit 3"])) else {
-            panic!("run")
-        };
+        let o = run(&["-g", "-e", "3", "sh", "-c", "exit 3"]);
         assert!(o.group);
         assert_eq!(o.zero_codes, [3]);
         assert_eq!(o.command, args(&["sh", "-c", "exit 3"]));
-        let Parsed::Run(o) = parse(args(&["--", "-weird-name", "-x"])) else {
-            panic!("run")
-        };
-        assert_eq!(o.command, args(&["-weird-name", "-x"]));
-        let Parsed::Run(o) = parse(args(&[
-            "-p",
-            "SIGKILL",
-            "--wait-children",
-            "5",
-            "-vv",
-            "true",
-        ])) else {
-            panic!("run")
-        };
+        assert_eq!(
+            run(&["--", "-weird-name", "-x"]).command,
+            args(&["-weird-name", "-x"])
+        );
+        // A lone "-" is an operand, as for getopt.
+        assert_eq!(run(&["-s", "-", "x"]).command, args(&["-", "x"]));
+        let o = run(&["-p", "SIGKILL", "--wait-children", "5", "-vv", "true"]);
         assert_eq!(
             (o.parent_death, o.wait_children, o.verbosity),
-            (Some(9), Some(5), 2)
+            (Some(9), Some(5), WARN + 2)
         );
+        assert_eq!(run(&["--wait-children=7", "true"]).wait_children, Some(7));
+    }
+
+    #[test]
+    fn short_options_combine_and_take_attached_values_like_getopt() {
+        let o = run(&["-sgw", "-e3", "-pSIGKILL", "--", "true"]);
+        assert!(o.subreaper && o.group && o.warn_on_reap);
+        assert_eq!(
+            (o.zero_codes.as_slice(), o.parent_death),
+            (&[3][..], Some(9))
+        );
+        // A value-taking letter ends the cluster: the rest is its value.
+        let o = run(&["-se4", "true"]);
+        assert!(o.subreaper);
+        assert_eq!(o.zero_codes, [4]);
+        // The next argument is the value even when it looks like an option.
+        assert_eq!(
+            run(&["-e", "5", "-p", "TERM", "true"]).parent_death,
+            Some(15)
+        );
+        assert!(matches!(
+            parse(args(&["-p", "-g", "true"])),
+            Parsed::Invalid(_)
+        ));
+        assert_eq!(run(&["-vvv", "true"]).verbosity, WARN + 3);
+        assert_eq!(run(&["-v", "-v", "true"]).verbosity, WARN + 2);
+        assert_eq!(run(&["true"]).verbosity, WARN);
+    }
+
+    #[test]
+    fn exit_codes_are_read_like_strtol() {
+        for (text, code) in [("3", Some(3)), (" 3", Some(3)), ("+4", Some(4))] {
+            assert_eq!(exit_code(text.as_bytes()), code, "{text:?}");
+        }
+        // An empty argument is read whole as 0 by strtol, so tini accepts it.
+        assert_eq!(exit_code(b""), Some(0));
+        for bad in ["256", "-1", "3x", " ", "x", "3 ", "99999999999999999999"] {
+            assert_eq!(exit_code(bad.as_bytes()), None, "{bad:?}");
+        }
     }
 
     #[test]
     fn bad_usage_is_explained() {
         assert_eq!(
             parse(args(&["-p", "NOPE", "true"])),
-            Parsed::Error("-p: unknown signal \"NOPE\"".into())
+            Parsed::Invalid("not a valid option for -p: NOPE".into())
         );
         assert!(
-            matches!(parse(args(&["-e", "300", "true"])), Parsed::Error(e) if e.contains("exit code"))
+            matches!(parse(args(&["-e", "300", "true"])), Parsed::Invalid(e) if e.contains("-e"))
         );
-        assert!(matches!(parse(args(&["-z", "true"])), Parsed::Error(e) if e.contains("-z")));
-        assert!(matches!(parse(args(&["-g"])), Parsed::Error(e) if e.contains("no command")));
+        assert!(
+            matches!(parse(args(&["-z", "true"])), Parsed::Usage(e) if e.contains("invalid option -- 'z'"))
+        );
+        assert!(matches!(parse(args(&["-sz", "true"])), Parsed::Usage(e) if e.contains("'z'")));
+        assert!(
+            matches!(parse(args(&["-e"])), Parsed::Usage(e) if e.contains("requires an argument -- 'e'"))
+        );
+        assert!(
+            matches!(parse(args(&["--nope", "true"])), Parsed::Usage(e) if e.contains("--nope"))
+        );
+        assert!(matches!(parse(args(&["-g"])), Parsed::Usage(e) if e.contains("no command")));
+        assert!(matches!(parse(args(&["--"])), Parsed::Usage(_)));
         assert_eq!(parse(args(&["-V"])), Parsed::Version);
+        assert_eq!(parse(args(&["--version"])), Parsed::Version);
+        assert_eq!(parse(args(&["-sh"])), Parsed::Help);
+        assert_eq!(parse(args(&["--help"])), Parsed::Help);
+        assert_eq!(parse(args(&["-l"])), Parsed::License);
+        // getopt goes left to right: an error before -h wins.
+        assert!(matches!(parse(args(&["-z", "-h"])), Parsed::Usage(_)));
     }
 
     #[test]
-    fn synchronous_signals_are_never_blocked() {
-        let set = catchable();
-        for sig in SYNCHRONOUS {
-            assert!(!set.contains(&sig));
+    fn tini_environment_variables_count_when_set_whatever_their_value() {
+        let with = |vars: &[(&str, &str)]| {
+            let mut o = Options::default();
+            apply_env(&mut o, |k| {
+                vars.iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| OsString::from(v))
+            });
+            (o.subreaper, o.group, o.verbosity)
+        };
+        assert_eq!(with(&[]), (false, false, WARN));
+        for value in ["", "0", "1"] {
+            assert!(
+                with(&[("TINI_SUBREAPER", value)]).0,
+                "TINI_SUBREAPER={value:?}"
+            );
+            assert!(
+                with(&[("HAFEN_SUBREAPER", value)]).0,
+                "HAFEN_SUBREAPER={value:?}"
+            );
+            assert!(
+                with(&[("TINI_KILL_PROCESS_GROUP", value)]).1,
+                "TINI_KILL_PROCESS_GROUP={value:?}"
+            );
+        }
+        assert_eq!(with(&[("TINI_VERBOSITY", "0")]).2, 0);
+        assert_eq!(with(&[("TINI_VERBOSITY", " 3x")]).2, 3);
+        assert_eq!(with(&[("TINI_VERBOSITY", "x")]).2, 0);
+        assert_eq!(with(&[("TINI_VERBOSITY", "-1")]).2, u32::MAX);
+    }
+
+    #[test]
+    fn synchronous_and_terminal_signals_are_never_blocked() {
+        let set = forwarded();
+        for sig in SYNCHRONOUS.iter().chain(&TERMINAL) {
+            assert!(!set.contains(sig), "{sig}");
         }
         assert!(
             set.contains(&libc::SIGTERM)
                 && set.contains(&libc::SIGCHLD)
                 && set.contains(&libc::SIGTSTP)
+                && set.contains(&libc::SIGPIPE)
         );
         assert!(set.contains(&libc::SIGRTMIN()) && set.contains(&libc::SIGRTMAX()));
+    }
+
+    #[test]
+    fn the_license_is_the_workspaces() {
+        assert!(license().contains("Apache-2.0"));
     }
 }
