@@ -181,10 +181,12 @@ impl Drop for Reaped {
 }
 
 /// A [`contained`] init, running, with its stdout read line by line.
-/// Dropped, it kills `unshare`, which takes the namespace and everything in
-/// it along.
+/// Dropped, it kills the namespace's PID 1, which takes everything in the
+/// namespace along, and waits for `unshare`, which reaps it.
 struct Contained {
     unshare: Child,
+    /// The namespace's PID 1, by its pid outside the namespace.
+    reaper: Option<u32>,
     /// The init under test, by its pid outside the namespace.
     init: u32,
     out: Lines,
@@ -199,26 +201,28 @@ impl Contained {
             .expect("spawn unshare");
         let out = Lines::of(&mut unshare);
         let mut contained = Contained {
-            init: 0,
             unshare,
+            reaper: None,
+            init: 0,
             out,
         };
         // unshare -> the namespace's PID 1 -> the init under test.
         let deadline = Instant::now() + Duration::from_secs(20);
-        contained.init = loop {
-            let init = children_of(contained.unshare.id())
-                .first()
-                .and_then(|&reaper| children_of(reaper).first().copied());
-            if let Some(init) = init {
-                break init;
+        loop {
+            contained.reaper = children_of(contained.unshare.id()).first().copied();
+            if let Some(init) = contained
+                .reaper
+                .and_then(|reaper| children_of(reaper).first().copied())
+            {
+                contained.init = init;
+                return contained;
             }
             assert!(
                 Instant::now() < deadline,
                 "the contained init never started"
             );
             std::thread::sleep(Duration::from_millis(5));
-        };
-        contained
+        }
     }
 
     /// Sends `sig` to the init under test.
@@ -234,7 +238,18 @@ impl Contained {
 
 impl Drop for Contained {
     fn drop(&mut self) {
-        let _ = self.unshare.kill();
+        if let Ok(None) = self.unshare.try_wait() {
+            // Killing unshare instead would orphan the namespace's PID 1
+            // (--kill-child ends it, but nobody of ours would reap it).
+            match self.reaper {
+                Some(reaper) => {
+                    let _ = sys::kill(reaper as i32, libc::SIGKILL);
+                }
+                None => {
+                    let _ = self.unshare.kill();
+                }
+            }
+        }
         let _ = self.unshare.wait();
     }
 }
