@@ -132,28 +132,6 @@ pub unsafe fn clone_sibling(flags: libc::c_int, cgroup: Option<RawFd>) -> io::Re
     }
 }
 
-/// Waits for the child `pid` to exit (blocking) and returns how it ended.
-/// Only for children nobody else waits for, such as a clone intermediate.
-pub fn wait_pid(pid: libc::pid_t) -> io::Result<ExitStatus> {
-    let mut status = 0;
-    loop {
-        // SAFETY: status is a valid out-pointer.
-        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if ret == pid {
-            break;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-    Ok(if libc::WIFSIGNALED(status) {
-        ExitStatus::Signal(libc::WTERMSIG(status))
-    } else {
-        ExitStatus::Code(libc::WEXITSTATUS(status))
-    })
-}
-
 /// Waits (blocking) for any child to exit; `None` when there are none left.
 pub fn wait_any() -> io::Result<Option<libc::pid_t>> {
     let mut status = 0;
@@ -254,6 +232,17 @@ pub enum ExitStatus {
     Signal(i32),
 }
 
+impl ExitStatus {
+    /// Decodes a wait status from waitpid(2).
+    fn from_wait(status: libc::c_int) -> ExitStatus {
+        if libc::WIFSIGNALED(status) {
+            ExitStatus::Signal(libc::WTERMSIG(status))
+        } else {
+            ExitStatus::Code(libc::WEXITSTATUS(status))
+        }
+    }
+}
+
 impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
@@ -280,14 +269,7 @@ pub fn reap_one() -> io::Result<Option<(libc::pid_t, ExitStatus)>> {
             }
         }
         0 => Ok(None),
-        pid => {
-            let status = if libc::WIFSIGNALED(status) {
-                ExitStatus::Signal(libc::WTERMSIG(status))
-            } else {
-                ExitStatus::Code(libc::WEXITSTATUS(status))
-            };
-            Ok(Some((pid, status)))
-        }
+        pid => Ok(Some((pid, ExitStatus::from_wait(status)))),
     }
 }
 
@@ -360,14 +342,6 @@ pub fn reset_signal_dispositions() {
         // numbers the C library reserves) are harmless and ignored.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
-}
-
-/// Ignores SIGPIPE (`true`) or restores its default action (`false`), so a
-/// write to a pipe whose reader is gone fails with EPIPE instead of killing.
-pub fn ignore_sigpipe(ignore: bool) {
-    let action = if ignore { libc::SIG_IGN } else { libc::SIG_DFL };
-    // SAFETY: SIG_IGN and SIG_DFL are valid dispositions for SIGPIPE.
-    unsafe { libc::signal(libc::SIGPIPE, action) };
 }
 
 /// Reads one pending signal from a signalfd; `None` when none is pending.
@@ -702,11 +676,7 @@ pub fn wait_child(pid: libc::pid_t) -> io::Result<ExitStatus> {
             return Err(err);
         }
     }
-    Ok(if libc::WIFSIGNALED(status) {
-        ExitStatus::Signal(libc::WTERMSIG(status))
-    } else {
-        ExitStatus::Code(libc::WEXITSTATUS(status))
-    })
+    Ok(ExitStatus::from_wait(status))
 }
 
 /// Waits up to `timeout_ms` for `fd` to be readable; whether it is.

@@ -358,9 +358,9 @@ fn run_hooks(
         return Ok(());
     }
     // A hook that exits without reading its state must not kill us.
-    sys::ignore_sigpipe(true);
+    let _ = sys::set_signal_ignored(libc::SIGPIPE, true);
     let result = hooks::run(kind, list, state);
-    sys::ignore_sigpipe(false);
+    let _ = sys::set_signal_ignored(libc::SIGPIPE, false);
     result.map_err(|e| (Step::Hook, e.to_string(), 0))
 }
 

@@ -1178,13 +1178,13 @@ pub unsafe fn clone_child(
                     Ok(Some(n)) => got += n,
                     Ok(None) => {}
                     Err(e) => {
-                        let _ = sys::wait_pid(intermediate);
+                        let _ = sys::wait_child(intermediate);
                         return Err(e);
                     }
                 }
             }
             // Nobody else waits for the intermediate: it exits right after its report.
-            let _ = sys::wait_pid(intermediate);
+            let _ = sys::wait_child(intermediate);
             if got < buf.len() {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
