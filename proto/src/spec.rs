@@ -89,6 +89,9 @@ pub struct Process {
     /// Whether a pseudo-terminal is attached.
     #[serde(default)]
     pub terminal: bool,
+    /// The terminal's size, when `terminal` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_size: Option<ConsoleSize>,
     /// The user the process runs as.
     #[serde(default)]
     pub user: User,
@@ -113,6 +116,15 @@ pub struct Process {
     /// Value written to /proc/self/oom_score_adj.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i32>,
+}
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ConsoleSize {
+    /// Rows.
+    pub height: u32,
+    /// Columns.
+    pub width: u32,
 }
 
 /// Capability sets by name (`CAP_KILL`).

@@ -3,17 +3,17 @@
 //! concerned and the errno; the caller sends that to the parent.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 
 use rustix::fs::{FileType, Mode};
 use rustix::mount::{mount, MountFlags, MountPropagationFlags, UnmountFlags};
 
-use super::{caps, hooks, procfs, seccomp, Plan, RootMount, Step, HOOKS_REQUEST, READY};
+use super::{console, hooks, procfs, Plan, RootMount, Step, HOOKS_REQUEST, READY};
 use crate::sys;
 
 /// Descriptors the child works with (numbers valid in the child).
 #[derive(Debug)]
-pub(super) struct Fds {
+pub(super) struct Fds<'a> {
     pub null: RawFd,
     /// Write end of the output pipe; `None` keeps the caller's stdio.
     pub out: Option<RawFd>,
@@ -25,15 +25,18 @@ pub(super) struct Fds {
     pub err: RawFd,
     /// Read end of the pipe the parent sends the hooks' state on.
     pub hooks: Option<RawFd>,
+    /// The console socket, when the process gets a terminal.
+    pub console: Option<BorrowedFd<'a>>,
 }
 
+/// A failed step: the step, the path or value it concerned, the errno.
 pub(super) type Failure = (Step, String, i32);
 
-fn fail(step: Step, path: &str) -> impl FnOnce(rustix::io::Errno) -> Failure + '_ {
+pub(super) fn fail(step: Step, path: &str) -> impl FnOnce(rustix::io::Errno) -> Failure + '_ {
     move |e| (step, path.to_owned(), e.raw_os_error())
 }
 
-fn fail_io(step: Step, path: &str) -> impl FnOnce(io::Error) -> Failure + '_ {
+pub(super) fn fail_io(step: Step, path: &str) -> impl FnOnce(io::Error) -> Failure + '_ {
     move |e| (step, path.to_owned(), e.raw_os_error().unwrap_or(libc::EIO))
 }
 
@@ -51,17 +54,7 @@ pub(super) fn run(
     if let Err(failure) = steps(plan, fds) {
         return failure;
     }
-    // Last step: exec, trying each PATH candidate like execvp does.
-    let mut first_error = libc::ENOENT;
-    for candidate in &plan.exec_candidates {
-        let err = sys::execve(candidate, argv, envp)
-            .raw_os_error()
-            .unwrap_or(libc::ENOENT);
-        if err != libc::ENOENT && err != libc::ENOTDIR && first_error == libc::ENOENT {
-            first_error = err;
-        }
-    }
-    (Step::Exec, plan.program.clone(), first_error)
+    plan.process.exec(argv, envp)
 }
 
 fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
@@ -236,6 +229,12 @@ fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
         .map_err(fail(Step::Propagation, "/"))?;
     }
 
+    // 9b. The terminal, from the container's own devpts, before the root
+    //     may turn read-only (/dev/console is bound to it).
+    if let Some(socket) = fds.console {
+        console::attach(socket, plan.process.console_size, plan.make_dev)?;
+    }
+
     // 10. sysctls, through a verified handle on the container's own /proc,
     //     before /proc/sys is made read-only.
     if !plan.sysctl.is_empty() {
@@ -258,58 +257,11 @@ fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
         readonly_path(path)?;
     }
 
-    // 12. Resource limits and working directory.
-    for &(resource, soft, hard) in &plan.rlimits {
-        sys::setrlimit(resource, soft, hard).map_err(fail_io(
-            Step::Rlimit,
-            hafen_proto::rlimit::NAMES[resource as usize],
-        ))?;
-    }
-    rustix::process::chdir(plan.cwd.as_c_str()).map_err(|e| {
-        (
-            Step::Cwd,
-            plan.cwd.to_string_lossy().into_owned(),
-            e.raw_os_error(),
-        )
-    })?;
+    // 12. The process: limits, working directory, privileges, and a
+    //     program that can run.
+    plan.process.become_it()?;
 
-    // 13. Privileges: bounding set (needs CAP_SETPCAP, so first), identity
-    //     (keeping permitted caps across setuid), then the capability sets.
-    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: do it
-    // while we still have it (the default profile allows what follows).
-    if !plan.no_new_privs {
-        if let Some(program) = &plan.seccomp {
-            seccomp::apply(program).map_err(fail_io(Step::Seccomp, "filter"))?;
-        }
-    }
-    if let Some(c) = &plan.caps {
-        caps::drop_bounding(c.bounding, plan.last_cap)
-            .map_err(fail_io(Step::Bounding, "bounding set"))?;
-        caps::keep_caps_on_setuid().map_err(fail_io(Step::Bounding, "keepcaps"))?;
-    }
-    sys::set_identity(plan.uid, plan.gid, &plan.groups).map_err(|e| {
-        (
-            Step::Identity,
-            format!("{}:{}", plan.uid, plan.gid),
-            e.raw_os_error().unwrap_or(libc::EPERM),
-        )
-    })?;
-    if let Some(c) = &plan.caps {
-        caps::set(c).map_err(fail_io(Step::Capabilities, "capability sets"))?;
-    }
-    if plan.no_new_privs {
-        caps::set_no_new_privs().map_err(fail_io(Step::NoNewPrivs, "prctl"))?;
-        // As late as possible, so set-up calls need not be allowed.
-        if let Some(program) = &plan.seccomp {
-            seccomp::apply(program).map_err(fail_io(Step::Seccomp, "filter"))?;
-        }
-    }
-
-    // 14. The program must exist and be executable now, so `create` (not
-    //     only `start`) reports a command that cannot run, as runc does.
-    check_executable(plan)?;
-
-    // 15. Created: wait to be started.
+    // 13. Created: wait to be started.
     if let Some(gate) = fds.gate {
         sys::write_all(fds.err, &[READY]).map_err(fail_io(Step::Gate, "ready"))?;
         let mut byte = [0u8; 1];
@@ -322,30 +274,12 @@ fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
         }
     }
 
-    // 16. startContainer hooks, inside the container, just before exec.
+    // 14. startContainer hooks, inside the container, just before exec.
     run_hooks(
         hooks::Kind::StartContainer,
         &plan.start_container_hooks,
         &start_state,
     )
-}
-
-/// Finds the first PATH candidate that exists, as exec will, and checks it
-/// is a file we may execute.
-fn check_executable(plan: &Plan) -> Result<(), Failure> {
-    for candidate in &plan.exec_candidates {
-        let st = match rustix::fs::stat(candidate.as_c_str()) {
-            Ok(st) => st,
-            Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => continue,
-            Err(e) => return Err((Step::Exec, plan.program.clone(), e.raw_os_error())),
-        };
-        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-            return Err((Step::Exec, plan.program.clone(), libc::EACCES));
-        }
-        return rustix::fs::access(candidate.as_c_str(), rustix::fs::Access::EXEC_OK)
-            .map_err(|e| (Step::Exec, plan.program.clone(), e.raw_os_error()));
-    }
-    Err((Step::Exec, plan.program.clone(), libc::ENOENT))
 }
 
 /// Runs our own hooks of `kind`; a failure carries the hook's message.

@@ -10,8 +10,10 @@
 pub mod caps;
 pub mod cgroup;
 mod child;
+pub mod console;
 pub mod devices;
 pub mod hooks;
+mod process;
 pub mod procfs;
 pub mod seccomp;
 mod syscalls;
@@ -19,7 +21,7 @@ mod syscalls;
 use std::ffi::CString;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use hafen_proto::annotations;
@@ -28,7 +30,7 @@ use rustix::mount::MountFlags;
 
 use crate::bundle::Bundle;
 use crate::sys::{self, CloneResult};
-use caps::{CapSet, Caps};
+use process::ProcessPlan;
 
 /// The step of container start-up that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,10 +90,12 @@ pub enum Step {
     Exec,
     /// Running a `createContainer` or `startContainer` hook.
     Hook,
+    /// Making the terminal and sending it over the console socket.
+    Console,
 }
 
 impl Step {
-    const ALL: [Step; 27] = [
+    const ALL: [Step; 28] = [
         Step::Stdio,
         Step::Sync,
         Step::JoinNamespace,
@@ -119,6 +123,7 @@ impl Step {
         Step::Gate,
         Step::Exec,
         Step::Hook,
+        Step::Console,
     ];
 
     fn from_u8(value: u8) -> Option<Step> {
@@ -155,6 +160,7 @@ impl Step {
             Step::Gate => "wait for start",
             Step::Exec => "exec",
             Step::Hook => "run hook",
+            Step::Console => "set up the terminal",
         }
     }
 }
@@ -275,6 +281,8 @@ pub struct SpawnOptions {
     /// `startContainer` hooks (the OCI runtime does; PID 1 does not block
     /// its event loop on them).
     pub hooks: bool,
+    /// Where to send the terminal's master when `process.terminal` is set.
+    pub console_socket: Option<PathBuf>,
 }
 
 impl SpawnOptions {
@@ -287,6 +295,7 @@ impl SpawnOptions {
             cgroup_root: PathBuf::from(cgroup::CGROUP_ROOT),
             scratch_root: "/run/hafen/containers".to_owned(),
             hooks: false,
+            console_socket: None,
         }
     }
 }
@@ -381,19 +390,7 @@ struct Plan {
     readonly_root: bool,
     masked: Vec<String>,
     readonly_paths: Vec<String>,
-    rlimits: Vec<(u32, u64, u64)>,
-    cwd: CString,
-    uid: u32,
-    gid: u32,
-    groups: Vec<u32>,
-    caps: Option<Caps>,
-    last_cap: u32,
-    no_new_privs: bool,
-    seccomp: Option<seccomp::Program>,
-    exec_candidates: Vec<CString>,
-    program: String,
-    argv: Vec<CString>,
-    envp: Vec<CString>,
+    process: ProcessPlan,
     cgroup: Option<PlannedCgroup>,
     device_filter: Option<devices::Filter>,
     /// The hooks the child runs itself.
@@ -504,12 +501,6 @@ impl Plan {
             .process
             .as_ref()
             .ok_or_else(|| spec_error("config.json has no process"))?;
-        if process.args.is_empty() {
-            return Err(spec_error("process.args is empty"));
-        }
-        if process.terminal {
-            return Err(spec_error("process.terminal = true is not supported yet"));
-        }
         let root = spec
             .root
             .as_ref()
@@ -813,36 +804,6 @@ impl Plan {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let rlimits = process
-            .rlimits
-            .iter()
-            .map(|r| {
-                hafen_proto::rlimit::parse(&r.kind)
-                    .map(|n| (n, r.soft, r.hard))
-                    .ok_or_else(|| spec_error(format!("unknown rlimit {:?}", r.kind)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let caps = match &process.capabilities {
-            None => None,
-            Some(c) => {
-                let set = |names: &[String], which: &str| {
-                    CapSet::from_names(names).map_err(|n| {
-                        spec_error(format!(
-                            "unknown capability {n:?} in process.capabilities.{which}"
-                        ))
-                    })
-                };
-                Some(Caps {
-                    bounding: set(&c.bounding, "bounding")?,
-                    effective: set(&c.effective, "effective")?,
-                    permitted: set(&c.permitted, "permitted")?,
-                    inheritable: set(&c.inheritable, "inheritable")?,
-                    ambient: set(&c.ambient, "ambient")?,
-                })
-            }
-        };
-
         // The device filter needs the container's cgroup; without cgroup v2
         // (a hybrid host) the rules cannot be enforced and are left out.
         let device_filter = match linux.resources.as_ref().map(|r| r.devices.as_slice()) {
@@ -852,13 +813,6 @@ impl Plan {
             ),
             _ => None,
         };
-        let seccomp = match &linux.seccomp {
-            Some(profile) => Some(
-                seccomp::compile(profile).map_err(|e| spec_error(format!("linux.seccomp: {e}")))?,
-            ),
-            None => None,
-        };
-
         let hook_kinds = [
             hooks::Kind::Prestart,
             hooks::Kind::CreateRuntime,
@@ -883,28 +837,8 @@ impl Plan {
             }
         }
 
-        // Process.
-        if !process.cwd.starts_with('/') {
-            return Err(spec_error(format!(
-                "process.cwd {:?} is not absolute",
-                process.cwd
-            )));
-        }
-        let program = process.args[0].clone();
-        let path_var = process
-            .env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        let exec_candidates = if program.contains('/') {
-            vec![cstring("process.args[0]", &program)?]
-        } else {
-            path_var
-                .split(':')
-                .filter(|d| !d.is_empty())
-                .map(|d| cstring("PATH", format!("{}/{program}", d.trim_end_matches('/'))))
-                .collect::<Result<_, _>>()?
-        };
+        let process_plan = ProcessPlan::new(process, linux.seccomp.as_ref())?;
+        check_console(process_plan.terminal, opts.console_socket.as_deref())?;
 
         Ok(Plan {
             clone_flags,
@@ -929,28 +863,8 @@ impl Plan {
             readonly_root: root.readonly,
             masked: linux.masked_paths.clone(),
             readonly_paths: linux.readonly_paths.clone(),
-            rlimits,
-            cwd: cstring("process.cwd", &process.cwd)?,
-            uid: process.user.uid,
-            gid: process.user.gid,
-            groups: process.user.additional_gids.clone(),
-            caps,
-            last_cap: caps::last_cap(),
-            no_new_privs: process.no_new_privileges,
-            seccomp,
+            process: process_plan,
             device_filter,
-            exec_candidates,
-            program,
-            argv: process
-                .args
-                .iter()
-                .map(|a| cstring("process.args", a))
-                .collect::<Result<_, _>>()?,
-            envp: process
-                .env
-                .iter()
-                .map(|e| cstring("process.env", e))
-                .collect::<Result<_, _>>()?,
             cgroup,
             create_container_hooks,
             start_container_hooks,
@@ -961,6 +875,22 @@ impl Plan {
     /// Whether the child must wait for the parent after clone.
     fn needs_sync(&self) -> bool {
         self.userns || self.oom_score_adj.is_some()
+    }
+}
+
+/// A terminal needs a console socket to send it to, and a console socket a
+/// terminal to send (runc refuses both mismatches, too).
+fn check_console(terminal: bool, socket: Option<&Path>) -> Result<(), StartError> {
+    match (terminal, socket) {
+        (true, None) => Err(spec_error(
+            "process.terminal is set but no --console-socket was given: the runtime sends \
+             the terminal's master to that socket (or set process.terminal to false)",
+        )),
+        (false, Some(path)) => Err(spec_error(format!(
+            "--console-socket {} was given but process.terminal is false",
+            path.display()
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -1006,24 +936,20 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
     } else {
         None
     };
+    let console = match (&opts.console_socket, plan.process.terminal) {
+        (Some(path), true) => Some(console::connect(path).map_err(StartError::parent(format!(
+            "connect to the console socket {}",
+            path.display()
+        )))?),
+        _ => None,
+    };
     let hook_pipe = if plan.hook_channel {
         Some(sys::pipe().map_err(StartError::parent("create hook pipe"))?)
     } else {
         None
     };
 
-    let argv: Vec<*const libc::c_char> = plan
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
-    let envp: Vec<*const libc::c_char> = plan
-        .envp
-        .iter()
-        .map(|e| e.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
+    let (argv, envp) = plan.process.exec_arrays();
 
     // SAFETY: hafen-init is single-threaded; the child below only makes
     // system calls on data prepared above, then execs or exits.
@@ -1053,6 +979,7 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
                 gate: gate.as_ref().map(|(r, _)| r.as_raw_fd()),
                 err: err_w.as_raw_fd(),
                 hooks: hook_pipe.as_ref().map(|r| r.as_raw_fd()),
+                console: console.as_ref().map(|c| c.as_fd()),
             };
             let (step, path, errno) = child::run(&plan, &ends, &argv, &envp);
             report_and_exit(err_w.as_raw_fd(), step, &path, errno)

@@ -247,6 +247,7 @@ fn log_line(globals: &Globals, level: &str, message: &str) {
 struct CommandArgs {
     bundle: PathBuf,
     pid_file: Option<PathBuf>,
+    console_socket: Option<PathBuf>,
     force: bool,
     positional: Vec<String>,
 }
@@ -255,6 +256,7 @@ fn parse_command_args(args: &[String]) -> Result<CommandArgs, RuntimeError> {
     let mut out = CommandArgs {
         bundle: PathBuf::from("."),
         pid_file: None,
+        console_socket: None,
         force: false,
         positional: Vec::new(),
     };
@@ -270,13 +272,14 @@ fn parse_command_args(args: &[String]) -> Result<CommandArgs, RuntimeError> {
             "--pid-file" => out.pid_file = Some(PathBuf::from(value("--pid-file")?)),
             "--force" | "-f" => out.force = true,
             "--console-socket" => {
-                return Err(err(
-                    "--console-socket (terminal containers) is not supported yet",
-                ))
+                out.console_socket = Some(PathBuf::from(value("--console-socket")?))
             }
             "--no-pivot" | "--no-new-keyring" | "--detach" | "-d" | "--all" | "-a" => {}
             s if s.starts_with("--bundle=") => out.bundle = PathBuf::from(&s[9..]),
             s if s.starts_with("--pid-file=") => out.pid_file = Some(PathBuf::from(&s[11..])),
+            s if s.starts_with("--console-socket=") => {
+                out.console_socket = Some(PathBuf::from(&s[17..]))
+            }
             s if s.starts_with('-')
                 && s.len() > 1
                 && !s[1..].chars().all(|c| c.is_ascii_digit())
@@ -423,6 +426,7 @@ fn create_container(
             .unwrap_or_else(|| PathBuf::from(cgroup::CGROUP_ROOT)),
         scratch_root: globals.root.join(".scratch").to_string_lossy().into_owned(),
         hooks: true,
+        console_socket: args.console_socket.clone(),
     };
     let spawned = match container::spawn(&spec, &bundle, &opts) {
         Ok(s) => s,
