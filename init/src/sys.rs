@@ -233,6 +233,14 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
+    /// The shell's convention: the exit code, or 128+N when killed by signal N.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Code(code) => code,
+            ExitStatus::Signal(sig) => 128 + sig,
+        }
+    }
+
     /// Decodes a wait status from waitpid(2).
     fn from_wait(status: libc::c_int) -> ExitStatus {
         if libc::WIFSIGNALED(status) {

@@ -12,6 +12,7 @@ pub mod cgroup;
 mod child;
 pub mod console;
 pub mod devices;
+pub mod exec;
 pub mod hooks;
 mod process;
 pub mod procfs;

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use hafen_proto::spec::{Hooks, Spec};
 use serde::{Deserialize, Serialize};
+
+mod exec;
 
 use crate::container::{self, cgroup, hooks, SpawnOptions, StdioMode};
 use crate::sys::{self, ExitStatus, SigSet};
@@ -21,12 +23,19 @@ const DEFAULT_ROOT: &str = "/run/hafen-runtime";
 const USAGE: &str =
     "usage: hafen-init runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND | --version
 commands:
-  create [--bundle DIR] [--pid-file FILE] ID   set up the container; it waits before exec
-  start ID                                     let a created container exec its process
-  state ID                                     print the OCI state JSON
-  kill ID [SIGNAL]                             send SIGNAL (name or number; default TERM)
-  delete [--force] ID                          remove a stopped container (--force kills it)
-  run [--bundle DIR] [--pid-file FILE] ID      create, start, wait; exit with its status";
+  create [--bundle DIR] [--pid-file FILE] [--console-socket SOCK] ID
+                         set up the container; it waits before exec
+  start ID               let a created container exec its process
+  state ID               print the OCI state JSON
+  kill ID [SIGNAL]       send SIGNAL (name or number; default TERM)
+  delete [--force] ID    remove a stopped container (--force kills it first)
+  run [--bundle DIR] [--pid-file FILE] [--console-socket SOCK] ID
+                         create, start, wait; exit with its status
+  exec [--process FILE] [--detach] [--pid-file FILE] [--console-socket SOCK] [--tty]
+       [--cwd DIR] [--env K=V]... [--user UID[:GID]] [--additional-gids GID]...
+       [--cap CAP]... [--no-new-privs] ID [CMD ARGS...]
+                         run another process in the container; without --detach,
+                         wait and exit with its status";
 
 /// A runtime command failed; the message is for the user.
 #[derive(Debug)]
@@ -198,6 +207,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         "kill" => kill(&globals, rest),
         "delete" => delete(&globals, rest),
         "run" => run(&globals, rest),
+        "exec" => exec::main(&globals, rest),
         other => Err(err(format!("unknown command {other:?}\n{USAGE}"))),
     };
     match result {
@@ -293,9 +303,8 @@ fn parse_command_args(args: &[String]) -> Result<CommandArgs, RuntimeError> {
     Ok(out)
 }
 
-fn container_id(args: &CommandArgs) -> Result<&str, RuntimeError> {
-    let id = args
-        .positional
+fn container_id(positional: &[String]) -> Result<&str, RuntimeError> {
+    let id = positional
         .first()
         .ok_or_else(|| err("missing container ID"))?;
     let valid = !id.is_empty()
@@ -403,7 +412,7 @@ fn create_container(
     args: &CommandArgs,
     gate: bool,
 ) -> Result<Saved, RuntimeError> {
-    let id = container_id(args)?;
+    let id = container_id(&args.positional)?;
     let bundle = std::fs::canonicalize(&args.bundle)
         .map_err(|e| err(format!("bundle {}: {e}", args.bundle.display())))?;
     let spec = read_spec(&bundle)?;
@@ -464,10 +473,21 @@ fn create_container(
     };
     save(globals, &saved)?;
     if let Some(pid_file) = &args.pid_file {
-        std::fs::write(pid_file, saved.pid.to_string())
-            .map_err(|e| err(format!("cannot write {}: {e}", pid_file.display())))?;
+        write_pid_file(pid_file, saved.pid)?;
     }
     Ok(saved)
+}
+
+/// Writes `pid` to `path` whole or not at all (callers poll for the file).
+fn write_pid_file(path: &Path, pid: libc::pid_t) -> Result<(), RuntimeError> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, pid.to_string())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            err(format!("cannot write the pid file {}: {e}", path.display()))
+        })
 }
 
 fn create(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
@@ -478,7 +498,7 @@ fn create(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
 
 fn start(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
     let args = parse_command_args(args)?;
-    let id = container_id(&args)?;
+    let id = container_id(&args.positional)?;
     let mut saved = load(globals, id)?;
     match status(&saved) {
         Status::Created => {}
@@ -494,7 +514,7 @@ fn start(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
 
 fn state(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
     let args = parse_command_args(args)?;
-    let id = container_id(&args)?;
+    let id = container_id(&args.positional)?;
     let saved = load(globals, id)?;
     let status = status(&saved);
     let state = State {
@@ -517,7 +537,7 @@ fn state(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
 
 fn kill(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
     let args = parse_command_args(args)?;
-    let id = container_id(&args)?;
+    let id = container_id(&args.positional)?;
     let signal = match args.positional.get(1) {
         None => libc::SIGTERM,
         Some(s) => {
@@ -542,7 +562,7 @@ fn kill(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
 
 fn delete(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
     let args = parse_command_args(args)?;
-    let id = container_id(&args)?;
+    let id = container_id(&args.positional)?;
     let saved = match load(globals, id) {
         // Nothing to delete is what --force asks for (runc and crun exit 0).
         Err(_) if args.force && !state_dir(globals, id).exists() => return Ok(0),
@@ -601,48 +621,51 @@ const FORWARDED: &[i32] = &[
     libc::SIGCONT,
 ];
 
-fn run(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
-    let args = parse_command_args(args)?;
-    // Block before the child exists, so neither its exit nor a signal for it is lost.
+/// Blocks the signals a foreground command forwards (and SIGCHLD) and
+/// returns a signalfd for them: called before the process exists, so
+/// neither its exit nor a signal meant for it is lost.
+fn block_forwarded() -> Result<OwnedFd, RuntimeError> {
     let mut handled = FORWARDED.to_vec();
     handled.push(libc::SIGCHLD);
     let set = SigSet::of(&handled);
     set.block()
         .map_err(|e| err(format!("block signals: {e}")))?;
-    let signals = set.signalfd().map_err(|e| err(format!("signalfd: {e}")))?;
-    let saved = create_container(globals, &args, false)?;
-    saved.run_hooks(globals, hooks::Kind::Poststart, saved.pid);
-    let status = loop {
-        match sys::read_signal(&signals) {
+    set.signalfd().map_err(|e| err(format!("signalfd: {e}")))
+}
+
+/// Forwards signals to `pid` until it exits; reaps every child meanwhile.
+fn wait_forwarding(signals: &OwnedFd, pid: libc::pid_t) -> Result<ExitStatus, RuntimeError> {
+    loop {
+        match sys::read_signal(signals) {
             Ok(Some(libc::SIGCHLD)) | Ok(None) => {}
             Ok(Some(sig)) => {
-                let _ = sys::kill(saved.pid, sig);
+                let _ = sys::kill(pid, sig);
             }
             Err(e) => return Err(err(format!("read signals: {e}"))),
         }
         let mut exited = None;
-        while let Ok(Some((pid, status))) = sys::reap_one() {
-            if pid == saved.pid {
+        while let Ok(Some((reaped, status))) = sys::reap_one() {
+            if reaped == pid {
                 exited = Some(status);
             }
         }
         if let Some(status) = exited {
-            break status;
+            return Ok(status);
         }
-        let mut pfd = libc::pollfd {
-            fd: signals.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: pfd is a valid pollfd array of length 1.
-        unsafe { libc::poll(&mut pfd, 1, -1) };
-    };
+        sys::poll_readable(signals.as_raw_fd(), -1)
+            .map_err(|e| err(format!("wait for signals: {e}")))?;
+    }
+}
+
+fn run(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
+    let args = parse_command_args(args)?;
+    let signals = block_forwarded()?;
+    let saved = create_container(globals, &args, false)?;
+    saved.run_hooks(globals, hooks::Kind::Poststart, saved.pid);
+    let status = wait_forwarding(&signals, saved.pid)?;
     cleanup(globals, &saved);
     saved.run_hooks(globals, hooks::Kind::Poststop, 0);
-    Ok(match status {
-        ExitStatus::Code(code) => code,
-        ExitStatus::Signal(sig) => 128 + sig,
-    })
+    Ok(status.code())
 }
 
 #[cfg(test)]
@@ -659,14 +682,14 @@ mod tests {
         assert_eq!(parsed.pid_file, Some(PathBuf::from("/p")));
         assert!(parsed.force);
         assert_eq!(parsed.positional, ["c1", "KILL"]);
-        assert_eq!(container_id(&parsed).expect("valid"), "c1");
+        assert_eq!(container_id(&parsed.positional).expect("valid"), "c1");
     }
 
     #[test]
     fn ids_that_could_escape_the_state_root_are_refused() {
         for bad in ["..", "a/b", "", "x y"] {
             let parsed = parse_command_args(&[bad.to_owned()]).expect("parses");
-            assert!(container_id(&parsed).is_err(), "{bad:?}");
+            assert!(container_id(&parsed.positional).is_err(), "{bad:?}");
         }
         assert!(parse_command_args(&["--bogus".into()]).is_err());
     }

@@ -1,0 +1,218 @@
+//! Starting another process inside a running container (`hafen-init
+//! runtime exec` today, PID 1's `hafen exec` next): it joins the container
+//! init's namespaces, root and cgroup, then becomes the given process with
+//! exactly the steps the container's first process took
+//! ([`super::process`]).
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use hafen_proto::spec::{Process, Seccomp};
+use rustix::fs::{Mode, OFlags};
+
+use super::child::{fail, fail_io, Failure};
+use super::process::ProcessPlan;
+use super::{
+    check_console, clone_child, console, read_child_error, report_and_exit, Spawned, StartError,
+    StdioMode, Step,
+};
+use crate::sys::{self, CloneResult};
+
+/// The running container to enter.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// Its init process, as we see it.
+    pub pid: libc::pid_t,
+    /// Its cgroup directory, when it has one.
+    pub cgroup: Option<&'a Path>,
+}
+
+/// How to start the process.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// Where its stdio goes (a terminal overrides it).
+    pub stdio: StdioMode,
+    /// Where to send the terminal's master when `process.terminal` is set.
+    pub console_socket: Option<PathBuf>,
+}
+
+/// Namespaces in the order they are joined: the user namespace first, so
+/// the others are joined with the privileges it grants.
+const NAMESPACES: [(&str, libc::c_int); 6] = [
+    ("user", libc::CLONE_NEWUSER),
+    ("mnt", libc::CLONE_NEWNS),
+    ("uts", libc::CLONE_NEWUTS),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("net", libc::CLONE_NEWNET),
+    ("cgroup", libc::CLONE_NEWCGROUP),
+];
+
+/// Opens `/proc/PID/ns/NAME`; `None` when it is the namespace we are in.
+fn foreign_namespace(pid: libc::pid_t, name: &str) -> Result<Option<OwnedFd>, StartError> {
+    let open = |path: &str| {
+        rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| {
+            StartError::Parent {
+                what: format!("open {path} (is the container still running?)"),
+                source: e.into(),
+            }
+        })
+    };
+    let theirs = open(&format!("/proc/{pid}/ns/{name}"))?;
+    let ours = open(&format!("/proc/self/ns/{name}"))?;
+    let id = |fd: &OwnedFd| rustix::fs::fstat(fd).map(|st| (st.st_dev, st.st_ino));
+    match (id(&theirs), id(&ours)) {
+        (Ok(a), Ok(b)) if a == b => Ok(None),
+        _ => Ok(Some(theirs)),
+    }
+}
+
+/// Starts `process` inside the container `target`; `seccomp` is the
+/// container's filter. Returns once the process has exec'd (or failed to).
+pub fn exec(
+    target: Target<'_>,
+    process: &Process,
+    seccomp: Option<&Seccomp>,
+    opts: &ExecOptions,
+) -> Result<Spawned, StartError> {
+    let plan = ProcessPlan::new(process, seccomp)?;
+    check_console(plan.terminal, opts.console_socket.as_deref())?;
+    let pid = target.pid;
+
+    // 1. Everything of the container we enter, by handle.
+    let mut joins = Vec::new();
+    for (name, flag) in NAMESPACES {
+        if let Some(fd) = foreign_namespace(pid, name)? {
+            joins.push((fd, flag, name));
+        }
+    }
+    let pidns = foreign_namespace(pid, "pid")?;
+    let root_path = format!("/proc/{pid}/root");
+    let root = rustix::fs::open(
+        root_path.as_str(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| StartError::Parent {
+        what: format!("open {root_path}"),
+        source: e.into(),
+    })?;
+    let cgroup = match target.cgroup {
+        Some(dir) => Some(
+            rustix::fs::open(
+                dir,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| StartError::Parent {
+                what: format!("open the container's cgroup {}", dir.display()),
+                source: e.into(),
+            })?,
+        ),
+        None => None,
+    };
+
+    // 2. Pipes, the console socket and exec's arrays, all before clone.
+    let null = std::fs::File::open("/dev/null").map_err(StartError::parent("open /dev/null"))?;
+    let output = match opts.stdio {
+        StdioMode::Pipe => Some(sys::pipe().map_err(StartError::parent("create output pipe"))?),
+        StdioMode::Inherit => None,
+    };
+    let (err_r, err_w) = sys::pipe().map_err(StartError::parent("create error pipe"))?;
+    let console = match (&opts.console_socket, plan.terminal) {
+        (Some(path), true) => Some(console::connect(path).map_err(StartError::parent(format!(
+            "connect to the console socket {}",
+            path.display()
+        )))?),
+        _ => None,
+    };
+    let (argv, envp) = plan.exec_arrays();
+
+    // SAFETY: hafen-init is single-threaded; the child only makes system
+    // calls on what was prepared above, then execs or exits.
+    let cloned = unsafe {
+        clone_child(
+            0,
+            cgroup.as_ref().map(|fd| fd.as_raw_fd()),
+            pidns.as_ref().map(|fd| fd.as_raw_fd()),
+        )
+    };
+    match cloned.map_err(StartError::parent("clone"))? {
+        CloneResult::Child => {
+            let out = output.as_ref().map(|(_, w)| w);
+            let failure = enter(&joins, &root, &null, out, console.as_ref(), &plan)
+                .err()
+                .unwrap_or_else(|| plan.exec(&argv, &envp));
+            let (step, path, errno) = failure;
+            report_and_exit(err_w.as_raw_fd(), step, &path, errno)
+        }
+        CloneResult::Parent(child) => {
+            drop(err_w);
+            let output = output.map(|(r, w)| {
+                drop(w);
+                r
+            });
+            let mut no_hooks = || Ok(());
+            match read_child_error(&err_r, false, &mut no_hooks) {
+                Some(e) => Err(e),
+                None => {
+                    if let Some(out) = &output {
+                        sys::set_nonblocking(out.as_raw_fd())
+                            .map_err(StartError::parent("set output pipe non-blocking"))?;
+                    }
+                    Ok(Spawned {
+                        pid: child,
+                        output,
+                        gate_fds: None,
+                        cgroup: None,
+                        shared_root: None,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// The child's steps: a clean signal state and session, stdio, the
+/// container's namespaces and root, the terminal, then the process.
+fn enter(
+    joins: &[(OwnedFd, libc::c_int, &str)],
+    root: &OwnedFd,
+    null: &std::fs::File,
+    out: Option<&OwnedFd>,
+    console: Option<&OwnedFd>,
+    plan: &ProcessPlan,
+) -> Result<(), Failure> {
+    // 1. Signal state, session, stdio.
+    sys::SigSet::of(&[])
+        .set_mask()
+        .map_err(fail_io(Step::Stdio, "signal mask"))?;
+    sys::reset_signal_dispositions();
+    sys::setsid().map_err(fail_io(Step::Stdio, "setsid"))?;
+    if let Some(out) = out {
+        sys::dup2(null.as_raw_fd(), 0).map_err(fail_io(Step::Stdio, "stdin"))?;
+        sys::dup2(out.as_raw_fd(), 1).map_err(fail_io(Step::Stdio, "stdout"))?;
+        sys::dup2(out.as_raw_fd(), 2).map_err(fail_io(Step::Stdio, "stderr"))?;
+    }
+
+    // 2. Namespaces, user first (the pid namespace was joined at clone).
+    for (fd, flag, name) in joins {
+        sys::setns(fd.as_raw_fd(), *flag).map_err(fail_io(
+            Step::JoinNamespace,
+            &format!("/proc/PID/ns/{name}"),
+        ))?;
+    }
+
+    // 3. The container's root (after the mount namespace, whose own root
+    //    may not be it when the container shares ours and chrooted).
+    rustix::process::fchdir(root).map_err(fail(Step::PivotRoot, "container root"))?;
+    rustix::process::chroot(".").map_err(fail(Step::PivotRoot, "container root"))?;
+    rustix::process::chdir("/").map_err(fail(Step::PivotRoot, "/"))?;
+
+    // 4. The terminal, from the container's devpts.
+    if let Some(socket) = console {
+        console::attach(socket.as_fd(), plan.console_size, false)?;
+    }
+
+    // 5. The process itself.
+    plan.become_it()
+}
