@@ -52,6 +52,9 @@ pub unsafe fn clone_process(flags: libc::c_int) -> io::Result<CloneResult> {
     }
 }
 
+/// clone3's flag to start the child in a cgroup (not in libc yet).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
 /// `struct clone_args` for clone3(2).
 #[repr(C)]
 #[derive(Default)]
@@ -75,20 +78,28 @@ struct CloneArgs {
 /// # Safety
 /// The same rules as [`clone_process`].
 pub unsafe fn clone_into_cgroup(flags: libc::c_int, cgroup: RawFd) -> io::Result<CloneResult> {
-    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     let mut args = CloneArgs {
         flags: flags as u32 as u64 | CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
         cgroup: cgroup as u64,
         ..CloneArgs::default()
     };
+    // SAFETY: the caller upholds the rules for the child.
+    unsafe { clone3(&mut args) }
+}
+
+/// clone3(2) with `args`.
+///
+/// # Safety
+/// The same rules as [`clone_process`].
+unsafe fn clone3(args: &mut CloneArgs) -> io::Result<CloneResult> {
     // SAFETY: args is a valid clone_args of the size we pass; a zero stack
     // makes the child run on a copy of ours, like fork. The caller upholds
     // the rules for the child.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
+            args as *mut CloneArgs,
             std::mem::size_of::<CloneArgs>(),
         )
     };
@@ -106,7 +117,6 @@ pub unsafe fn clone_into_cgroup(flags: libc::c_int, cgroup: RawFd) -> io::Result
 /// # Safety
 /// The same rules as [`clone_process`].
 pub unsafe fn clone_sibling(flags: libc::c_int, cgroup: Option<RawFd>) -> io::Result<CloneResult> {
-    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     let mut args = CloneArgs {
         flags: flags as u32 as u64 | libc::CLONE_PARENT as u64,
         // With CLONE_PARENT the kernel takes the exit signal from the caller
@@ -118,18 +128,8 @@ pub unsafe fn clone_sibling(flags: libc::c_int, cgroup: Option<RawFd>) -> io::Re
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = fd as u64;
     }
-    // SAFETY: as in clone_into_cgroup; the caller upholds the rules for the child.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    match check(ret)? {
-        0 => Ok(CloneResult::Child),
-        pid => Ok(CloneResult::Parent(pid as libc::pid_t)),
-    }
+    // SAFETY: the caller upholds the rules for the child.
+    unsafe { clone3(&mut args) }
 }
 
 /// Waits (blocking) for any child to exit; `None` when there are none left.

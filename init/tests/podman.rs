@@ -29,6 +29,8 @@
 //! Every run needs `--ulimit nofile=1024:1024 --ulimit nproc=4096:4096`:
 //! this host's root cannot raise rlimits above the current hard limits.
 
+mod support;
+
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -256,21 +258,7 @@ runtime_supports_json = ["runc", "crun", "hafen-runtime"]
     }
 
     fn import_busybox(&self) {
-        let bin = self.path("rootfs/bin");
-        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
-        let list = Command::new("/bin/busybox")
-            .arg("--list")
-            .output()
-            .expect("busybox --list");
-        for applet in String::from_utf8_lossy(&list.stdout)
-            .lines()
-            .filter(|a| *a != "busybox")
-        {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
-        }
-        for d in ["proc", "sys", "dev", "tmp", "etc"] {
-            std::fs::create_dir_all(self.path("rootfs").join(d)).expect("mkdir");
-        }
+        support::busybox_rootfs(&self.path("rootfs"));
         let tar = self.path("rootfs.tar");
         let status = Command::new("tar")
             .arg("-C")

@@ -9,7 +9,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use hafen_proto::spec::DeviceRule;
+use hafen_proto::spec::{Device, DeviceRule};
 
 const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_PROG_ATTACH: libc::c_int = 8;
@@ -59,13 +59,9 @@ pub struct Filter {
 
 /// Device rules every container with a device policy gets after the spec's
 /// own (so they win, as the last matching rule decides): the nodes the
-/// runtime creates in every container's /dev and a terminal needs. Creating
-/// any node (`m`) stays allowed, as in runc and crun, so `linux.devices`
-/// nodes can be made; whether one may be opened is the spec's rules' call.
+/// runtime creates in every container's /dev and a terminal needs.
 /// (type, major, minor, access); -1 is any.
 const DEFAULT_RULES: &[(&str, i64, i64, &str)] = &[
-    ("c", -1, -1, "m"),
-    ("b", -1, -1, "m"),
     ("c", 1, 3, "rwm"),    // null
     ("c", 1, 5, "rwm"),    // zero
     ("c", 1, 7, "rwm"),    // full
@@ -77,18 +73,36 @@ const DEFAULT_RULES: &[(&str, i64, i64, &str)] = &[
     ("c", 136, -1, "rwm"), // /dev/pts/*
 ];
 
-/// The spec's rules followed by [`DEFAULT_RULES`].
-pub fn with_defaults(rules: &[DeviceRule]) -> Vec<DeviceRule> {
+/// The spec's rules followed by [`DEFAULT_RULES`] and, for each of the
+/// spec's `linux.devices` nodes, the right to create it (`m`): the runtime
+/// makes them from inside the container's cgroup. Whether one may be
+/// opened stays the spec's rules' call. (runc and crun let a container
+/// create any node; this keeps `mknod` of anything else refused.)
+pub fn with_defaults(rules: &[DeviceRule], nodes: &[Device]) -> Vec<DeviceRule> {
+    let rule = |kind: &str, major: i64, minor: i64, access: &str| DeviceRule {
+        allow: true,
+        kind: Some(kind.to_owned()),
+        major: Some(major),
+        minor: Some(minor),
+        access: Some(access.to_owned()),
+    };
     let defaults = DEFAULT_RULES
         .iter()
-        .map(|&(kind, major, minor, access)| DeviceRule {
-            allow: true,
-            kind: Some(kind.to_owned()),
-            major: Some(major),
-            minor: Some(minor),
-            access: Some(access.to_owned()),
-        });
-    rules.iter().cloned().chain(defaults).collect()
+        .map(|&(kind, major, minor, access)| rule(kind, major, minor, access));
+    let creatable = nodes.iter().filter_map(|d| {
+        let kind = match d.kind.as_str() {
+            "c" | "u" => "c",
+            "b" => "b",
+            _ => return None,
+        };
+        Some(rule(kind, d.major, d.minor, "m"))
+    });
+    rules
+        .iter()
+        .cloned()
+        .chain(defaults)
+        .chain(creatable)
+        .collect()
 }
 
 /// Compiles device rules; an error names the rule.
@@ -317,7 +331,16 @@ mod tests {
     #[test]
     fn a_deny_all_rule_still_leaves_the_default_devices_usable() {
         let deny_all = [rule(false, None, None, None, Some("rwm"))];
-        let f = compile(&with_defaults(&deny_all)).expect("compiles");
+        let loop0 = Device {
+            path: "/dev/loop0".into(),
+            kind: "b".into(),
+            major: 7,
+            minor: 0,
+            file_mode: None,
+            uid: None,
+            gid: None,
+        };
+        let f = compile(&with_defaults(&deny_all, &[loop0])).expect("compiles");
         let rw = ACC_READ | ACC_WRITE;
         for (major, minor, name) in [
             (1, 3, "null"),
@@ -337,13 +360,14 @@ mod tests {
         assert_eq!(
             verdict(&f, DEV_BLOCK, ACC_MKNOD, 7, 0),
             1,
-            "any node may be created, as in runc"
+            "a linux.devices node may be created"
         );
+        assert_eq!(verdict(&f, DEV_BLOCK, ACC_MKNOD, 8, 0), 0, "others may not");
         let deny_null = [
             rule(false, None, None, None, Some("rwm")),
             rule(false, Some("c"), Some(1), Some(3), Some("rwm")),
         ];
-        let f = compile(&with_defaults(&deny_null)).expect("compiles");
+        let f = compile(&with_defaults(&deny_null, &[])).expect("compiles");
         assert_eq!(
             verdict(&f, DEV_CHAR, rw, 1, 3),
             1,

@@ -809,7 +809,7 @@ impl Plan {
         // (a hybrid host) the rules cannot be enforced and are left out.
         let device_filter = match linux.resources.as_ref().map(|r| r.devices.as_slice()) {
             Some(rules) if !rules.is_empty() && cgroup.is_some() => Some(
-                devices::compile(&devices::with_defaults(rules))
+                devices::compile(&devices::with_defaults(rules, &linux.devices))
                     .map_err(|e| spec_error(format!("linux.resources.{e}")))?,
             ),
             _ => None,

@@ -2,7 +2,7 @@
 //! dir, driven through `hafen-init runtime` on one of two cgroup layouts.
 //!
 //! Not every test file uses every helper.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -104,6 +104,27 @@ macro_rules! layout_tests {
 }
 pub(crate) use layout_tests;
 
+/// Fills `root` with Debian's static busybox, a link per applet in /bin,
+/// and the empty directories a container's mounts need.
+pub fn busybox_rootfs(root: &Path) {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
+    }
+    for d in ["proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+}
+
 /// This host's cgroup v2 hierarchy as the test process sees it: the
 /// hybrid layout's /sys/fs/cgroup/unified, or /sys/fs/cgroup itself.
 pub fn cgroup_v2_root() -> PathBuf {
@@ -182,22 +203,7 @@ pub struct Bundle {
 impl Bundle {
     pub fn new(layout: Layout, args: &[&str]) -> Bundle {
         let dir = tempfile::tempdir().expect("tempdir");
-        let bin = dir.path().join("rootfs/bin");
-        std::fs::create_dir_all(&bin).expect("mkdir");
-        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
-        let list = Command::new("/bin/busybox")
-            .arg("--list")
-            .output()
-            .expect("busybox --list");
-        for applet in String::from_utf8_lossy(&list.stdout)
-            .lines()
-            .filter(|a| *a != "busybox")
-        {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
-        }
-        for d in ["proc", "sys", "dev", "tmp", "etc"] {
-            std::fs::create_dir_all(dir.path().join("rootfs").join(d)).expect("mkdir");
-        }
+        busybox_rootfs(&dir.path().join("rootfs"));
         let config = json!({
             "ociVersion": "1.0.2",
             "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/"},
