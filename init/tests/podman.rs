@@ -20,7 +20,9 @@
 //! (podman 4.3 creates a blob cache in /var/lib/containers whatever its
 //! storage root is, and keeps it in memory when it cannot) and a /tmp of
 //! its own (conmon makes its console sockets in /tmp, and leaves them when
-//! the runtime fails); the test's files are under Cargo's target/tmp.
+//! the runtime fails); the test's files are under Cargo's target/tmp (or
+//! /var/tmp when that is under /tmp), with copies of the runtime and its
+//! logging wrapper.
 //! podman's storage, state, configuration, events and the runtime's state
 //! all live in the test's temp dir; containers.conf, registries.conf and
 //! storage.conf are the test's own, so the host's configuration is never
@@ -65,6 +67,18 @@ fn runtime_under_test() -> (String, PathBuf) {
             "hafen-runtime".to_owned(),
             PathBuf::from(env!("CARGO_BIN_EXE_hafen-init")),
         ),
+    }
+}
+
+/// Where the tests' files go: Cargo's target/tmp, unless that is under /tmp,
+/// which the namespace replaces with a /tmp of its own (conmon makes its
+/// console sockets there, and leaves them when the runtime fails).
+fn files_base() -> PathBuf {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    if target.starts_with("/tmp") {
+        PathBuf::from("/var/tmp")
+    } else {
+        target.to_owned()
     }
 }
 
@@ -157,25 +171,25 @@ impl Podman {
             Path::new("/usr/bin/podman").exists(),
             "podman is missing: run scripts/setup.sh"
         );
-        // Not under /tmp: the namespace has a /tmp of its own.
         let dir = tempfile::Builder::new()
-            .prefix("podman-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .prefix("hafen-podman-")
+            .tempdir_in(files_base())
             .expect("tempdir");
         let root = dir.path();
         for d in ["rt/real", "tmp", "net", "hooks", "home", "rootfs/bin"] {
             std::fs::create_dir_all(root.join(d)).expect("mkdir");
         }
-        // The runtime: the logging wrapper under the runtime's own name, in front of the real one.
+        // The runtime: the logging wrapper under the runtime's own name, in
+        // front of the real one. Copies, not links: the checkout may be under
+        // /tmp, which the namespace does not see.
         let (name, real) = runtime_under_test();
         let runtime = root.join("rt").join(&name);
-        std::os::unix::fs::symlink(
+        std::fs::copy(
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/podman-runtime-log.sh"),
             &runtime,
         )
-        .expect("symlink the wrapper");
-        std::os::unix::fs::symlink(&real, root.join("rt/real").join(&name))
-            .expect("symlink the runtime");
+        .expect("copy the wrapper");
+        std::fs::copy(&real, root.join("rt/real").join(&name)).expect("copy the runtime");
         let cgroup_parent = format!(
             "/hafen-podman-test-{}-{}",
             std::process::id(),
