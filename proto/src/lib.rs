@@ -3,11 +3,15 @@
 //! The image `hafen build` writes and the guest `hafen-init` reads meet here:
 //! the subset of the OCI runtime spec Hafen understands ([`spec`]), the
 //! `org.hafen.*` annotations that carry Hafen's policy ([`annotations`]),
-//! where things live in the guest ([`layout`]) and signal names ([`signal`]).
+//! where things live in the guest ([`layout`]), signal names ([`signal`]),
+//! and the control channel between the host's monitor and PID 1: its frames
+//! ([`frame`]) and messages ([`control`]).
 //! Keeping them in one crate means the two sides cannot drift apart.
 
 pub mod annotations;
 pub mod capability;
+pub mod control;
+pub mod frame;
 pub mod image;
 pub mod layout;
 pub mod rlimit;
