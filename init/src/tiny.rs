@@ -216,9 +216,9 @@ fn parse(args: Vec<OsString>) -> Parsed {
     Parsed::Run(o)
 }
 
-/// The leading integer of `text` as C's strtol reads it: optional blanks, an
-/// optional sign, digits (none reads as 0); `None` when anything follows.
-fn strtol(text: &[u8]) -> Option<i64> {
+/// C's reading of a leading integer: optional blanks, an optional sign,
+/// then digits. Returns the sign, the digits and what follows them.
+fn leading_integer(text: &[u8]) -> (bool, &[u8], &[u8]) {
     let start = text
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -229,15 +229,29 @@ fn strtol(text: &[u8]) -> Option<i64> {
         rest = &rest[1..];
     }
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 {
+    (negative, &rest[..digits], &rest[digits..])
+}
+
+/// The value of decimal `digits`, saturating.
+fn decimal(digits: &[u8]) -> i64 {
+    digits.iter().fold(0i64, |n, &d| {
+        n.saturating_mul(10).saturating_add(i64::from(d - b'0'))
+    })
+}
+
+/// The leading integer of `text` as C's strtol reads it: optional blanks, an
+/// optional sign, digits (none reads as 0); `None` when anything follows.
+fn strtol(text: &[u8]) -> Option<i64> {
+    let (negative, digits, after) = leading_integer(text);
+    if digits.is_empty() {
         // strtol leaves its end pointer at the very start: only an empty
         // argument is then consumed whole.
         return text.is_empty().then_some(0);
     }
-    let magnitude = rest[..digits].iter().fold(0i64, |n, &d| {
-        n.saturating_mul(10).saturating_add(i64::from(d - b'0'))
-    });
-    (digits == rest.len()).then_some(if negative { -magnitude } else { magnitude })
+    let magnitude = decimal(digits);
+    after
+        .is_empty()
+        .then_some(if negative { -magnitude } else { magnitude })
 }
 
 /// A `-e` value: tini takes what strtol reads whole, from 0 to 255.
@@ -250,21 +264,8 @@ fn exit_code(text: &[u8]) -> Option<i32> {
 /// `TINI_VERBOSITY` as tini reads it (atoi into an unsigned level): a leading
 /// integer or 0; a negative level wraps around to "everything".
 fn verbosity_from_env(text: &[u8]) -> u32 {
-    let start = text
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(text.len());
-    let mut rest = &text[start..];
-    let negative = rest.first() == Some(&b'-');
-    if matches!(rest.first(), Some(b'-' | b'+')) {
-        rest = &rest[1..];
-    }
-    let value = rest
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .fold(0i32, |n, &d| {
-            n.saturating_mul(10).saturating_add(i32::from(d - b'0'))
-        });
+    let (negative, digits, _) = leading_integer(text);
+    let value = decimal(digits).min(i64::from(i32::MAX)) as i32;
     (if negative { -value } else { value }) as u32
 }
 
