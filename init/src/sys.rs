@@ -731,3 +731,40 @@ pub fn set_up_job_child(cmd: &mut std::process::Command, setup: JobChild) {
         });
     }
 }
+
+/// Marks every descriptor from `first` up close-on-exec, so a program we
+/// exec keeps only the ones below `first` (stdio and those a caller asked
+/// to pass on). Between clone and exec: raw system calls only.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range takes integers only; with CLOSE_RANGE_CLOEXEC it
+    // closes nothing and only sets a flag.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    match check(ret) {
+        Ok(_) => Ok(()),
+        // Before Linux 5.11: one fcntl per possible descriptor.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) => {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: limit is a valid out-pointer; prlimit(0) addresses the caller.
+            let got =
+                unsafe { libc::prlimit(0, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) };
+            check(got as libc::c_long)?;
+            let end = limit.rlim_cur.min(1 << 20) as libc::c_int;
+            for fd in (first as libc::c_int)..end {
+                // SAFETY: F_SETFD takes an integer; a closed fd only fails with EBADF.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -8,8 +8,10 @@ use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use serde_json::json;
 use support::{layout_tests, stderr, stdout, Bundle, Layout};
@@ -21,14 +23,20 @@ layout_tests!(
     exec_into_a_stopped_or_unknown_container_fails_clearly,
     a_terminal_reaches_the_console_socket_for_run_and_exec,
     a_terminal_needs_a_console_socket,
+    the_callers_descriptors_reach_a_container_only_when_preserved,
+    run_detach_returns_while_the_container_runs,
 );
 
-/// A created and started container whose init sleeps.
+/// How long a test waits for the runtime or the container.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A created and started container whose init (uid 0, gid 2) sleeps.
 fn sleeping(layout: Layout) -> (Bundle, String) {
     let mut b = Bundle::new(
         layout,
         &["/bin/sh", "-c", "touch /tmp/ready; exec sleep 1000"],
     );
+    b.set("/process/user/gid", json!(2));
     b.tag();
     let id = b.id("x");
     let (ok, err) = b.create(&id, &[]);
@@ -85,6 +93,13 @@ fn exec_flags_shape_the_process_and_its_status_comes_back(layout: Layout) {
     );
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert_eq!(stdout(&out), "/tmp hi 1000 1001\n");
+    // A UID alone keeps the container's GID (2 here), as runc does.
+    let out = exec(
+        &b,
+        &["--user", "1000", &id, "sh", "-c", "echo $(id -u):$(id -g)"],
+    );
+    assert!(out.status.success(), "exec: {}", stderr(&out));
+    assert_eq!(stdout(&out), "1000:2\n");
     let out = exec(&b, &[&id, "sh", "-c", "kill -9 $$"]);
     assert_eq!(out.status.code(), Some(137), "killed by SIGKILL");
 }
@@ -150,38 +165,68 @@ fn exec_takes_a_process_file_and_detaches_with_a_pid_file(layout: Layout) {
     );
 }
 
+/// exec's own failures exit 255 (runc's code), so they cannot be taken for
+/// the exit status 1 of the process.
 fn exec_into_a_stopped_or_unknown_container_fails_clearly(layout: Layout) {
     let b = Bundle::new(layout, &["/bin/true"]);
     let id = b.id("gone");
     let out = exec(&b, &[&id, "true"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(255));
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
     let (ok, err) = b.create(&id, &[]);
     assert!(ok, "create: {err}");
     assert!(b.cmd(&["start", &id]).status.success());
     b.wait_status(&id, "stopped");
     let out = exec(&b, &[&id, "true"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(255));
     assert!(stderr(&out).contains("stopped"), "{}", stderr(&out));
     let (b, id) = sleeping(layout);
     let out = exec(&b, &[&id, "/no/such/program"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(255));
     assert!(
-        stderr(&out).contains("/no/such/program: not found in the container"),
+        stderr(&out).contains("/no/such/program")
+            && stderr(&out).contains("no such file or directory"),
         "{}",
         stderr(&out)
     );
+    let out = exec(&b, &[&id, "sh", "-c", "exit 1"]);
+    assert_eq!(out.status.code(), Some(1), "the process's own status");
 }
 
-/// Receives one descriptor sent with SCM_RIGHTS on the first connection.
-fn receive_fd(listener: &UnixListener) -> (String, OwnedFd) {
-    let (conn, _) = listener.accept().expect("accept");
+/// Receives the pty master sent with SCM_RIGHTS on the first connection,
+/// while `runner` (the runtime) is alive (killed when nothing comes), and
+/// its peer's name in the container's devpts (not the message's payload,
+/// which runtimes fill differently: runc sends "/dev/ptmx").
+fn receive_fd(listener: &UnixListener, runner: &mut Child) -> (String, OwnedFd) {
+    listener.set_nonblocking(true).expect("non-blocking");
+    let deadline = Instant::now() + PATIENCE;
+    let conn = loop {
+        match listener.accept() {
+            Ok((conn, _)) => break conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("accept: {e}"),
+        }
+        if let Some(status) = runner.try_wait().expect("try_wait") {
+            let mut why = String::new();
+            if let Some(mut err) = runner.stderr.take() {
+                let _ = err.read_to_string(&mut why);
+            }
+            panic!("the runtime exited ({status}) without connecting: {why}");
+        }
+        if Instant::now() > deadline {
+            let _ = runner.kill();
+            let _ = runner.wait();
+            panic!("the runtime never connected to the console socket");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    conn.set_nonblocking(false).expect("blocking");
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let mut name = [0u8; 256];
+    let mut payload = [0u8; 256];
     let got = rustix::net::recvmsg(
         &conn,
-        &mut [IoSliceMut::new(&mut name)],
+        &mut [IoSliceMut::new(&mut payload)],
         &mut control,
         RecvFlags::CMSG_CLOEXEC,
     )
@@ -193,16 +238,26 @@ fn receive_fd(listener: &UnixListener) -> (String, OwnedFd) {
             _ => None,
         })
         .expect("a descriptor");
-    (String::from_utf8_lossy(&name[..got.bytes]).into_owned(), fd)
+    assert!(got.bytes > 0, "a payload comes with the descriptor");
+    let peer = rustix::pty::ptsname(&fd, Vec::new()).expect("a pty master");
+    (peer.to_string_lossy().into_owned(), fd)
 }
 
-/// Reads the terminal until the process closes it (EIO) or 20 s pass.
+/// Reads the terminal until the process closes it (EIO) or PATIENCE is up.
 fn read_terminal(master: OwnedFd) -> String {
     let mut file = std::fs::File::from(master);
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     let mut buf = [0u8; 1024];
     while Instant::now() < deadline {
+        let mut fds = [PollFd::new(&file, PollFlags::IN)];
+        let wait = Timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        if rustix::event::poll(&mut fds, Some(&wait)).expect("poll") == 0 {
+            continue;
+        }
         match file.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
@@ -217,6 +272,8 @@ fn listen(dir: &Path, name: &str) -> (UnixListener, String) {
     (listener, path.to_str().expect("utf8").to_owned())
 }
 
+/// Detached, as runc allows a console socket only then (hafen also takes
+/// one in the foreground: the last part checks that exec's status comes back).
 fn a_terminal_reaches_the_console_socket_for_run_and_exec(layout: Layout) {
     // run: the container's own process on a terminal of the given size.
     let mut b = Bundle::new(
@@ -231,29 +288,59 @@ fn a_terminal_reaches_the_console_socket_for_run_and_exec(layout: Layout) {
     b.set("/process/consoleSize", json!({"height": 33, "width": 101}));
     let (listener, socket) = listen(b.path(), "run.sock");
     let id = b.id("tty");
-    let runner = b
+    let mut runner = b
         .runtime(&[
             "run",
+            "--detach",
             "--console-socket",
             &socket,
             "--bundle",
             b.path_str(),
             &id,
         ])
-        .stdin(std::process::Stdio::null())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("run");
-    let (name, master) = receive_fd(&listener);
+    let (name, master) = receive_fd(&listener, &mut runner);
     let seen = read_terminal(master);
     let status = runner.wait_with_output().expect("wait for run").status;
     assert!(status.success(), "run: {status}");
     assert!(name.starts_with("/dev/pts/"), "{name}");
     assert_eq!(seen, format!("{name}\n33 101\nall-tty\n"), "{seen}");
 
-    // exec -t into a running container.
+    // exec -t into a running container: a pty of the container's devpts.
     let (b, id) = sleeping(layout);
+    let script = "tty; [ -t 0 ] && echo in-tty; ls /dev/pts | grep -c '^[0-9]'";
     let (listener, socket) = listen(b.path(), "exec.sock");
-    let runner = b
+    let mut runner = b
+        .runtime(&[
+            "exec",
+            "--detach",
+            "--tty",
+            "--console-socket",
+            &socket,
+            &id,
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exec");
+    let (name, master) = receive_fd(&listener, &mut runner);
+    let seen = read_terminal(master);
+    let status = runner.wait_with_output().expect("wait for exec").status;
+    assert!(status.success(), "exec: {status}");
+    assert!(name.starts_with("/dev/pts/"), "{name}");
+    // Only its own pty in the container's devpts, none of the host's.
+    assert_eq!(seen, format!("{name}\nin-tty\n1\n"), "{seen}");
+
+    if Layout::oracle() {
+        return;
+    }
+    let mut runner = b
         .runtime(&[
             "exec",
             "--tty",
@@ -262,26 +349,143 @@ fn a_terminal_reaches_the_console_socket_for_run_and_exec(layout: Layout) {
             &id,
             "sh",
             "-c",
-            "tty; [ -t 0 ] && echo in-tty",
+            "tty; exit 3",
         ])
-        .stdin(std::process::Stdio::null())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("exec");
-    let (name, master) = receive_fd(&listener);
+    let (name, master) = receive_fd(&listener, &mut runner);
     let seen = read_terminal(master);
     let status = runner.wait_with_output().expect("wait for exec").status;
-    assert!(status.success(), "exec: {status}");
-    assert_eq!(seen, format!("{name}\nin-tty\n"), "{seen}");
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the process's status, in the foreground"
+    );
+    assert_eq!(seen, format!("{name}\n"));
 }
 
+/// A detached terminal needs somewhere to send it: `create`, `exec -d -t`.
 fn a_terminal_needs_a_console_socket(layout: Layout) {
+    let says_so = |out: &std::process::Output| {
+        let text = stderr(out);
+        !out.status.success()
+            && (text.contains("console socket") || text.contains("--console-socket"))
+    };
     let mut b = Bundle::new(layout, &["tty"]);
     b.set("/process/terminal", json!(true));
-    let out = b.run(&b.id("nosock"));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("--console-socket"),
-        "{}",
-        stderr(&out)
+    let id = b.id("nosock");
+    let out = b.cmd(&["create", "--bundle", b.path_str(), &id]);
+    assert!(says_so(&out), "create: {}", stderr(&out));
+    assert!(!b.root().join(&id).exists(), "nothing left of {id}");
+
+    let (b, id) = sleeping(layout);
+    let out = exec(&b, &["--detach", "--tty", &id, "tty"]);
+    assert!(says_so(&out), "exec: {}", stderr(&out));
+}
+
+/// The runtime command line through `sh`, holding a file open as
+/// descriptors 3, 4 and 9 (a caller's stray descriptors, or ones to pass).
+fn runtime_with_fds(b: &Bundle, args: &[&str]) -> Command {
+    b.write();
+    let file = b.path().join("passed");
+    std::fs::write(&file, "passed-file").expect("write the file to pass");
+    let (program, mut all) = match std::env::var("HAFEN_TEST_ORACLE") {
+        Ok(oracle) if !oracle.is_empty() => (oracle, Vec::new()),
+        _ => (support::hafen_init().to_owned(), vec!["runtime".to_owned()]),
+    };
+    all.push("--root".to_owned());
+    all.push(b.root().to_str().expect("utf8").to_owned());
+    all.extend(args.iter().map(|a| a.to_string()));
+    let mut cmd = b.layout.command("/bin/sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "exec \"$0\" \"$@\" 3<'{f}' 4<'{f}' 9<'{f}'",
+            f = file.display()
+        ))
+        .arg(program)
+        .args(all);
+    cmd
+}
+
+/// Which of descriptors 3, 4 and 9 the process has, and what 3 reads.
+const SHOW_FDS: &str = "for n in 3 4 9; do [ -e /proc/self/fd/$n ] && echo has-$n; done; \
+    cat 2>/dev/null <&3; echo";
+
+/// A regression test: the runtime handed every descriptor its caller left
+/// open to the container's process (a directory of the host would let it
+/// out of its root); runc passes stdio and `--preserve-fds N` only.
+fn the_callers_descriptors_reach_a_container_only_when_preserved(layout: Layout) {
+    let b = Bundle::new(layout, &["sh", "-c", SHOW_FDS]);
+    let out = runtime_with_fds(&b, &["run", "--bundle", b.path_str(), &b.id("fds")])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "run: {}", stderr(&out));
+    assert_eq!(stdout(&out), "\n", "nothing beyond stdio");
+    let out = runtime_with_fds(
+        &b,
+        &[
+            "run",
+            "--preserve-fds",
+            "1",
+            "--bundle",
+            b.path_str(),
+            &b.id("fds"),
+        ],
+    )
+    .output()
+    .expect("run");
+    assert!(out.status.success(), "run: {}", stderr(&out));
+    assert_eq!(stdout(&out), "has-3\npassed-file\n", "descriptor 3 only");
+
+    let (b, id) = sleeping(layout);
+    let out = runtime_with_fds(&b, &["exec", &id, "sh", "-c", SHOW_FDS])
+        .output()
+        .expect("exec");
+    assert!(out.status.success(), "exec: {}", stderr(&out));
+    assert_eq!(stdout(&out), "\n", "nothing beyond stdio");
+    let out = runtime_with_fds(
+        &b,
+        &["exec", "--preserve-fds", "2", &id, "sh", "-c", SHOW_FDS],
+    )
+    .output()
+    .expect("exec");
+    assert!(out.status.success(), "exec: {}", stderr(&out));
+    assert_eq!(stdout(&out), "has-3\nhas-4\npassed-file\n");
+}
+
+/// `run --detach` returns once the process runs, which goes on without it.
+fn run_detach_returns_while_the_container_runs(layout: Layout) {
+    let mut b = Bundle::new(
+        layout,
+        &["/bin/sh", "-c", "touch /tmp/ready; exec sleep 1000"],
     );
+    b.tag();
+    let id = b.id("detached");
+    let mut runner = b
+        .runtime(&["run", "--detach", "--bundle", b.path_str(), &id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run --detach");
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = runner.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = runner.kill();
+            let _ = runner.wait();
+            panic!("run --detach waited for the container");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "run --detach: {status}");
+    b.wait_ready();
+    assert_eq!(b.state(&id)["status"], "running");
+    assert!(b.cmd(&["kill", &id, "KILL"]).status.success());
+    b.wait_status(&id, "stopped");
+    assert!(b.cmd(&["delete", &id]).status.success());
 }

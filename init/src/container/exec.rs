@@ -34,6 +34,9 @@ pub struct ExecOptions {
     pub stdio: StdioMode,
     /// Where to send the terminal's master when `process.terminal` is set.
     pub console_socket: Option<PathBuf>,
+    /// How many descriptors from 3 up the process keeps; every other one
+    /// above stdio is closed at exec.
+    pub preserve_fds: u32,
 }
 
 /// Namespaces in the order they are joined: the user namespace first, so
@@ -74,7 +77,8 @@ pub fn exec(
     seccomp: Option<&Seccomp>,
     opts: &ExecOptions,
 ) -> Result<Spawned, StartError> {
-    let plan = ProcessPlan::new(process, seccomp)?;
+    let mut plan = ProcessPlan::new(process, seccomp)?;
+    plan.preserve_fds = opts.preserve_fds;
     check_console(plan.terminal, opts.console_socket.as_deref())?;
     let pid = target.pid;
 

@@ -284,6 +284,9 @@ pub struct SpawnOptions {
     pub hooks: bool,
     /// Where to send the terminal's master when `process.terminal` is set.
     pub console_socket: Option<PathBuf>,
+    /// How many descriptors from 3 up the process keeps (`--preserve-fds`);
+    /// every other one above stdio is closed at exec.
+    pub preserve_fds: u32,
 }
 
 impl SpawnOptions {
@@ -297,6 +300,7 @@ impl SpawnOptions {
             scratch_root: "/run/hafen/containers".to_owned(),
             hooks: false,
             console_socket: None,
+            preserve_fds: 0,
         }
     }
 }
@@ -838,7 +842,8 @@ impl Plan {
             }
         }
 
-        let process_plan = ProcessPlan::new(process, linux.seccomp.as_ref())?;
+        let mut process_plan = ProcessPlan::new(process, linux.seccomp.as_ref())?;
+        process_plan.preserve_fds = opts.preserve_fds;
         check_console(process_plan.terminal, opts.console_socket.as_deref())?;
 
         Ok(Plan {

@@ -35,6 +35,9 @@ pub(super) struct ProcessPlan {
     pub terminal: bool,
     /// The terminal's rows and columns, when given.
     pub console_size: Option<(u16, u16)>,
+    /// Descriptors above stdio the process keeps (3 up to 3 + N - 1); every
+    /// other one the caller left open is closed at exec.
+    pub preserve_fds: u32,
 }
 
 impl ProcessPlan {
@@ -125,6 +128,7 @@ impl ProcessPlan {
                 .console_size
                 .as_ref()
                 .map(|s| (s.height as u16, s.width as u16)),
+            preserve_fds: 0,
         })
     }
 
@@ -145,7 +149,12 @@ impl ProcessPlan {
     /// with the program checked, so a command that cannot run is reported
     /// before the process is reported ready.
     pub fn become_it(&self) -> Result<(), Failure> {
-        // 1. Resource limits and working directory.
+        // 1. Only stdio and the descriptors asked for reach the program, not
+        //    what our caller left open (a directory of the host, say); before
+        //    a seccomp filter could refuse the call. Then resource limits and
+        //    working directory.
+        sys::cloexec_from(self.preserve_fds.saturating_add(3))
+            .map_err(fail_io(Step::Stdio, "descriptors above 2"))?;
         for &(resource, soft, hard) in &self.rlimits {
             sys::setrlimit(resource, soft, hard).map_err(fail_io(
                 Step::Rlimit,

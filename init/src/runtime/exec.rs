@@ -12,6 +12,10 @@ use super::{
 use crate::container::{self, exec, StdioMode};
 use crate::sys;
 
+/// `exec`'s exit code when it fails itself (runc's), so a caller can tell
+/// it from an exit status of the process.
+pub(super) const FAILED: i32 = 255;
+
 /// `exec`'s options.
 #[derive(Debug, Default)]
 struct ExecArgs {
@@ -26,6 +30,7 @@ struct ExecArgs {
     caps: Vec<String>,
     additional_gids: Vec<u32>,
     no_new_privs: bool,
+    preserve_fds: u32,
     /// The id, then the command and its arguments.
     positional: Vec<String>,
 }
@@ -67,9 +72,11 @@ fn parse(args: &[String]) -> Result<ExecArgs, RuntimeError> {
                 );
             }
             "--no-new-privs" => out.no_new_privs = true,
-            // Descriptors we do not close stay open in the process anyway.
             "--preserve-fds" => {
-                value()?;
+                let v = value()?;
+                out.preserve_fds = v
+                    .parse()
+                    .map_err(|_| err(format!("--preserve-fds {v:?} is not a number")))?;
             }
             "--" => {}
             s if s.starts_with('-') && s.len() > 1 => {
@@ -121,22 +128,35 @@ fn process_for(args: &ExecArgs, container: Option<&Process>) -> Result<Process, 
         process.env.push(pair.clone());
     }
     if let Some(user) = &args.user {
-        let (uid, gid) = user.split_once(':').unwrap_or((user, "0"));
         let number = |s: &str| {
             s.parse::<u32>()
                 .map_err(|_| err(format!("--user {user:?}: use UID[:GID] with numbers")))
         };
+        // Without a GID the process keeps the container's (runc's rule).
+        let (uid, gid) = match user.split_once(':') {
+            Some((uid, gid)) => (uid, Some(gid)),
+            None => (user.as_str(), None),
+        };
         process.user.uid = number(uid)?;
-        process.user.gid = number(gid)?;
+        if let Some(gid) = gid {
+            process.user.gid = number(gid)?;
+        }
     }
     process
         .user
         .additional_gids
         .extend_from_slice(&args.additional_gids);
-    if !args.caps.is_empty() {
-        let caps = process.capabilities.get_or_insert_with(Default::default);
+    // A process without capability sets keeps all of ours: nothing to add.
+    if let Some(caps) = process.capabilities.as_mut() {
         for cap in &args.caps {
-            for set in [&mut caps.bounding, &mut caps.effective, &mut caps.permitted] {
+            // Ambient too, so a non-root user keeps it across exec; the
+            // kernel takes an ambient cap only when it is also inheritable.
+            for set in [
+                &mut caps.bounding,
+                &mut caps.effective,
+                &mut caps.permitted,
+                &mut caps.ambient,
+            ] {
                 if !set.contains(cap) {
                     set.push(cap.clone());
                 }
@@ -169,6 +189,7 @@ pub(super) fn main(globals: &Globals, args: &[String]) -> Result<i32, RuntimeErr
     let opts = exec::ExecOptions {
         stdio: StdioMode::Inherit,
         console_socket: args.console_socket.clone(),
+        preserve_fds: args.preserve_fds,
     };
     // Block the signals we forward before the process exists, so none is lost.
     let signals = if args.detach {
@@ -228,6 +249,15 @@ mod tests {
             env: vec!["PATH=/bin".into(), "A=old".into()],
             cwd: "/".into(),
             terminal: true,
+            user: hafen_proto::spec::User {
+                uid: 5,
+                gid: 6,
+                ..Default::default()
+            },
+            capabilities: Some(hafen_proto::spec::Capabilities {
+                effective: vec!["CAP_KILL".into()],
+                ..Default::default()
+            }),
             ..Process::default()
         };
         let parsed = parse(&strings(&[
@@ -247,7 +277,31 @@ mod tests {
         assert_eq!((p.user.uid, p.user.gid), (1000, 1001));
         assert!(!p.terminal, "a terminal only with --tty");
         let caps = p.capabilities.expect("caps");
-        assert_eq!(caps.effective, ["CAP_NET_RAW"]);
+        assert_eq!(caps.effective, ["CAP_KILL", "CAP_NET_RAW"]);
+        assert_eq!(caps.ambient, ["CAP_NET_RAW"]);
+        let uid_only = parse(&strings(&[
+            "-u",
+            "1000",
+            "--cap",
+            "CAP_NET_RAW",
+            "c1",
+            "id",
+        ]))
+        .expect("parses");
+        let all_caps = Process {
+            capabilities: None,
+            ..base.clone()
+        };
+        let p = process_for(&uid_only, Some(&all_caps)).expect("process");
+        assert_eq!(
+            (p.user.uid, p.user.gid),
+            (1000, 6),
+            "the container's gid stays"
+        );
+        assert!(
+            p.capabilities.is_none(),
+            "all caps already: --cap adds none"
+        );
         let none = parse(&strings(&["c1"])).expect("parses");
         assert!(process_for(&none, Some(&base)).is_err(), "no command");
     }

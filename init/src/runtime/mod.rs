@@ -23,19 +23,23 @@ const DEFAULT_ROOT: &str = "/run/hafen-runtime";
 const USAGE: &str =
     "usage: hafen-init runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND | --version
 commands:
-  create [--bundle DIR] [--pid-file FILE] [--console-socket SOCK] ID
+  create [--bundle DIR] [--pid-file FILE] [--console-socket SOCK] [--preserve-fds N] ID
                          set up the container; it waits before exec
   start ID               let a created container exec its process
   state ID               print the OCI state JSON
   kill ID [SIGNAL]       send SIGNAL (name or number; default TERM)
   delete [--force] ID    remove a stopped container (--force kills it first)
-  run [--bundle DIR] [--pid-file FILE] [--console-socket SOCK] ID
-                         create, start, wait; exit with its status
+  run [--bundle DIR] [--pid-file FILE] [--console-socket SOCK] [--preserve-fds N]
+      [--detach] ID      create, start, wait; exit with its status (--detach: return
+                         once it has started)
   exec [--process FILE] [--detach] [--pid-file FILE] [--console-socket SOCK] [--tty]
        [--cwd DIR] [--env K=V]... [--user UID[:GID]] [--additional-gids GID]...
-       [--cap CAP]... [--no-new-privs] ID [CMD ARGS...]
+       [--cap CAP]... [--no-new-privs] [--preserve-fds N] ID [CMD ARGS...]
                          run another process in the container; without --detach,
-                         wait and exit with its status";
+                         wait and exit with its status (255: exec itself failed)
+a process with a terminal (process.terminal, exec --tty) needs --console-socket: its
+pty master is sent there; only descriptors 0-2 and --preserve-fds N more (from 3 up),
+plus systemd's LISTEN_FDS on create/run, reach the container's process";
 
 /// A runtime command failed; the message is for the user.
 #[derive(Debug)]
@@ -214,7 +218,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Ok(code) => code,
         Err(e) => {
             report(&globals, &format!("{command}: {e}"));
-            1
+            if command == "exec" {
+                exec::FAILED
+            } else {
+                1
+            }
         }
     }
 }
@@ -259,6 +267,9 @@ struct CommandArgs {
     pid_file: Option<PathBuf>,
     console_socket: Option<PathBuf>,
     force: bool,
+    /// `run`: return once the container has started.
+    detach: bool,
+    preserve_fds: u32,
     positional: Vec<String>,
 }
 
@@ -268,6 +279,8 @@ fn parse_command_args(args: &[String]) -> Result<CommandArgs, RuntimeError> {
         pid_file: None,
         console_socket: None,
         force: false,
+        detach: false,
+        preserve_fds: 0,
         positional: Vec::new(),
     };
     let mut it = args.iter();
@@ -284,11 +297,23 @@ fn parse_command_args(args: &[String]) -> Result<CommandArgs, RuntimeError> {
             "--console-socket" => {
                 out.console_socket = Some(PathBuf::from(value("--console-socket")?))
             }
-            "--no-pivot" | "--no-new-keyring" | "--detach" | "-d" | "--all" | "-a" => {}
+            "--detach" | "-d" => out.detach = true,
+            "--preserve-fds" => {
+                let v = value("--preserve-fds")?;
+                out.preserve_fds = v
+                    .parse()
+                    .map_err(|_| err(format!("--preserve-fds {v:?} is not a number")))?;
+            }
+            "--no-pivot" | "--no-new-keyring" | "--all" | "-a" => {}
             s if s.starts_with("--bundle=") => out.bundle = PathBuf::from(&s[9..]),
             s if s.starts_with("--pid-file=") => out.pid_file = Some(PathBuf::from(&s[11..])),
             s if s.starts_with("--console-socket=") => {
                 out.console_socket = Some(PathBuf::from(&s[17..]))
+            }
+            s if s.starts_with("--preserve-fds=") => {
+                out.preserve_fds = s[15..]
+                    .parse()
+                    .map_err(|_| err(format!("{s:?}: not a number")))?;
             }
             s if s.starts_with('-')
                 && s.len() > 1
@@ -415,7 +440,8 @@ fn create_container(
     let id = container_id(&args.positional)?;
     let bundle = std::fs::canonicalize(&args.bundle)
         .map_err(|e| err(format!("bundle {}: {e}", args.bundle.display())))?;
-    let spec = read_spec(&bundle)?;
+    let mut spec = read_spec(&bundle)?;
+    let listen_fds = socket_activation(&mut spec);
     let dir = state_dir(globals, id);
     std::fs::create_dir_all(&globals.root)
         .map_err(|e| err(format!("cannot create {}: {e}", globals.root.display())))?;
@@ -436,6 +462,7 @@ fn create_container(
         scratch_root: globals.root.join(".scratch").to_string_lossy().into_owned(),
         hooks: true,
         console_socket: args.console_socket.clone(),
+        preserve_fds: args.preserve_fds.saturating_add(listen_fds),
     };
     let spawned = match container::spawn(&spec, &bundle, &opts) {
         Ok(s) => s,
@@ -476,6 +503,25 @@ fn create_container(
         write_pid_file(pid_file, saved.pid)?;
     }
     Ok(saved)
+}
+
+/// Sockets systemd passed us (`LISTEN_FDS`, for our pid) go on to the
+/// container's process, which finds them as its own, as with runc; returns
+/// how many.
+fn socket_activation(spec: &mut Spec) -> u32 {
+    let ours = std::env::var("LISTEN_PID").ok() == Some(std::process::id().to_string());
+    let count = match std::env::var("LISTEN_FDS").ok().map(|n| n.parse::<u32>()) {
+        Some(Ok(n)) if ours && n > 0 => n,
+        _ => return 0,
+    };
+    if let Some(process) = spec.process.as_mut() {
+        process
+            .env
+            .retain(|e| !e.starts_with("LISTEN_FDS=") && !e.starts_with("LISTEN_PID="));
+        process.env.push(format!("LISTEN_FDS={count}"));
+        process.env.push("LISTEN_PID=1".to_owned());
+    }
+    count
 }
 
 /// Writes `pid` to `path` whole or not at all (callers poll for the file).
@@ -662,6 +708,10 @@ fn run(globals: &Globals, args: &[String]) -> Result<i32, RuntimeError> {
     let signals = block_forwarded()?;
     let saved = create_container(globals, &args, false)?;
     saved.run_hooks(globals, hooks::Kind::Poststart, saved.pid);
+    if args.detach {
+        // Like create and start: `delete` cleans up once it has stopped.
+        return Ok(0);
+    }
     let status = wait_forwarding(&signals, saved.pid)?;
     cleanup(globals, &saved);
     saved.run_hooks(globals, hooks::Kind::Poststop, 0);
