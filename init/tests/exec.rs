@@ -23,6 +23,7 @@ layout_tests!(
     exec_into_a_stopped_or_unknown_container_fails_clearly,
     a_terminal_reaches_the_console_socket_for_run_and_exec,
     a_terminal_needs_a_console_socket,
+    create_sends_the_terminal_and_lets_go_of_the_socket_before_start,
     the_callers_descriptors_reach_a_container_only_when_preserved,
     run_detach_returns_while_the_container_runs,
 );
@@ -239,6 +240,20 @@ fn receive_fd(listener: &UnixListener, runner: &mut Child) -> (String, OwnedFd) 
         })
         .expect("a descriptor");
     assert!(got.bytes > 0, "a payload comes with the descriptor");
+    // Then the runtime lets go of the socket: the end of it comes soon.
+    let mut fds = [PollFd::new(&conn, PollFlags::IN)];
+    let wait = Timespec {
+        tv_sec: PATIENCE.as_secs() as i64,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&wait)).expect("poll");
+    let mut rest = [0u8; 16];
+    conn.set_nonblocking(true).expect("non-blocking");
+    assert_eq!(
+        rustix::io::read(&conn, &mut rest).ok(),
+        Some(0),
+        "the console socket is closed once the terminal is sent"
+    );
     let peer = rustix::pty::ptsname(&fd, Vec::new()).expect("a pty master");
     (peer.to_string_lossy().into_owned(), fd)
 }
@@ -364,6 +379,37 @@ fn a_terminal_reaches_the_console_socket_for_run_and_exec(layout: Layout) {
         "the process's status, in the foreground"
     );
     assert_eq!(seen, format!("{name}\n"));
+}
+
+/// conmon's way: `create --console-socket`, then `start`; the terminal
+/// arrives at create and the socket is closed then, not at start.
+fn create_sends_the_terminal_and_lets_go_of_the_socket_before_start(layout: Layout) {
+    let mut b = Bundle::new(layout, &["sh", "-c", "tty; stty size"]);
+    b.set("/process/terminal", json!(true));
+    b.set("/process/consoleSize", json!({"height": 10, "width": 20}));
+    let (listener, socket) = listen(b.path(), "create.sock");
+    let id = b.id("created-tty");
+    let mut runner = b
+        .runtime(&[
+            "create",
+            "--console-socket",
+            &socket,
+            "--bundle",
+            b.path_str(),
+            &id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("create");
+    let (name, master) = receive_fd(&listener, &mut runner);
+    let out = runner.wait_with_output().expect("wait for create");
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    assert_eq!(b.state(&id)["status"], "created");
+    let out = b.cmd(&["start", &id]);
+    assert!(out.status.success(), "start: {}", stderr(&out));
+    assert_eq!(read_terminal(master), format!("{name}\n10 20\n"));
 }
 
 /// A detached terminal needs somewhere to send it: `create`, `exec -d -t`.

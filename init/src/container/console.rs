@@ -62,7 +62,8 @@ pub(super) fn attach(
     let peer =
         rustix::pty::ioctl_tiocgptpeer(&master, flags).map_err(fail(Step::Console, &shown))?;
 
-    // The name goes along as the payload, as other runtimes send it.
+    // A message needs a payload: the peer's name, for whoever logs it
+    // (runc sends "/dev/ptmx"; receivers ignore it).
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     let fds = [master.as_fd()];
@@ -77,6 +78,10 @@ pub(super) fn attach(
     )
     .map_err(fail(Step::Console, "console socket"))?;
     drop(master);
+    // Done with the socket: its peer sees the end now, not only when we
+    // exec (a created container holds it until `start`). The terminal is
+    // already sent, so a failure here changes nothing for it.
+    let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Both);
 
     if console_node {
         let flags = rustix::fs::OFlags::CREATE
