@@ -26,6 +26,7 @@ layout_tests!(
     create_sends_the_terminal_and_lets_go_of_the_socket_before_start,
     the_callers_descriptors_reach_a_container_only_when_preserved,
     run_detach_returns_while_the_container_runs,
+    exec_forwards_signals_to_its_process,
 );
 
 /// How long a test waits for the runtime or the container.
@@ -534,4 +535,34 @@ fn run_detach_returns_while_the_container_runs(layout: Layout) {
     assert!(b.cmd(&["kill", &id, "KILL"]).status.success());
     b.wait_status(&id, "stopped");
     assert!(b.cmd(&["delete", &id]).status.success());
+}
+
+/// A foreground exec passes the signals it gets on to its process (as
+/// `run` does), so stopping the caller stops the process.
+fn exec_forwards_signals_to_its_process(layout: Layout) {
+    let (b, id) = sleeping(layout);
+    let script = "trap 'exit 7' TERM; touch /tmp/exec-ready; while :; do sleep 0.1; done";
+    let mut runner = b
+        .runtime(&["exec", &id, "sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exec");
+    b.wait_file("rootfs/tmp/exec-ready");
+    let pid = rustix::process::Pid::from_raw(runner.id() as i32).expect("a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = runner.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = runner.kill();
+            let _ = runner.wait();
+            panic!("exec did not end after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(7), "the process's TERM trap ran");
 }
