@@ -288,6 +288,29 @@ fn listen(dir: &Path, name: &str) -> (UnixListener, String) {
     (listener, path.to_str().expect("utf8").to_owned())
 }
 
+/// Runs the runtime with `args`, takes the terminal it sends to `listener`
+/// and reads it to the end: (the pts name, what it showed, the runtime's
+/// exit status).
+fn on_terminal(
+    b: &Bundle,
+    listener: &UnixListener,
+    args: &[&str],
+) -> (String, String, std::process::ExitStatus) {
+    let mut runner = b
+        .runtime(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runtime");
+    let (name, master) = receive_fd(listener, &mut runner);
+    let seen = read_terminal(master);
+    let status = runner
+        .wait_with_output()
+        .expect("wait for the runtime")
+        .status;
+    (name, seen, status)
+}
+
 /// Detached, as runc allows a console socket only then (hafen also takes
 /// one in the foreground: the last part checks that exec's status comes back).
 fn a_terminal_reaches_the_console_socket_for_run_and_exec(layout: Layout) {
@@ -304,8 +327,10 @@ fn a_terminal_reaches_the_console_socket_for_run_and_exec(layout: Layout) {
     b.set("/process/consoleSize", json!({"height": 33, "width": 101}));
     let (listener, socket) = listen(b.path(), "run.sock");
     let id = b.id("tty");
-    let mut runner = b
-        .runtime(&[
+    let (name, seen, status) = on_terminal(
+        &b,
+        &listener,
+        &[
             "run",
             "--detach",
             "--console-socket",
@@ -313,14 +338,8 @@ fn a_terminal_reaches_the_console_socket_for_run_and_exec(layout: Layout) {
             "--bundle",
             b.path_str(),
             &id,
-        ])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run");
-    let (name, master) = receive_fd(&listener, &mut runner);
-    let seen = read_terminal(master);
-    let status = runner.wait_with_output().expect("wait for run").status;
+        ],
+    );
     assert!(status.success(), "run: {status}");
     assert!(name.starts_with("/dev/pts/"), "{name}");
     assert_eq!(seen, format!("{name}\n33 101\nall-tty\n"), "{seen}");
@@ -329,8 +348,10 @@ fn a_terminal_reaches_the_console_socket_for_run_and_exec(layout: Layout) {
     let (b, id) = sleeping(layout);
     let script = "tty; [ -t 0 ] && echo in-tty; ls /dev/pts | grep -c '^[0-9]'";
     let (listener, socket) = listen(b.path(), "exec.sock");
-    let mut runner = b
-        .runtime(&[
+    let (name, seen, status) = on_terminal(
+        &b,
+        &listener,
+        &[
             "exec",
             "--detach",
             "--tty",
@@ -340,14 +361,8 @@ fn a_terminal_reaches_the_console_socket_for_run_and_exec(layout: Layout) {
             "sh",
             "-c",
             script,
-        ])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("exec");
-    let (name, master) = receive_fd(&listener, &mut runner);
-    let seen = read_terminal(master);
-    let status = runner.wait_with_output().expect("wait for exec").status;
+        ],
+    );
     assert!(status.success(), "exec: {status}");
     assert!(name.starts_with("/dev/pts/"), "{name}");
     // Only its own pty in the container's devpts, none of the host's.
@@ -356,8 +371,10 @@ fn a_terminal_reaches_the_console_socket_for_run_and_exec(layout: Layout) {
     if Layout::oracle() {
         return;
     }
-    let mut runner = b
-        .runtime(&[
+    let (name, seen, status) = on_terminal(
+        &b,
+        &listener,
+        &[
             "exec",
             "--tty",
             "--console-socket",
@@ -366,14 +383,8 @@ fn a_terminal_reaches_the_console_socket_for_run_and_exec(layout: Layout) {
             "sh",
             "-c",
             "tty; exit 3",
-        ])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("exec");
-    let (name, master) = receive_fd(&listener, &mut runner);
-    let seen = read_terminal(master);
-    let status = runner.wait_with_output().expect("wait for exec").status;
+        ],
+    );
     assert_eq!(
         status.code(),
         Some(3),
@@ -517,24 +528,30 @@ fn run_detach_returns_while_the_container_runs(layout: Layout) {
         .stderr(Stdio::null())
         .spawn()
         .expect("run --detach");
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = runner.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = runner.kill();
-            let _ = runner.wait();
-            panic!("run --detach waited for the container");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_within(&mut runner, "run --detach waited for the container");
     assert!(status.success(), "run --detach: {status}");
     b.wait_ready();
     assert_eq!(b.state(&id)["status"], "running");
     assert!(b.cmd(&["kill", &id, "KILL"]).status.success());
     b.wait_status(&id, "stopped");
     assert!(b.cmd(&["delete", &id]).status.success());
+}
+
+/// Waits up to PATIENCE for `runner` to exit; kills it and fails with
+/// `what` when it does not.
+fn wait_within(runner: &mut Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = runner.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = runner.kill();
+            let _ = runner.wait();
+            panic!("{what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A foreground exec passes the signals it gets on to its process (as
@@ -552,17 +569,6 @@ fn exec_forwards_signals_to_its_process(layout: Layout) {
     b.wait_file("rootfs/tmp/exec-ready");
     let pid = rustix::process::Pid::from_raw(runner.id() as i32).expect("a pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = runner.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = runner.kill();
-            let _ = runner.wait();
-            panic!("exec did not end after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_within(&mut runner, "exec did not end after SIGTERM");
     assert_eq!(status.code(), Some(7), "the process's TERM trap ran");
 }
