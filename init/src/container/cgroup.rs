@@ -147,7 +147,10 @@ fn controller_of(file: &str) -> Option<&str> {
 /// Checks that the hierarchy at `root` offers every controller `settings`
 /// need, so a limit that cannot be applied is a clear error up front.
 pub fn check_controllers(root: &Path, settings: &[Setting]) -> Result<(), String> {
-    if !settings.iter().any(|(file, _)| controller_of(file).is_some()) {
+    if !settings
+        .iter()
+        .any(|(file, _)| controller_of(file).is_some())
+    {
         // Nothing to check: no read of cgroup.controllers on the boot path.
         return Ok(());
     }
