@@ -20,9 +20,9 @@
 //! (podman 4.3 creates a blob cache in /var/lib/containers whatever its
 //! storage root is, and keeps it in memory when it cannot) and a /tmp of
 //! its own (conmon makes its console sockets in /tmp, and leaves them when
-//! the runtime fails); the test's files are under Cargo's target/tmp (or
-//! /var/tmp when that is under /tmp), with copies of the runtime and its
-//! logging wrapper.
+//! the runtime fails); the test's files are under /var/tmp (podman refuses
+//! a runroot longer than 50 characters, which a checkout's target/tmp easily
+//! is), with copies of the runtime and its logging wrapper.
 //! podman's storage, state, configuration, events and the runtime's state
 //! all live in the test's temp dir; containers.conf, registries.conf and
 //! storage.conf are the test's own, so the host's configuration is never
@@ -70,16 +70,12 @@ fn runtime_under_test() -> (String, PathBuf) {
     }
 }
 
-/// Where the tests' files go: Cargo's target/tmp, unless that is under /tmp,
-/// which the namespace replaces with a /tmp of its own (conmon makes its
-/// console sockets there, and leaves them when the runtime fails).
+/// Where the tests' files go: /var/tmp, a short path on the host's disk.
+/// Not Cargo's target/tmp: podman refuses a runroot longer than 50
+/// characters, and the checkout may be under /tmp, which the namespace
+/// replaces with a /tmp of its own (conmon makes its console sockets there).
 fn files_base() -> PathBuf {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    if target.starts_with("/tmp") {
-        PathBuf::from("/var/tmp")
-    } else {
-        target.to_owned()
-    }
+    PathBuf::from("/var/tmp")
 }
 
 /// What one podman command did.
