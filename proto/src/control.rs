@@ -10,7 +10,6 @@
 //! streams share the channel; every answer and stream frame names the id it
 //! belongs to.
 //!
-//! The verbs (ps, logs, exec, ...) are added here as the guest serves them.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +29,13 @@ pub struct Envelope {
 }
 
 /// What a frame says.
+///
+/// Requests go host to guest (or CLI to monitor) with a fresh id; the
+/// answer is one frame with the same id ([`Body::Done`], a data body or
+/// [`Body::Error`]), or, for streams (`Logs` with follow, `Events`, `Exec`),
+/// any number of frames ended by [`Body::End`] (or `ExecExit`, or `Error`).
+/// Times are guest `CLOCK_BOOTTIME` nanoseconds; [`Body::Hello`] carries
+/// the guest's clock so the host can turn them into wall-clock time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
     /// Host to guest, first on every connection: answer with this nonce.
@@ -45,6 +51,8 @@ pub enum Body {
         version: u32,
         /// What the guest can do (verb names), for hosts newer than it.
         capabilities: Vec<String>,
+        /// The guest's `CLOCK_BOOTTIME` when it answered, in nanoseconds.
+        boottime_ns: u64,
     },
     /// The request `id` (or, with id 0, the frame just read) failed.
     Error {
@@ -55,6 +63,425 @@ pub enum Body {
     },
     /// Host to guest: stop the stream or request `id`.
     Cancel,
+    /// The request `id` succeeded and has nothing more to say.
+    Done,
+    /// The stream `id` has ended.
+    End,
+
+    // Requests, host to guest.
+    /// Every container: answered by [`Body::Containers`].
+    List,
+    /// One container in full: answered by [`Body::Inspected`].
+    Inspect {
+        /// The container's name.
+        container: String,
+    },
+    /// A container's logs (every container's when `None`): any number of
+    /// [`Body::Log`] frames, then [`Body::End`] unless `follow`.
+    Logs {
+        /// Whose logs.
+        container: Option<String>,
+        /// Keep sending new lines until cancelled or the container's
+        /// output closes.
+        follow: bool,
+        /// Only the last N lines kept.
+        tail: Option<u32>,
+        /// Only lines logged at or after this time.
+        since_ns: Option<u64>,
+        /// Only lines with a sequence number above this (a reconnecting
+        /// monitor resumes where it stopped).
+        after_seq: Option<u64>,
+    },
+    /// Send a signal to a container's init (`hafen kill`): [`Body::Done`].
+    Kill {
+        /// The container's name.
+        container: String,
+        /// The signal number.
+        signal: i32,
+    },
+    /// Stop a container: its stop signal, then SIGKILL after the timeout.
+    /// [`Body::Done`] once it has exited.
+    Stop {
+        /// The container's name.
+        container: String,
+        /// Seconds before SIGKILL; the container's own stop timeout when `None`.
+        timeout_secs: Option<u32>,
+    },
+    /// Start a container that is not running: [`Body::Done`] once started.
+    Start {
+        /// The container's name.
+        container: String,
+    },
+    /// Stop (if running) then start: [`Body::Done`] once started again.
+    Restart {
+        /// The container's name.
+        container: String,
+        /// As for [`Body::Stop`].
+        timeout_secs: Option<u32>,
+    },
+    /// Wait until a container is not running: [`Body::Exited`].
+    Wait {
+        /// The container's name.
+        container: String,
+    },
+    /// A container's processes: [`Body::Processes`].
+    Top {
+        /// The container's name.
+        container: String,
+    },
+    /// Resource use of one container or all running ones: [`Body::Stats`].
+    GetStats {
+        /// Whose; every running container's when `None`.
+        container: Option<String>,
+    },
+    /// The event stream: [`Body::Event`] frames until cancelled.
+    Events,
+    /// Run a process in a running container: [`Body::ExecStarted`], then
+    /// [`Body::Output`] frames, then [`Body::ExecExit`]. The host sends
+    /// [`Body::Input`] and [`Body::Resize`] with the same id.
+    Exec(ExecRequest),
+    /// Host to guest, for exec `id`: bytes for its stdin; empty is EOF.
+    Input {
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Host to guest, for exec `id` with a terminal: the new window size.
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Shut the guest down as the power button does: [`Body::Done`] when
+    /// the shutdown has begun.
+    Shutdown {
+        /// Reboot instead of powering off.
+        reboot: bool,
+    },
+
+    // Answers and stream frames, guest to host.
+    /// Answer to [`Body::List`].
+    Containers(Vec<ContainerInfo>),
+    /// Answer to [`Body::Inspect`].
+    Inspected {
+        /// Its state.
+        info: ContainerInfo,
+        /// Its OCI `config.json`, as the guest read it.
+        config_json: String,
+    },
+    /// Log lines of one container, oldest first.
+    Log {
+        /// The container's name.
+        container: String,
+        /// The lines.
+        entries: Vec<LogEntry>,
+    },
+    /// Answer to [`Body::Wait`]: how the container ended.
+    Exited(ExitInfo),
+    /// Answer to [`Body::Top`].
+    Processes(Vec<ProcessInfo>),
+    /// Answer to [`Body::GetStats`].
+    Stats(Vec<ContainerStats>),
+    /// One event.
+    Event(Event),
+    /// The exec'd process is running.
+    ExecStarted {
+        /// Its pid in the guest (not in the container).
+        pid: u32,
+    },
+    /// Output of exec `id`.
+    Output {
+        /// Which stream (a terminal's output is [`Stream::Stdout`]).
+        stream: Stream,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Exec `id` has ended; its output has all been sent.
+    ExecExit {
+        /// How.
+        status: ExitStatus,
+    },
+
+    // Between the CLI and the monitor only (api.sock); never on the port.
+    /// CLI to monitor: what VM is this? Answered by [`Body::Vm`].
+    VmInfo,
+    /// Monitor to CLI.
+    Vm(VmInfo),
+    /// CLI to monitor: power the VM off; `force` ends QEMU at once.
+    PowerOff {
+        /// Do not wait for the guest.
+        force: bool,
+    },
+}
+
+/// A request to run a process in a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The container's name.
+    pub container: String,
+    /// The command and its arguments; `args[0]` is looked up in the
+    /// container's PATH.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` added to (or replacing in) the container's environment.
+    pub env: Vec<String>,
+    /// `USER`, `UID`, `USER:GROUP` or `UID:GID` inside the container; the
+    /// container's own user when `None`.
+    pub user: Option<String>,
+    /// Working directory; the container's when `None`.
+    pub cwd: Option<String>,
+    /// A terminal: stdout and stderr both come as [`Stream::Stdout`].
+    pub tty: bool,
+    /// Keep stdin open for [`Body::Input`]; otherwise it is /dev/null.
+    pub stdin: bool,
+    /// The terminal's initial size (rows, cols).
+    pub size: Option<(u16, u16)>,
+}
+
+/// A container's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    /// Declared, not started yet (or never, for a `once` container that
+    /// is still waiting its turn).
+    Created,
+    /// Its init is running.
+    Running,
+    /// Between a stop and the next start.
+    Restarting,
+    /// Its init exited.
+    Exited,
+    /// It could not be started.
+    Failed,
+}
+
+impl State {
+    /// The word `hafen ps` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Created => "created",
+            State::Running => "running",
+            State::Restarting => "restarting",
+            State::Exited => "exited",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The shell's number for it: the code, or 128 + the signal.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+impl core::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exited with code {c}"),
+            ExitStatus::Signal(s) => write!(f, "killed by {}", crate::signal::name(*s)),
+        }
+    }
+}
+
+/// How and when a container's init ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// How.
+    pub status: ExitStatus,
+    /// When.
+    pub finished_ns: u64,
+    /// The kernel's OOM killer killed a process of the container.
+    pub oom_killed: bool,
+}
+
+/// What `hafen ps` and `hafen inspect` show of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// Its name.
+    pub name: String,
+    /// The image it was built from, as the manifest named it.
+    pub image: String,
+    /// Its command and arguments.
+    pub command: Vec<String>,
+    /// Its state.
+    pub state: State,
+    /// Its init's pid in the guest, while running.
+    pub pid: Option<u32>,
+    /// When it last started.
+    pub started_ns: Option<u64>,
+    /// How it last ended.
+    pub exit: Option<ExitInfo>,
+    /// Why it failed to start, when it did.
+    pub error: Option<String>,
+    /// How many times it was started again after the first.
+    pub restarts: u32,
+    /// The machine shuts down when it ends (the manifest's `main`).
+    pub main: bool,
+}
+
+/// Which output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One line of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Increases by one per line per container, from 1 at boot.
+    pub seq: u64,
+    /// When it was read.
+    pub time_ns: u64,
+    /// Which stream.
+    pub stream: Stream,
+    /// The bytes, with the newline when the line was complete (a line
+    /// longer than the guest's limit, or cut by the output closing, has none).
+    pub line: Vec<u8>,
+}
+
+/// One process of a container (`hafen top`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Its pid in the guest.
+    pub pid: u32,
+    /// Its parent's pid in the guest.
+    pub ppid: u32,
+    /// Its real uid (in the guest's user namespace).
+    pub uid: u32,
+    /// CPU time used, user plus system, in microseconds.
+    pub cpu_usec: u64,
+    /// Resident memory in bytes.
+    pub rss_bytes: u64,
+    /// Its command line (its name in brackets when it has none).
+    pub command: String,
+}
+
+/// A container's resource use from its cgroup (`hafen stats`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    /// The container's name.
+    pub name: String,
+    /// When these were read.
+    pub time_ns: u64,
+    /// CPU time used since it started, in microseconds.
+    pub cpu_usec: u64,
+    /// Memory in use, in bytes.
+    pub memory_bytes: u64,
+    /// Its memory limit; `None` when unlimited.
+    pub memory_limit: Option<u64>,
+    /// Processes in it.
+    pub pids: u64,
+    /// Bytes read from block devices.
+    pub io_read_bytes: u64,
+    /// Bytes written to block devices.
+    pub io_write_bytes: u64,
+}
+
+/// Something that happened to a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// When.
+    pub time_ns: u64,
+    /// To which container.
+    pub container: String,
+    /// What.
+    pub kind: EventKind,
+}
+
+/// Kinds of [`Event`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// It started.
+    Start {
+        /// Its init's pid.
+        pid: u32,
+    },
+    /// It could not be started.
+    StartFailed {
+        /// Why.
+        message: String,
+    },
+    /// Its init ended.
+    Die(ExitInfo),
+    /// The OOM killer killed one of its processes.
+    Oom,
+    /// A stop was requested (`hafen stop`, a shutdown).
+    Stop,
+    /// A signal was sent to it (`hafen kill`).
+    Kill {
+        /// Which.
+        signal: i32,
+    },
+    /// A process was exec'd in it.
+    ExecStart {
+        /// Its pid.
+        pid: u32,
+        /// Its command line.
+        command: Vec<String>,
+    },
+    /// An exec'd process ended.
+    ExecDie {
+        /// Its pid.
+        pid: u32,
+        /// How.
+        status: ExitStatus,
+    },
+    /// The machine is shutting down.
+    Shutdown {
+        /// The main container's status when its end is why.
+        main_exit: Option<ExitStatus>,
+    },
+}
+
+impl EventKind {
+    /// The word `hafen events` shows (docker's names).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Start { .. } => "start",
+            EventKind::StartFailed { .. } => "start_failed",
+            EventKind::Die(_) => "die",
+            EventKind::Oom => "oom",
+            EventKind::Stop => "stop",
+            EventKind::Kill { .. } => "kill",
+            EventKind::ExecStart { .. } => "exec_start",
+            EventKind::ExecDie { .. } => "exec_die",
+            EventKind::Shutdown { .. } => "shutdown",
+        }
+    }
+}
+
+/// What the monitor says about its VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// The VM's name.
+    pub name: String,
+    /// The image directory it booted.
+    pub image: String,
+    /// The monitor's (`hafen run`'s) pid.
+    pub monitor_pid: u32,
+    /// QEMU's pid.
+    pub qemu_pid: u32,
+    /// When `hafen run` started, Unix time in nanoseconds.
+    pub started_unix_ns: u64,
+    /// The guest's boot time as Unix nanoseconds (guest time 0), once the
+    /// guest has answered; turns guest times into wall-clock times.
+    pub guest_boot_unix_ns: Option<u64>,
+    /// `booting`, `running`, `stopping`.
+    pub state: String,
 }
 
 /// Kinds of [`Body::Error`].
@@ -71,7 +498,18 @@ pub enum ErrorCode {
     Failed,
     /// Too many requests or streams at once; try again later.
     Busy,
+    /// The guest has not answered yet (still booting) or is gone.
+    NotReady,
+    /// The request does not fit the container's state (stop of a stopped
+    /// container, exec in one that is not running).
+    Conflict,
 }
+
+/// The verbs a guest of this version serves, as listed in [`Body::Hello`].
+pub const CAPABILITIES: &[&str] = &[
+    "list", "inspect", "logs", "kill", "stop", "start", "restart", "wait", "top", "stats",
+    "events", "exec", "shutdown",
+];
 
 /// A message that could not be turned into a frame or back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +613,7 @@ mod tests {
                 nonce,
                 version,
                 capabilities: vec!["ps".into(), "logs".into()],
+                boottime_ns: 1,
             },
         }
     }
