@@ -19,6 +19,22 @@ pub const STOP_TIMEOUT: &str = "org.hafen.stop-timeout";
 /// separated, top-most first (overlayfs `lowerdir` order). Without it, the
 /// bundle's `root.path` is the only lower directory.
 pub const LOWER_DIRS: &str = "org.hafen.lower-dirs";
+/// The image the container was made from, as the manifest named it
+/// (shown by `hafen ps`).
+pub const IMAGE: &str = "org.hafen.image";
+/// `true` on the manifest's `main` container: when it ends, the machine
+/// shuts down and `hafen run` exits with its status.
+pub const MAIN: &str = "org.hafen.main";
+/// Bytes of output PID 1 keeps for the container (its log ring), decimal
+/// (default [`DEFAULT_LOG_SIZE`]).
+pub const LOG_SIZE: &str = "org.hafen.log-size";
+
+/// Default size of a container's log ring in the guest: 1 MiB.
+pub const DEFAULT_LOG_SIZE: u32 = 1024 * 1024;
+/// The smallest log ring a manifest may ask for.
+pub const MIN_LOG_SIZE: u32 = 4096;
+/// The largest log ring a manifest may ask for: 64 MiB.
+pub const MAX_LOG_SIZE: u32 = 64 * 1024 * 1024;
 
 /// Default seconds between the stop signal and SIGKILL.
 pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 10;

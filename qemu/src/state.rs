@@ -9,6 +9,15 @@ use std::path::{Path, PathBuf};
 pub const QMP_SOCKET: &str = "qmp.sock";
 /// File name of QEMU's pid in a state directory.
 pub const QEMU_PID: &str = "qemu.pid";
+/// File name of the host end of the guest's control port (QEMU serves it;
+/// one client at a time: the monitor).
+pub const CONTROL_SOCKET: &str = "control.sock";
+/// File name of the monitor's socket for the CLI.
+pub const API_SOCKET: &str = "api.sock";
+/// File name of the guest console's copy when the VM runs detached.
+pub const CONSOLE_LOG: &str = "console.log";
+/// Directory of the containers' logs kept on the host.
+pub const LOGS_DIR: &str = "logs";
 
 /// Hafen's runtime directory: `$XDG_RUNTIME_DIR/hafen`, or `/run/hafen`.
 pub fn runtime_dir() -> PathBuf {
@@ -91,6 +100,89 @@ impl Drop for StateDir {
     }
 }
 
+/// A running VM, as found in the state directories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDir {
+    /// Its name (the state directory's name without the pid).
+    pub name: String,
+    /// The pid of the `hafen run` that owns it (the monitor).
+    pub pid: u32,
+    /// Its state directory.
+    pub path: PathBuf,
+}
+
+impl VmDir {
+    /// The monitor's socket for the CLI.
+    pub fn api_socket(&self) -> PathBuf {
+        self.path.join(API_SOCKET)
+    }
+}
+
+/// Every VM whose monitor is still running, by name.
+pub fn list_vms(vms: &Path) -> Vec<VmDir> {
+    let Ok(entries) = std::fs::read_dir(vms) else {
+        return Vec::new();
+    };
+    let mut found: Vec<VmDir> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let file = entry.file_name();
+            let file = file.to_str()?;
+            let (name, pid) = file.rsplit_once('-')?;
+            let pid: u32 = pid.parse().ok()?;
+            Path::new("/proc")
+                .join(pid.to_string())
+                .exists()
+                .then(|| VmDir {
+                    name: name.to_owned(),
+                    pid,
+                    path: entry.path(),
+                })
+        })
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name).then(a.pid.cmp(&b.pid)));
+    found
+}
+
+/// Finding a VM by name failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    /// No running VM has the name.
+    #[error("no running VM named {name:?} (`hafen ls` lists them)")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// Several do (started without `--name`, from the same image).
+    #[error(
+        "{count} running VMs are named {name:?}; stop the extra ones or use `hafen run --name`"
+    )]
+    Ambiguous {
+        /// The name asked for.
+        name: String,
+        /// How many.
+        count: usize,
+    },
+}
+
+/// The running VM called `name`.
+pub fn find_vm(vms: &Path, name: &str) -> Result<VmDir, FindError> {
+    let mut matches: Vec<VmDir> = list_vms(vms)
+        .into_iter()
+        .filter(|vm| vm.name == name)
+        .collect();
+    match matches.len() {
+        0 => Err(FindError::NotFound {
+            name: name.to_owned(),
+        }),
+        1 => Ok(matches.remove(0)),
+        count => Err(FindError::Ambiguous {
+            name: name.to_owned(),
+            count,
+        }),
+    }
+}
+
 /// Removes state directories whose owner is no longer running.
 fn remove_stale(vms: &Path) {
     let Ok(entries) = std::fs::read_dir(vms) else {
@@ -135,5 +227,34 @@ mod tests {
         assert!(path.is_dir());
         drop(state);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn vms_are_found_by_name_among_live_owners() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let me = std::process::id();
+        for d in [
+            format!("web-{me}"),
+            "web-4294967295".to_owned(),
+            format!("db-x-{me}"),
+        ] {
+            std::fs::create_dir_all(root.path().join(d)).expect("mkdir");
+        }
+        let all = list_vms(root.path());
+        let names: Vec<&str> = all.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["db-x", "web"], "the dead run is not listed");
+        let web = find_vm(root.path(), "web").expect("found");
+        assert_eq!(web.pid, me);
+        assert_eq!(
+            web.api_socket(),
+            root.path().join(format!("web-{me}/api.sock"))
+        );
+        let err = find_vm(root.path(), "nope").expect_err("absent");
+        assert!(err.to_string().contains("hafen ls"), "{err}");
+        std::fs::create_dir_all(root.path().join("web-1")).expect("mkdir");
+        assert!(matches!(
+            find_vm(root.path(), "web"),
+            Err(FindError::Ambiguous { count: 2, .. })
+        ));
     }
 }
