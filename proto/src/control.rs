@@ -342,7 +342,8 @@ pub enum Stream {
 /// One line of a container's output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
-    /// Increases by one per line per container, from 1 at boot.
+    /// Increases by one per line, guest-wide (across containers), from 1
+    /// at boot: a reconnecting monitor resumes with `after_seq`.
     pub seq: u64,
     /// When it was read.
     pub time_ns: u64,
