@@ -286,6 +286,13 @@ pub fn spec(
     );
     annotations.insert(annotations::ORDER.to_owned(), order.to_string());
     annotations.insert(annotations::LOWER_DIRS.to_owned(), lower_dir.to_owned());
+    annotations.insert(annotations::IMAGE.to_owned(), container.image.text.clone());
+    if container.main {
+        annotations.insert(annotations::MAIN.to_owned(), "true".to_owned());
+    }
+    if let Some(size) = container.log_size {
+        annotations.insert(annotations::LOG_SIZE.to_owned(), size.to_string());
+    }
     if let Some(sig) = &container.stop_signal {
         annotations.insert(annotations::STOP_SIGNAL.to_owned(), sig.clone());
     }
@@ -396,6 +403,8 @@ mod tests {
             phase: Phase::Once,
             stop_signal: Some("SIGUSR1".into()),
             stop_timeout: Some(4),
+            log_size: None,
+            main: false,
             security: crate::manifest::Security::default(),
         }
     }
@@ -435,6 +444,11 @@ mod tests {
         assert_eq!(a["org.hafen.stop-signal"], "SIGUSR1");
         assert_eq!(a["org.hafen.stop-timeout"], "4");
         assert_eq!(a["org.hafen.lower-dirs"], "/var/lib/hafen/images/sha256-ab");
+        assert_eq!(a["org.hafen.image"], "oci:x");
+        assert!(
+            !a.contains_key("org.hafen.main") && !a.contains_key("org.hafen.log-size"),
+            "left out unless the manifest sets them: {a:?}"
+        );
         let kinds: Vec<String> = spec
             .linux
             .expect("linux")
@@ -534,6 +548,19 @@ mod tests {
             ..Security::default()
         };
         assert_eq!(capabilities(&only_chown), ["CAP_CHOWN"]);
+    }
+
+    #[test]
+    fn main_and_log_size_become_annotations() {
+        let tree = Tree::new();
+        let mut c = container(None, vec![]);
+        c.main = true;
+        c.log_size = Some(512 * 1024);
+        let spec = spec(&c, 0, &image(None), &tree, "/l").expect("spec");
+        let a = &spec.annotations;
+        assert_eq!(a[annotations::MAIN], "true");
+        assert_eq!(a[annotations::LOG_SIZE], "524288");
+        assert_eq!(a[annotations::IMAGE], "oci:x");
     }
 
     #[test]

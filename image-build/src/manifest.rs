@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hafen_proto::annotations::Phase;
+use hafen_proto::annotations::{self, Phase};
 use serde::Deserialize;
 
 /// A manifest could not be used.
@@ -43,6 +43,7 @@ pub enum ManifestError {
 struct RawManifest {
     name: String,
     hostname: Option<String>,
+    main: Option<String>,
     #[serde(default, rename = "container")]
     containers: Vec<RawContainer>,
 }
@@ -58,6 +59,7 @@ struct RawContainer {
     phase: Option<String>,
     stop_signal: Option<String>,
     stop_timeout: Option<u32>,
+    log_size: Option<toml::Value>,
     #[serde(default)]
     privileged: bool,
     #[serde(default)]
@@ -83,6 +85,9 @@ pub struct Manifest {
     pub name: String,
     /// The guest's hostname.
     pub hostname: String,
+    /// The container whose end shuts the machine down and whose exit
+    /// status `hafen run` returns (a declared container's name).
+    pub main: Option<String>,
     /// Containers in declared order.
     pub containers: Vec<Container>,
 }
@@ -104,6 +109,10 @@ pub struct Container {
     pub stop_signal: Option<String>,
     /// Seconds before SIGKILL.
     pub stop_timeout: Option<u32>,
+    /// Bytes of output the guest keeps for it; `None`: the guest's default.
+    pub log_size: Option<u32>,
+    /// Named by the manifest's `main`.
+    pub main: bool,
     /// Security and resource settings.
     pub security: Security,
 }
@@ -159,6 +168,30 @@ pub fn parse_bytes(value: &toml::Value) -> Result<u64, String> {
     match n.checked_shl(shift).filter(|v| *v > 0 && v >> shift == n) {
         Some(v) => Ok(v),
         None => Err(format!("{text:?} is out of range")),
+    }
+}
+
+/// Parses a container's `log_size` (a size as [`parse_bytes`] reads it) and
+/// checks it lies within what the guest accepts.
+pub fn parse_log_size(value: &toml::Value, container: &str) -> Result<u32, String> {
+    let bytes = parse_bytes(value)?;
+    let range = u64::from(annotations::MIN_LOG_SIZE)..=u64::from(annotations::MAX_LOG_SIZE);
+    if !range.contains(&bytes) {
+        return Err(format!(
+            "{bytes} bytes for container {container:?} is out of range ({} to {})",
+            human_size(*range.start()),
+            human_size(*range.end())
+        ));
+    }
+    u32::try_from(bytes).map_err(|_| format!("{bytes} bytes is out of range"))
+}
+
+/// `4096` as `"4K"`, `1048576` as `"1M"`: a size in the unit a manifest would use.
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}K", b >> 10),
+        b => b.to_string(),
     }
 }
 
@@ -350,6 +383,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
         if memory_bytes.is_some_and(|m| m < 1 << 20) {
             return Err(invalid(field("memory"), "must be at least 1M".into()));
         }
+        let log_size = c
+            .log_size
+            .as_ref()
+            .map(|v| parse_log_size(v, &c.name))
+            .transpose()
+            .map_err(|m| invalid(field("log_size"), m))?;
         let millicpus = c
             .cpus
             .as_ref()
@@ -385,13 +424,32 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
             phase,
             stop_signal: c.stop_signal,
             stop_timeout: c.stop_timeout,
+            log_size,
+            main: false,
             security,
         });
+    }
+    if let Some(main) = &raw.main {
+        match containers.iter_mut().find(|c| &c.name == main) {
+            Some(c) => c.main = true,
+            None => {
+                let declared: Vec<String> =
+                    containers.iter().map(|c| format!("{:?}", c.name)).collect();
+                return Err(invalid(
+                    "main".into(),
+                    format!(
+                        "{main:?} is not a declared container (declared: {})",
+                        declared.join(", ")
+                    ),
+                ));
+            }
+        }
     }
     Ok(Manifest {
         path: path.to_owned(),
         name: raw.name,
         hostname,
+        main: raw.main,
         containers,
     })
 }
@@ -510,6 +568,75 @@ image = "oci:/abs/layout"
         }
         assert_eq!(parse_bytes(&toml::Value::String("1G".into())), Ok(1 << 30));
         assert_eq!(parse_bytes(&toml::Value::Integer(4096)), Ok(4096));
+    }
+
+    #[test]
+    fn main_names_a_declared_container_once_or_service() {
+        let m = parse_str(&format!("main = \"greet\"\n{GOOD}")).expect("valid");
+        assert_eq!(m.main.as_deref(), Some("greet"));
+        let flags: Vec<bool> = m.containers.iter().map(|c| c.main).collect();
+        assert_eq!(flags, [true, false], "the once container greet is main");
+        let m = parse_str(&format!("main = \"svc\"\n{GOOD}")).expect("valid");
+        let flags: Vec<bool> = m.containers.iter().map(|c| c.main).collect();
+        assert_eq!(flags, [false, true]);
+        let m = parse_str(GOOD).expect("valid");
+        assert_eq!(m.main, None);
+        assert!(m.containers.iter().all(|c| !c.main));
+    }
+
+    #[test]
+    fn main_naming_no_container_lists_the_declared_ones() {
+        let e = error_of(&format!("main = \"web\"\n{GOOD}"));
+        assert!(
+            e.contains("/m/hafen.toml: main:")
+                && e.contains("\"web\"")
+                && e.contains("declared: \"greet\", \"svc\""),
+            "{e}"
+        );
+        let e = error_of(&format!("main = 1\n{GOOD}"));
+        assert!(e.contains("main"), "{e}");
+    }
+
+    #[test]
+    fn log_size_takes_bytes_or_units_within_the_guests_limits() {
+        let with = |value: &str| {
+            format!("name = \"x\"\n[[container]]\nname = \"a\"\nimage = \"oci:i\"\nlog_size = {value}\n")
+        };
+        for (value, bytes) in [
+            ("65536", 65536),
+            ("\"512k\"", 512 << 10),
+            ("\"1m\"", 1 << 20),
+            ("\"4MiB\"", 4 << 20),
+            ("\"4K\"", annotations::MIN_LOG_SIZE),
+            ("\"64M\"", annotations::MAX_LOG_SIZE),
+        ] {
+            let m = parse_str(&with(value)).unwrap_or_else(|e| panic!("{value}: {e}"));
+            assert_eq!(m.containers[0].log_size, Some(bytes), "{value}");
+        }
+        let m = parse_str(GOOD).expect("valid");
+        assert_eq!(
+            m.containers[0].log_size, None,
+            "absent: the guest's default"
+        );
+        for value in [
+            "4095",
+            "\"65M\"",
+            "\"1G\"",
+            "0",
+            "-1",
+            "\"lots\"",
+            "\"1Q\"",
+            "1.5",
+            "\"99999999999999999999\"",
+        ] {
+            let e = error_of(&with(value));
+            assert!(e.contains("container[0].log_size"), "{value}: {e}");
+        }
+        let e = error_of(&with("100"));
+        assert!(
+            e.contains("container \"a\"") && e.contains("4K to 64M"),
+            "the range is stated: {e}"
+        );
     }
 
     #[test]

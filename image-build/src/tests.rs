@@ -64,11 +64,13 @@ impl Drop for Fixture {
 const MANIFEST: &str = r#"
 name = "t"
 hostname = "box"
+main = "two"
 [[container]]
 name = "one"
 image = "oci:images/base:1"
 command = ["/bin/tool"]
 phase = "once"
+log_size = "512k"
 [[container]]
 name = "two"
 image = "oci:images/base:1"
@@ -119,6 +121,25 @@ fn builds_are_byte_identical_and_hold_what_the_guest_needs() {
     let config: hafen_proto::spec::Spec =
         serde_json::from_slice(&get("etc/hafen/containers/one/config.json").data).expect("spec");
     assert_eq!(config.process.expect("process").args, ["/bin/tool"]);
+    let annotation =
+        |a: &std::collections::BTreeMap<String, String>, key: &str| a.get(key).cloned();
+    let two: hafen_proto::spec::Spec =
+        serde_json::from_slice(&get("etc/hafen/containers/two/config.json").data).expect("spec");
+    use hafen_proto::annotations::{IMAGE, LOG_SIZE, MAIN};
+    assert_eq!(
+        [IMAGE, MAIN, LOG_SIZE].map(|k| annotation(&config.annotations, k)),
+        [
+            Some("oci:images/base:1".into()),
+            None,
+            Some("524288".into())
+        ],
+        "one: image as written, not main, its log size in bytes"
+    );
+    assert_eq!(
+        [IMAGE, MAIN, LOG_SIZE].map(|k| annotation(&two.annotations, k)),
+        [Some("oci:images/base:1".into()), Some("true".into()), None],
+        "two: main, the guest's default log size"
+    );
     let lower = config.annotations["org.hafen.lower-dirs"].clone();
     let image_root = lower.trim_start_matches('/');
     assert!(
