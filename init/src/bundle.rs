@@ -25,6 +25,12 @@ pub struct Bundle {
     pub stop_signal: i32,
     /// Seconds between the stop signal and SIGKILL.
     pub stop_timeout_secs: u32,
+    /// The image it was made from, as the manifest named it (may be empty).
+    pub image: String,
+    /// The machine shuts down when it ends.
+    pub main: bool,
+    /// Bytes of output kept in its log ring.
+    pub log_size: u32,
 }
 
 /// A bundle that cannot be run.
@@ -154,6 +160,23 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
             .parse()
             .map_err(|_| bad(annotations::STOP_TIMEOUT, v, "whole seconds"))?,
     };
+    let main = match spec.annotation(annotations::MAIN) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => return Err(bad(annotations::MAIN, v, "\"true\" or \"false\"")),
+    };
+    let log_size = match spec.annotation(annotations::LOG_SIZE) {
+        None => annotations::DEFAULT_LOG_SIZE,
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|n| (annotations::MIN_LOG_SIZE..=annotations::MAX_LOG_SIZE).contains(n))
+            .ok_or_else(|| bad(annotations::LOG_SIZE, v, "bytes, from 4096 to 67108864"))?,
+    };
+    let image = spec
+        .annotation(annotations::IMAGE)
+        .unwrap_or_default()
+        .to_owned();
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -166,6 +189,9 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
         order,
         stop_signal,
         stop_timeout_secs,
+        image,
+        main,
+        log_size,
     })
 }
 

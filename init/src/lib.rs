@@ -8,7 +8,9 @@ pub mod log;
 
 pub mod bundle;
 pub mod container;
+pub mod control;
 pub mod input;
+pub mod logs;
 pub mod mount;
 pub mod runtime;
 pub mod supervisor;

@@ -395,13 +395,27 @@ impl Epoll {
 
     /// Watches `fd` for input (and hang-up) under `token`.
     pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, EPOLL_INPUT)
+    }
+
+    /// Watches `fd` for `events` (EPOLLIN, EPOLLOUT; hang-up and errors
+    /// are always reported) under `token`.
+    pub fn add_with(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, events)
+    }
+
+    /// Changes what `fd` is watched for.
+    pub fn modify(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, events)
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
         let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32,
+            events: events | (libc::EPOLLHUP | libc::EPOLLERR) as u32,
             u64: token,
         };
         // SAFETY: event is a valid epoll_event; fd validity is checked by the kernel.
-        let ret =
-            unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        let ret = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut event) };
         check(ret as libc::c_long).map(drop)
     }
 
@@ -414,8 +428,9 @@ impl Epoll {
         check(ret as libc::c_long).map(drop)
     }
 
-    /// Waits up to `timeout_ms` (-1: forever) and appends ready tokens to `out`.
-    pub fn wait(&self, timeout_ms: i32, out: &mut Vec<u64>) -> io::Result<()> {
+    /// Waits up to `timeout_ms` (-1: forever) and appends ready tokens
+    /// with their events (`EPOLLIN`, `EPOLLOUT`, `EPOLLHUP`...) to `out`.
+    pub fn wait(&self, timeout_ms: i32, out: &mut Vec<(u64, u32)>) -> io::Result<()> {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
         // SAFETY: events is a writable array of the length we pass.
         let n = unsafe {
@@ -434,8 +449,47 @@ impl Epoll {
                 Err(err)
             };
         }
-        out.extend(events.iter().take(n as usize).map(|e| e.u64));
+        out.extend(events.iter().take(n as usize).map(|e| (e.u64, e.events)));
         Ok(())
+    }
+}
+
+/// Input readiness, for [`Epoll::add_with`].
+pub const EPOLL_INPUT: u32 = libc::EPOLLIN as u32;
+/// Output readiness, for [`Epoll::add_with`].
+pub const EPOLL_OUTPUT: u32 = libc::EPOLLOUT as u32;
+/// Hang-up, as [`Epoll::wait`] reports it.
+pub const EPOLL_HANGUP: u32 = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
+
+/// Asks the kernel to send us SIGIO when `fd` becomes readable or its
+/// peer connects (O_ASYNC with us as the owner).
+pub fn signal_io(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with integer arguments.
+    check(unsafe { libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) } as libc::c_long)?;
+    // SAFETY: as above.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) } as libc::c_long)?;
+    // SAFETY: as above.
+    check(
+        unsafe { libc::fcntl(fd, libc::F_SETFL, flags as libc::c_int | libc::O_ASYNC) }
+            as libc::c_long,
+    )
+    .map(drop)
+}
+
+/// Writes what `fd` takes now; `Ok(None)` when it would block.
+pub fn write_some(fd: RawFd, buf: &[u8]) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: buf is readable for buf.len() bytes.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(err),
+        }
     }
 }
 

@@ -15,8 +15,8 @@ use crate::sys;
 #[derive(Debug)]
 pub(super) struct Fds<'a> {
     pub null: RawFd,
-    /// Write end of the output pipe; `None` keeps the caller's stdio.
-    pub out: Option<RawFd>,
+    /// The stdio pipes' ends; `None` keeps the caller's stdio.
+    pub stdio: Option<super::ChildStdio>,
     /// Read end of the sync pipe, when the parent has work to do first.
     pub sync: Option<RawFd>,
     /// Read end of the start gate, for OCI `create`.
@@ -65,10 +65,8 @@ fn steps(plan: &Plan, fds: &Fds) -> Result<(), Failure> {
         .map_err(fail_io(Step::Stdio, "signal mask"))?;
     sys::reset_signal_dispositions();
     sys::setsid().map_err(fail_io(Step::Stdio, "setsid"))?;
-    if let Some(out) = fds.out {
-        sys::dup2(fds.null, 0).map_err(fail_io(Step::Stdio, "stdin"))?;
-        sys::dup2(out, 1).map_err(fail_io(Step::Stdio, "stdout"))?;
-        sys::dup2(out, 2).map_err(fail_io(Step::Stdio, "stderr"))?;
+    if let Some(stdio) = fds.stdio {
+        stdio.install(fds.null)?;
     }
 
     // 2. Wait for the parent: user namespace maps, oom score.

@@ -5,14 +5,14 @@
 //! OCI runtime's console-socket protocol. The peer becomes the process's
 //! stdin, stdout, stderr and controlling terminal.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::net::{
-    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
-    SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 use rustix::pty::OpenptFlags;
 
@@ -32,6 +32,39 @@ pub fn connect(path: &Path) -> io::Result<OwnedFd> {
     let addr = SocketAddrUnix::new(path)?;
     rustix::net::connect(&socket, &addr)?;
     Ok(socket)
+}
+
+/// A connected pair of sockets: the first for the child (a
+/// [`super::exec::ConsoleTarget::Socket`]), the second for [`receive`].
+pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    Ok((a, b))
+}
+
+/// Takes the terminal's master that a child sent over `socket` (after the
+/// child has exec'd, so it is already there).
+pub fn receive(socket: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut name = [0u8; 128];
+    rustix::net::recvmsg(
+        socket,
+        &mut [IoSliceMut::new(&mut name)],
+        &mut control,
+        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+    )?;
+    control
+        .drain()
+        .find_map(|message| match message {
+            RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+            _ => None,
+        })
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no terminal was sent"))
 }
 
 /// In the child, inside the container's root: makes a pty, sends its master

@@ -13,8 +13,8 @@ use rustix::fs::{Mode, OFlags};
 use super::child::{fail, fail_io, Failure};
 use super::process::ProcessPlan;
 use super::{
-    check_console, clone_child, console, read_child_error, report_and_exit, Spawned, StartError,
-    StdioMode, Step,
+    check_console, clone_child, console, read_child_error, report_and_exit, ChildStdio, Spawned,
+    StartError, StdioMode, StdioPipes, Step,
 };
 use crate::sys::{self, CloneResult};
 
@@ -28,15 +28,24 @@ pub struct Target<'a> {
 }
 
 /// How to start the process.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ExecOptions {
     /// Where its stdio goes (a terminal overrides it).
     pub stdio: StdioMode,
     /// Where to send the terminal's master when `process.terminal` is set.
-    pub console_socket: Option<PathBuf>,
+    pub console: Option<ConsoleTarget>,
     /// How many descriptors from 3 up the process keeps; every other one
     /// above stdio is closed at exec.
     pub preserve_fds: u32,
+}
+
+/// Where a terminal's master goes.
+#[derive(Debug)]
+pub enum ConsoleTarget {
+    /// A unix socket to connect to (`--console-socket`).
+    Path(PathBuf),
+    /// A connected socket (one end of a socketpair PID 1 holds the other of).
+    Socket(OwnedFd),
 }
 
 /// Namespaces in the order they are joined: the user namespace first, so
@@ -79,7 +88,12 @@ pub fn exec(
 ) -> Result<Spawned, StartError> {
     let mut plan = ProcessPlan::new(process, seccomp)?;
     plan.preserve_fds = opts.preserve_fds;
-    check_console(plan.terminal, opts.console_socket.as_deref())?;
+    let socket_path = match &opts.console {
+        Some(ConsoleTarget::Path(path)) => Some(path.as_path()),
+        Some(ConsoleTarget::Socket(_)) => Some(Path::new("(a socket)")),
+        None => None,
+    };
+    check_console(plan.terminal, socket_path)?;
     let pid = target.pid;
 
     // 1. Everything of the container we enter, by handle.
@@ -117,16 +131,17 @@ pub fn exec(
 
     // 2. Pipes, the console socket and exec's arrays, all before clone.
     let null = std::fs::File::open("/dev/null").map_err(StartError::parent("open /dev/null"))?;
-    let output = match opts.stdio {
-        StdioMode::Pipe => Some(sys::pipe().map_err(StartError::parent("create output pipe"))?),
-        StdioMode::Inherit => None,
-    };
+    let stdio = StdioPipes::new(opts.stdio)?;
     let (err_r, err_w) = sys::pipe().map_err(StartError::parent("create error pipe"))?;
-    let console = match (&opts.console_socket, plan.terminal) {
-        (Some(path), true) => Some(console::connect(path).map_err(StartError::parent(format!(
-            "connect to the console socket {}",
-            path.display()
-        )))?),
+    let console = match (&opts.console, plan.terminal) {
+        (Some(ConsoleTarget::Path(path)), true) => Some(console::connect(path).map_err(
+            StartError::parent(format!("connect to the console socket {}", path.display())),
+        )?),
+        (Some(ConsoleTarget::Socket(socket)), true) => Some(
+            socket
+                .try_clone()
+                .map_err(StartError::parent("duplicate the console socket"))?,
+        ),
         _ => None,
     };
     let (argv, envp) = plan.exec_arrays();
@@ -142,8 +157,8 @@ pub fn exec(
     };
     match cloned.map_err(StartError::parent("clone"))? {
         CloneResult::Child => {
-            let out = output.as_ref().map(|(_, w)| w);
-            let failure = enter(&joins, &root, &null, out, console.as_ref(), &plan)
+            let ends = stdio.as_ref().map(StdioPipes::child_ends);
+            let failure = enter(&joins, &root, &null, ends, console.as_ref(), &plan)
                 .err()
                 .unwrap_or_else(|| plan.exec(&argv, &envp));
             let (step, path, errno) = failure;
@@ -151,26 +166,17 @@ pub fn exec(
         }
         CloneResult::Parent(child) => {
             drop(err_w);
-            let output = output.map(|(r, w)| {
-                drop(w);
-                r
-            });
+            let io = stdio.map(StdioPipes::into_parent_ends).transpose()?;
             let mut no_hooks = || Ok(());
             match read_child_error(&err_r, false, &mut no_hooks) {
                 Some(e) => Err(e),
-                None => {
-                    if let Some(out) = &output {
-                        sys::set_nonblocking(out.as_raw_fd())
-                            .map_err(StartError::parent("set output pipe non-blocking"))?;
-                    }
-                    Ok(Spawned {
-                        pid: child,
-                        output,
-                        gate_fds: None,
-                        cgroup: None,
-                        shared_root: None,
-                    })
-                }
+                None => Ok(Spawned {
+                    pid: child,
+                    io,
+                    gate_fds: None,
+                    cgroup: None,
+                    shared_root: None,
+                }),
             }
         }
     }
@@ -182,7 +188,7 @@ fn enter(
     joins: &[(OwnedFd, libc::c_int, &str)],
     root: &OwnedFd,
     null: &std::fs::File,
-    out: Option<&OwnedFd>,
+    stdio: Option<ChildStdio>,
     console: Option<&OwnedFd>,
     plan: &ProcessPlan,
 ) -> Result<(), Failure> {
@@ -192,10 +198,8 @@ fn enter(
         .map_err(fail_io(Step::Stdio, "signal mask"))?;
     sys::reset_signal_dispositions();
     sys::setsid().map_err(fail_io(Step::Stdio, "setsid"))?;
-    if let Some(out) = out {
-        sys::dup2(null.as_raw_fd(), 0).map_err(fail_io(Step::Stdio, "stdin"))?;
-        sys::dup2(out.as_raw_fd(), 1).map_err(fail_io(Step::Stdio, "stdout"))?;
-        sys::dup2(out.as_raw_fd(), 2).map_err(fail_io(Step::Stdio, "stderr"))?;
+    if let Some(stdio) = stdio {
+        stdio.install(null.as_raw_fd())?;
     }
 
     // 2. Namespaces, user first (the pid namespace was joined at clone).

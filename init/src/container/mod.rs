@@ -259,10 +259,97 @@ impl std::error::Error for StartError {}
 /// Where the container's stdio goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StdioMode {
-    /// stdout and stderr into a pipe returned in [`Spawned::output`]; stdin from /dev/null.
-    Pipe,
+    /// stdout and stderr into two pipes returned in [`Spawned::output`];
+    /// stdin from a pipe whose write end is [`Spawned::stdin`] with `stdin`,
+    /// else from /dev/null.
+    Pipe {
+        /// Give the process a stdin pipe.
+        stdin: bool,
+    },
     /// The caller's stdin, stdout and stderr.
     Inherit,
+}
+
+/// The pipes of a [`StdioMode::Pipe`] process, made before clone.
+#[derive(Debug)]
+pub(crate) struct StdioPipes {
+    stdin: Option<(OwnedFd, OwnedFd)>,
+    stdout: (OwnedFd, OwnedFd),
+    stderr: (OwnedFd, OwnedFd),
+}
+
+impl StdioPipes {
+    /// The pipes `mode` asks for; `None` for [`StdioMode::Inherit`].
+    pub(crate) fn new(mode: StdioMode) -> Result<Option<StdioPipes>, StartError> {
+        let StdioMode::Pipe { stdin } = mode else {
+            return Ok(None);
+        };
+        let pipe =
+            |what: &str| sys::pipe().map_err(StartError::parent(format!("create {what} pipe")));
+        Ok(Some(StdioPipes {
+            stdin: if stdin { Some(pipe("stdin")?) } else { None },
+            stdout: pipe("stdout")?,
+            stderr: pipe("stderr")?,
+        }))
+    }
+
+    /// The child's ends: (stdin, stdout, stderr); stdin `None` means /dev/null.
+    pub(crate) fn child_ends(&self) -> ChildStdio {
+        ChildStdio {
+            stdin: self.stdin.as_ref().map(|(r, _)| r.as_raw_fd()),
+            stdout: self.stdout.1.as_raw_fd(),
+            stderr: self.stderr.1.as_raw_fd(),
+        }
+    }
+
+    /// After clone, in the parent: closes the child's ends, makes ours
+    /// non-blocking and returns them.
+    pub(crate) fn into_parent_ends(self) -> Result<ProcessIo, StartError> {
+        let nonblocking = |fd: OwnedFd| {
+            sys::set_nonblocking(fd.as_raw_fd())
+                .map(|()| fd)
+                .map_err(StartError::parent("set a stdio pipe non-blocking"))
+        };
+        Ok(ProcessIo {
+            stdin: self.stdin.map(|(_, w)| nonblocking(w)).transpose()?,
+            stdout: nonblocking(self.stdout.0)?,
+            stderr: nonblocking(self.stderr.0)?,
+        })
+    }
+}
+
+/// The child's stdio descriptors (numbers valid in the child).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChildStdio {
+    /// Read end of the stdin pipe; `None`: /dev/null.
+    pub stdin: Option<RawFd>,
+    /// Write end of the stdout pipe.
+    pub stdout: RawFd,
+    /// Write end of the stderr pipe.
+    pub stderr: RawFd,
+}
+
+impl ChildStdio {
+    /// In the child: makes the pipes (and /dev/null for a stdin without
+    /// one) descriptors 0, 1 and 2.
+    pub(crate) fn install(self, null: RawFd) -> Result<(), child::Failure> {
+        let stdin = self.stdin.unwrap_or(null);
+        sys::dup2(stdin, 0).map_err(child::fail_io(Step::Stdio, "stdin"))?;
+        sys::dup2(self.stdout, 1).map_err(child::fail_io(Step::Stdio, "stdout"))?;
+        sys::dup2(self.stderr, 2).map_err(child::fail_io(Step::Stdio, "stderr"))?;
+        Ok(())
+    }
+}
+
+/// The parent's ends of a process's stdio pipes, all non-blocking.
+#[derive(Debug)]
+pub struct ProcessIo {
+    /// Write end of its stdin, when it has a pipe.
+    pub stdin: Option<OwnedFd>,
+    /// Read end of its stdout.
+    pub stdout: OwnedFd,
+    /// Read end of its stderr.
+    pub stderr: OwnedFd,
 }
 
 /// How to spawn a container.
@@ -294,7 +381,7 @@ impl SpawnOptions {
     pub fn system(id: &str) -> SpawnOptions {
         SpawnOptions {
             id: id.to_owned(),
-            stdio: StdioMode::Pipe,
+            stdio: StdioMode::Pipe { stdin: false },
             gate: false,
             cgroup_root: PathBuf::from(cgroup::CGROUP_ROOT),
             scratch_root: "/run/hafen/containers".to_owned(),
@@ -310,8 +397,8 @@ impl SpawnOptions {
 pub struct Spawned {
     /// Its init process, as seen from the caller.
     pub pid: libc::pid_t,
-    /// Read end of the pipe carrying its stdout and stderr ([`StdioMode::Pipe`]).
-    pub output: Option<OwnedFd>,
+    /// Its stdio pipes ([`StdioMode::Pipe`]).
+    pub io: Option<ProcessIo>,
     /// With a gate: descriptor numbers, in the child, of the gate's write end
     /// and the error pipe's read end, which [`start_gated`] opens through /proc.
     pub gate_fds: Option<(RawFd, RawFd)>,
@@ -927,10 +1014,7 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
         ))?;
     }
     let null = std::fs::File::open("/dev/null").map_err(StartError::parent("open /dev/null"))?;
-    let output = match opts.stdio {
-        StdioMode::Pipe => Some(sys::pipe().map_err(StartError::parent("create output pipe"))?),
-        StdioMode::Inherit => None,
-    };
+    let stdio = StdioPipes::new(opts.stdio)?;
     let (err_r, err_w) = sys::pipe().map_err(StartError::parent("create error pipe"))?;
     let sync = if plan.needs_sync() {
         Some(sys::pipe().map_err(StartError::parent("create sync pipe"))?)
@@ -980,7 +1064,7 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
             });
             let ends = child::Fds {
                 null: null.as_raw_fd(),
-                out: output.as_ref().map(|(_, w)| w.as_raw_fd()),
+                stdio: stdio.as_ref().map(StdioPipes::child_ends),
                 sync: sync.as_ref().map(|r| r.as_raw_fd()),
                 gate: gate.as_ref().map(|(r, _)| r.as_raw_fd()),
                 err: err_w.as_raw_fd(),
@@ -993,10 +1077,7 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
         CloneResult::Parent(pid) => {
             drop(err_w);
             drop(null);
-            let output = output.map(|(r, w)| {
-                drop(w);
-                r
-            });
+            let io = stdio.map(StdioPipes::into_parent_ends).transpose()?;
             if let Some((sync_r, sync_w)) = sync {
                 drop(sync_r);
                 if let Err(e) = parent_setup(&plan, pid) {
@@ -1031,19 +1112,13 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
                 let _ = sys::kill(pid, libc::SIGKILL);
             }
             match report {
-                None => {
-                    if let Some(out) = &output {
-                        sys::set_nonblocking(out.as_raw_fd())
-                            .map_err(StartError::parent("set output pipe non-blocking"))?;
-                    }
-                    Ok(Spawned {
-                        pid,
-                        output,
-                        gate_fds,
-                        cgroup: plan.cgroup.as_ref().map(PlannedCgroup::dir),
-                        shared_root: plan.shares_mounts.then(|| PathBuf::from(&plan.rootfs)),
-                    })
-                }
+                None => Ok(Spawned {
+                    pid,
+                    io,
+                    gate_fds,
+                    cgroup: plan.cgroup.as_ref().map(PlannedCgroup::dir),
+                    shared_root: plan.shares_mounts.then(|| PathBuf::from(&plan.rootfs)),
+                }),
                 // The child has exited (or is about to); the caller's reaper collects it.
                 Some(err) => Err(err),
             }

@@ -188,7 +188,7 @@ pub(super) fn main(globals: &Globals, args: &[String]) -> Result<i32, RuntimeErr
     };
     let opts = exec::ExecOptions {
         stdio: StdioMode::Inherit,
-        console_socket: args.console_socket.clone(),
+        console: args.console_socket.clone().map(exec::ConsoleTarget::Path),
         preserve_fds: args.preserve_fds,
     };
     // Block the signals we forward before the process exists, so none is lost.

@@ -1,16 +1,37 @@
 //! The supervisor: one event loop that owns every child's wait status, every
-//! container's output, the signals sent to PID 1 and the power button, and
-//! drives boot (once containers in order, then services) and shutdown.
+//! container's output and log ring, the signals sent to PID 1, the power
+//! button and the control channel, and drives boot (once containers in
+//! order, then services) and shutdown.
+//!
+//! Its pieces, each named after what it owns:
+//! - this file: the loop, the containers' lifecycle, the one reaper;
+//! - [`requests`]: what the host asks over the control channel, and the
+//!   streams (logs, events) it follows;
+//! - [`exec`]: processes started in running containers (`hafen exec`);
+//! - [`echo`]: the containers' output on the console, never blocking;
+//! - [`crate::logs`]: the log rings; [`crate::control`]: the port.
+
+mod echo;
+mod exec;
+mod requests;
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 
 use hafen_proto::annotations::Phase;
+use hafen_proto::control::{self as proto, EventKind, ExitInfo, Stream};
 
 use crate::bundle::Bundle;
 use crate::container::{self, cgroup, Spawned};
+use crate::control::{self, Channel, Incoming};
 use crate::input;
+use crate::logs::{LineSplitter, LogRing, Sequence};
 use crate::sys::{self, Epoll, ExitStatus, SigSet};
+
+use echo::Echo;
+use exec::ExecSession;
+use requests::Session;
 
 /// Signals PID 1 handles; all are blocked and read from a signalfd.
 pub const HANDLED_SIGNALS: &[i32] = &[
@@ -21,6 +42,8 @@ pub const HANDLED_SIGNALS: &[i32] = &[
     libc::SIGUSR1,
     libc::SIGUSR2,
     libc::SIGHUP,
+    // The control port: a host connected or wrote.
+    libc::SIGIO,
 ];
 
 /// What the machine does once every container has stopped.
@@ -32,15 +55,20 @@ pub enum PowerAction {
     Reboot,
 }
 
-/// Longest partial line kept before it is printed anyway.
-const MAX_LINE: usize = 4096;
 /// How long to keep reading output after the last container exited.
 const OUTPUT_GRACE_NS: u64 = 2_000_000_000;
+/// How long the host gets to read what is queued for it before power-off.
+const CHANNEL_DRAIN_NS: u64 = 2_000_000_000;
 
 const TOKEN_SIGNALS: u64 = 0;
-const TOKEN_BUTTON_BASE: u64 = 1 << 32;
+const TOKEN_CONTROL: u64 = 1;
+/// Container `i`'s stdout is `TOKEN_OUTPUT + 2i`, its stderr the next.
+const TOKEN_OUTPUT: u64 = 1 << 16;
+/// Exec session tokens ([`exec`]).
+const TOKEN_EXEC: u64 = 1 << 32;
+const TOKEN_BUTTON_BASE: u64 = 1 << 48;
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     NotStarted,
     Running {
@@ -51,21 +79,74 @@ enum State {
     Failed,
 }
 
+/// One output stream of a running container.
 #[derive(Debug)]
-struct Output {
+struct Pipe {
     fd: OwnedFd,
-    pending: Vec<u8>,
+    lines: LineSplitter,
 }
 
 #[derive(Debug)]
 struct Container {
     bundle: Bundle,
     state: State,
-    output: Option<Output>,
+    /// stdout, stderr while open.
+    pipes: [Option<Pipe>; 2],
+    ring: LogRing,
     /// Its cgroup directory, removed when it exits.
-    cgroup: Option<std::path::PathBuf>,
+    cgroup: Option<PathBuf>,
     /// Its root, when it shares PID 1's mount namespace: detached when it exits.
-    shared_root: Option<std::path::PathBuf>,
+    shared_root: Option<PathBuf>,
+    started_ns: Option<u64>,
+    exit: Option<ExitInfo>,
+    error: Option<String>,
+    /// Times started.
+    starts: u32,
+    /// Stopped on request (`hafen stop`): the machine stays up for it.
+    held: bool,
+    /// The stop timeout in force, for the message when it runs out.
+    stop_secs: u32,
+}
+
+impl Container {
+    fn pid(&self) -> Option<libc::pid_t> {
+        match self.state {
+            State::Running { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    fn info(&self, restarting: bool) -> proto::ContainerInfo {
+        let state = match self.state {
+            State::Running { .. } => proto::State::Running,
+            _ if restarting => proto::State::Restarting,
+            State::NotStarted => proto::State::Created,
+            State::Exited => proto::State::Exited,
+            State::Failed => proto::State::Failed,
+        };
+        proto::ContainerInfo {
+            name: self.bundle.name.clone(),
+            image: self.bundle.image.clone(),
+            command: self
+                .bundle
+                .spec
+                .process
+                .as_ref()
+                .map(|p| p.args.clone())
+                .unwrap_or_default(),
+            state,
+            pid: self.pid().map(|p| p as u32),
+            started_ns: self.started_ns,
+            exit: self.exit.clone(),
+            error: self.error.clone(),
+            restarts: self.starts.saturating_sub(1),
+            main: self.bundle.main,
+        }
+    }
+
+    fn output_open(&self) -> bool {
+        self.pipes.iter().any(Option::is_some)
+    }
 }
 
 /// Timing of the first container start, for the boot measurement.
@@ -85,10 +166,20 @@ pub struct Supervisor {
     once_queue: VecDeque<usize>,
     services_started: bool,
     shutdown: Option<PowerAction>,
+    /// The main container's status, when its end shut the machine down.
+    main_exit: Option<proto::ExitStatus>,
     all_exited_at: Option<u64>,
     clock: BootClock,
     first_exec_reported: bool,
-    console: libc::c_int,
+    echo: Echo,
+    seq: Sequence,
+    channel: Option<Channel>,
+    sessions: Vec<Session>,
+    execs: Vec<ExecSession>,
+    /// Numbers exec sessions' epoll tokens; never reused.
+    next_exec_slot: u64,
+    /// Requests read but not yet handled (reused buffer).
+    incoming: Vec<Incoming>,
 }
 
 impl Supervisor {
@@ -115,13 +206,39 @@ impl Supervisor {
         let containers = bundles
             .into_iter()
             .map(|bundle| Container {
+                ring: LogRing::new(bundle.log_size as usize),
                 bundle,
                 state: State::NotStarted,
-                output: None,
+                pipes: [None, None],
                 cgroup: None,
                 shared_root: None,
+                started_ns: None,
+                exit: None,
+                error: None,
+                starts: 0,
+                held: false,
+                stop_secs: 0,
             })
             .collect();
+        let channel = match control::find_port(control::PORT_NAME) {
+            Some(path) => match Channel::open(&path, &epoll, TOKEN_CONTROL) {
+                Ok(channel) => {
+                    debug!("control channel on {}", path.display());
+                    Some(channel)
+                }
+                Err(e) => {
+                    warn!("cannot open the control port {}: {e}", path.display());
+                    None
+                }
+            },
+            None => {
+                info!(
+                    "no control port ({}): the host cannot manage this machine",
+                    control::PORT_NAME
+                );
+                None
+            }
+        };
         Ok(Supervisor {
             epoll,
             signals,
@@ -130,10 +247,17 @@ impl Supervisor {
             once_queue,
             services_started: false,
             shutdown: None,
+            main_exit: None,
             all_exited_at: None,
             clock,
             first_exec_reported: false,
-            console: 1,
+            echo: Echo::console(),
+            seq: Sequence::default(),
+            channel,
+            sessions: Vec::new(),
+            execs: Vec::new(),
+            next_exec_slot: 0,
+            incoming: Vec::new(),
         })
     }
 
@@ -144,16 +268,21 @@ impl Supervisor {
         loop {
             self.advance();
             if let Some(action) = self.finished() {
+                self.drain_channel();
                 return action;
             }
+            self.pump();
             ready.clear();
             let timeout = self.next_timeout_ms();
             if let Err(e) = self.epoll.wait(timeout, &mut ready) {
                 error!("event loop: {e}");
                 continue;
             }
-            for &token in &ready {
-                self.dispatch(token);
+            for &(token, events) in &ready {
+                self.dispatch(token, events);
+            }
+            if self.channel.as_ref().is_some_and(Channel::backlog) {
+                self.control_ready(sys::EPOLL_INPUT);
             }
             self.enforce_deadlines();
         }
@@ -175,37 +304,38 @@ impl Supervisor {
             return;
         }
         while let Some(i) = self.once_queue.pop_front() {
-            if self.start(i) {
+            if self.containers[i].state == State::NotStarted && self.start(i).is_ok() {
                 return;
             }
         }
         if !self.services_started {
             self.services_started = true;
             for i in 0..self.containers.len() {
-                if self.containers[i].bundle.phase == Phase::Service {
-                    self.start(i);
+                let c = &self.containers[i];
+                if c.bundle.phase == Phase::Service && c.state == State::NotStarted {
+                    let _ = self.start(i);
                 }
             }
         }
     }
 
-    /// Starts container `i`; false when it could not be started.
-    fn start(&mut self, i: usize) -> bool {
+    /// Starts container `i`; the error says why it could not be.
+    fn start(&mut self, i: usize) -> Result<(), String> {
         let Some(c) = self.containers.get_mut(i) else {
-            return false;
+            return Err("no such container".into());
         };
         debug!("starting {}", c.bundle.name);
         match container::start(&c.bundle) {
             Ok(Spawned {
                 pid,
-                output,
+                io,
                 cgroup,
                 shared_root,
                 ..
             }) => {
+                let now = sys::boottime_ns();
                 if !self.first_exec_reported {
                     self.first_exec_reported = true;
-                    let now = sys::boottime_ns();
                     info!(
                         "first container ({}) started {} ms after kernel start (hafen-init's share: {} ms)",
                         c.bundle.name,
@@ -218,15 +348,17 @@ impl Supervisor {
                     c.bundle.name,
                     container::display_command(&c.bundle)
                 );
-                let token = i as u64 + 1;
-                if let Some(output) = output {
-                    if let Err(e) = self.epoll.add(output.as_raw_fd(), token) {
-                        warn!("cannot watch the output of {}: {e}", c.bundle.name);
+                if let Some(io) = io {
+                    for (s, fd) in [io.stdout, io.stderr].into_iter().enumerate() {
+                        let token = TOKEN_OUTPUT + 2 * i as u64 + s as u64;
+                        if let Err(e) = self.epoll.add(fd.as_raw_fd(), token) {
+                            warn!("cannot watch the output of {}: {e}", c.bundle.name);
+                        }
+                        c.pipes[s] = Some(Pipe {
+                            fd,
+                            lines: LineSplitter::default(),
+                        });
                     }
-                    c.output = Some(Output {
-                        fd: output,
-                        pending: Vec::new(),
-                    });
                 }
                 c.cgroup = cgroup;
                 c.shared_root = shared_root;
@@ -234,19 +366,37 @@ impl Supervisor {
                     pid,
                     stop_deadline: None,
                 };
-                true
+                c.started_ns = Some(now);
+                c.error = None;
+                c.held = false;
+                c.starts += 1;
+                self.emit(i, EventKind::Start { pid: pid as u32 });
+                Ok(())
             }
             Err(e) => {
-                error!("container {} failed to start: {e}", c.bundle.name);
+                let message = e.to_string();
+                error!("container {} failed to start: {message}", c.bundle.name);
                 c.state = State::Failed;
-                false
+                c.error = Some(message.clone());
+                self.emit(
+                    i,
+                    EventKind::StartFailed {
+                        message: message.clone(),
+                    },
+                );
+                if self.containers[i].bundle.main {
+                    self.main_ended(i, proto::ExitStatus::Code(e.exit_code()));
+                }
+                Err(message)
             }
         }
     }
 
-    fn dispatch(&mut self, token: u64) {
+    fn dispatch(&mut self, token: u64, events: u32) {
         if token == TOKEN_SIGNALS {
             self.handle_signals();
+        } else if token == TOKEN_CONTROL {
+            self.control_ready(events);
         } else if token >= TOKEN_BUTTON_BASE {
             let pressed = self
                 .buttons
@@ -256,8 +406,10 @@ impl Supervisor {
                 info!("power button pressed");
                 self.request_shutdown(PowerAction::PowerOff);
             }
-        } else if let Some(i) = (token as usize).checked_sub(1) {
-            self.pump_output(i);
+        } else if token >= TOKEN_EXEC {
+            self.exec_ready(token - TOKEN_EXEC, events);
+        } else if let Some(n) = token.checked_sub(TOKEN_OUTPUT) {
+            self.pump_output((n / 2) as usize, (n % 2) as usize);
         }
     }
 
@@ -265,6 +417,11 @@ impl Supervisor {
         loop {
             match sys::read_signal(&self.signals) {
                 Ok(Some(libc::SIGCHLD)) => self.reap(),
+                Ok(Some(libc::SIGIO)) => {
+                    if let Some(channel) = self.channel.as_mut() {
+                        channel.wake(&self.epoll);
+                    }
+                }
                 Ok(Some(sig @ (libc::SIGTERM | libc::SIGPWR | libc::SIGUSR2 | libc::SIGUSR1))) => {
                     info!("received {}", hafen_proto::signal::name(sig));
                     self.request_shutdown(PowerAction::PowerOff);
@@ -300,21 +457,29 @@ impl Supervisor {
     }
 
     fn on_exit(&mut self, pid: libc::pid_t, status: ExitStatus) {
-        let Some(c) = self
-            .containers
-            .iter_mut()
-            .find(|c| matches!(c.state, State::Running { pid: p, .. } if p == pid))
-        else {
+        if self.exec_exited(pid, status) {
+            return;
+        }
+        let Some(i) = self.containers.iter().position(|c| c.pid() == Some(pid)) else {
             // A start that failed after clone, or an orphan: nothing to report.
             return;
         };
-        let clean = status == ExitStatus::Code(0);
-        if clean || self.shutdown.is_some() {
+        let shutting_down = self.shutdown.is_some();
+        let c = &mut self.containers[i];
+        if status == ExitStatus::Code(0) || shutting_down {
             info!("{} {status}", c.bundle.name);
         } else {
             warn!("{} {status}", c.bundle.name);
         }
+        let oom_killed = c.cgroup.as_deref().is_some_and(cgroup_oom_killed);
+        let status = wire_status(status);
+        let exit = ExitInfo {
+            status,
+            finished_ns: sys::boottime_ns(),
+            oom_killed,
+        };
         c.state = State::Exited;
+        c.exit = Some(exit.clone());
         if let Some(dir) = c.cgroup.take() {
             cgroup::remove(&dir);
         }
@@ -323,34 +488,69 @@ impl Supervisor {
                 warn!("{}: cannot detach {}: {e}", c.bundle.name, root.display());
             }
         }
+        if oom_killed {
+            self.emit(i, EventKind::Oom);
+        }
+        self.emit(i, EventKind::Die(exit));
+        let restarting = self.container_stopped(i);
+        if self.containers[i].bundle.main && !restarting {
+            self.main_ended(i, status);
+        }
     }
 
-    fn pump_output(&mut self, i: usize) {
-        let console = self.console;
+    /// The main container ended: the machine shuts down with its status.
+    fn main_ended(&mut self, i: usize, status: proto::ExitStatus) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        info!(
+            "main container {} {status}; shutting down",
+            self.containers[i].bundle.name
+        );
+        self.main_exit = Some(status);
+        self.request_shutdown(PowerAction::PowerOff);
+    }
+
+    /// Reads what container `i`'s stream `s` (0 stdout, 1 stderr) has into
+    /// its log ring and the console.
+    fn pump_output(&mut self, i: usize, s: usize) {
         let Some(c) = self.containers.get_mut(i) else {
             return;
         };
-        let Some(out) = c.output.as_mut() else { return };
-        let mut buf = [0u8; 4096];
+        let Some(pipe) = c.pipes[s].as_mut() else {
+            return;
+        };
+        let stream = if s == 0 {
+            Stream::Stdout
+        } else {
+            Stream::Stderr
+        };
+        let mut buf = [0u8; 16 * 1024];
         let mut closed = false;
-        loop {
-            match sys::read(out.fd.as_raw_fd(), &mut buf) {
-                Ok(Some(0)) => {
+        // Bounded per turn, so one chatty container cannot starve the loop.
+        for _ in 0..16 {
+            match sys::read(pipe.fd.as_raw_fd(), &mut buf) {
+                Ok(Some(0)) | Err(_) => {
                     closed = true;
                     break;
                 }
-                Ok(Some(n)) => out.pending.extend_from_slice(&buf[..n]),
+                Ok(Some(n)) => {
+                    if let Some(lines) = pipe.lines.push(&buf[..n]) {
+                        self.echo.lines(&c.bundle.name, &lines);
+                        c.ring
+                            .push(&mut self.seq, sys::boottime_ns(), stream, lines);
+                    }
+                }
                 Ok(None) => break,
-                Err(_) => {
-                    closed = true;
-                    break;
-                }
             }
         }
-        write_lines(console, &c.bundle.name, &mut out.pending, closed);
         if closed {
-            let _ = self.epoll.delete(out.fd.as_raw_fd());
-            c.output = None;
+            if let Some(rest) = pipe.lines.finish() {
+                self.echo.lines(&c.bundle.name, &rest);
+                c.ring.push(&mut self.seq, sys::boottime_ns(), stream, rest);
+            }
+            let _ = self.epoll.delete(pipe.fd.as_raw_fd());
+            c.pipes[s] = None;
         }
     }
 
@@ -374,20 +574,41 @@ impl Supervisor {
             },
             if running == 1 { "" } else { "s" }
         );
-        let now = sys::monotonic_ns();
-        for c in &mut self.containers {
-            if let State::Running { pid, stop_deadline } = &mut c.state {
-                let sig = c.bundle.stop_signal;
-                if let Err(e) = sys::kill(*pid, sig) {
-                    warn!(
-                        "cannot send {} to {}: {e}",
-                        hafen_proto::signal::name(sig),
-                        c.bundle.name
-                    );
-                }
-                *stop_deadline = Some(now + u64::from(c.bundle.stop_timeout_secs) * 1_000_000_000);
-            }
+        self.broadcast(proto::Event {
+            time_ns: sys::boottime_ns(),
+            container: String::new(),
+            kind: EventKind::Shutdown {
+                main_exit: self.main_exit,
+            },
+        });
+        for i in 0..self.containers.len() {
+            self.stop(i, None);
         }
+    }
+
+    /// Sends container `i` its stop signal with a deadline for SIGKILL
+    /// (`timeout_secs`, else its own); nothing when it is not running.
+    fn stop(&mut self, i: usize, timeout_secs: Option<u32>) {
+        let c = &mut self.containers[i];
+        let State::Running { pid, stop_deadline } = &mut c.state else {
+            return;
+        };
+        let sig = c.bundle.stop_signal;
+        if let Err(e) = sys::kill(*pid, sig) {
+            warn!(
+                "cannot send {} to {}: {e}",
+                hafen_proto::signal::name(sig),
+                c.bundle.name
+            );
+        }
+        let secs = timeout_secs.unwrap_or(c.bundle.stop_timeout_secs);
+        let deadline = sys::monotonic_ns() + u64::from(secs) * 1_000_000_000;
+        // An earlier deadline stands.
+        if stop_deadline.map_or(true, |d| deadline < d) {
+            *stop_deadline = Some(deadline);
+            c.stop_secs = secs;
+        }
+        self.emit(i, EventKind::Stop);
     }
 
     fn enforce_deadlines(&mut self) {
@@ -401,7 +622,7 @@ impl Supervisor {
                 if now >= *deadline {
                     warn!(
                         "{} did not stop within {} s; sending SIGKILL",
-                        c.bundle.name, c.bundle.stop_timeout_secs
+                        c.bundle.name, c.stop_secs
                     );
                     let _ = sys::kill(*pid, libc::SIGKILL);
                     // Never again: the reaper will see it go.
@@ -409,6 +630,7 @@ impl Supervisor {
                 }
             }
         }
+        self.exec_deadlines();
     }
 
     fn next_timeout_ms(&self) -> i32 {
@@ -421,7 +643,18 @@ impl Supervisor {
             _ => None,
         });
         let grace = self.all_exited_at.map(|t| t + OUTPUT_GRACE_NS);
-        match deadlines.chain(grace).min() {
+        let mut next = deadlines
+            .chain(grace)
+            .chain(self.exec_next_deadline())
+            .min();
+        if self.echo.pending() {
+            // The console was full: try again shortly.
+            next = Some(next.map_or(now + 10_000_000, |d| d.min(now + 10_000_000)));
+        }
+        if self.channel.as_ref().is_some_and(Channel::backlog) {
+            return 0;
+        }
+        match next {
             None => -1,
             Some(d) => (d.saturating_sub(now) / 1_000_000).min(i32::MAX as u64) as i32 + 1,
         }
@@ -431,7 +664,8 @@ impl Supervisor {
     fn finished(&mut self) -> Option<PowerAction> {
         let pending =
             !self.once_queue.is_empty() || (!self.services_started && self.shutdown.is_none());
-        if self.running().next().is_some() || pending {
+        let held = self.shutdown.is_none() && self.containers.iter().any(|c| c.held);
+        if self.running().next().is_some() || pending || held || self.restart_pending() {
             self.all_exited_at = None;
             return None;
         }
@@ -439,54 +673,94 @@ impl Supervisor {
             Some(action) => action,
             None => {
                 info!("all containers have exited");
-                self.shutdown = Some(PowerAction::PowerOff);
+                self.request_shutdown(PowerAction::PowerOff);
                 PowerAction::PowerOff
             }
         };
         let now = sys::monotonic_ns();
         let since = *self.all_exited_at.get_or_insert(now);
-        let output_open = self.containers.iter().any(|c| c.output.is_some());
+        let output_open = self.containers.iter().any(Container::output_open);
         if output_open && now < since + OUTPUT_GRACE_NS {
             return None;
         }
-        // Print what is left of partial lines.
+        // Log what is left of partial lines.
         for c in &mut self.containers {
-            if let Some(out) = c.output.as_mut() {
-                write_lines(self.console, &c.bundle.name, &mut out.pending, true);
+            for (s, pipe) in c.pipes.iter_mut().enumerate() {
+                if let Some(rest) = pipe.as_mut().and_then(|p| p.lines.finish()) {
+                    self.echo.lines(&c.bundle.name, &rest);
+                    let stream = if s == 0 {
+                        Stream::Stdout
+                    } else {
+                        Stream::Stderr
+                    };
+                    c.ring.push(&mut self.seq, sys::boottime_ns(), stream, rest);
+                }
             }
         }
+        self.echo.flush_blocking();
         Some(action)
     }
+
+    /// Gives the host a bounded time to read what is queued for it (the
+    /// main container's status, the last log lines) before power-off.
+    fn drain_channel(&mut self) {
+        self.pump();
+        let deadline = sys::monotonic_ns() + CHANNEL_DRAIN_NS;
+        let mut ready = Vec::new();
+        while let Some(channel) = self.channel.as_mut() {
+            if !channel.connected() || channel.queued() == 0 {
+                break;
+            }
+            let now = sys::monotonic_ns();
+            if now >= deadline {
+                warn!(
+                    "the host did not read the control channel's last {} bytes",
+                    channel.queued()
+                );
+                break;
+            }
+            ready.clear();
+            let ms = ((deadline - now) / 1_000_000) as i32 + 1;
+            if self.epoll.wait(ms, &mut ready).is_err() {
+                break;
+            }
+            for &(token, events) in &ready {
+                if token == TOKEN_CONTROL {
+                    self.control_ready(events & !sys::EPOLL_INPUT);
+                }
+            }
+        }
+    }
+
+    /// Sends `kind` to every events stream.
+    fn emit(&mut self, i: usize, kind: EventKind) {
+        let event = proto::Event {
+            time_ns: sys::boottime_ns(),
+            container: self.containers[i].bundle.name.clone(),
+            kind,
+        };
+        self.broadcast(event);
+    }
 }
 
-/// Writes every complete line in `pending` as `NAME | line`; with `flush`,
-/// also what remains. Over-long lines are cut at [`MAX_LINE`].
-fn write_lines(console: libc::c_int, name: &str, pending: &mut Vec<u8>, flush: bool) {
-    let mut start = 0;
-    let mut out = Vec::new();
-    while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
-        push_line(&mut out, name, &pending[start..start + pos]);
-        start += pos + 1;
-    }
-    while pending.len() - start >= MAX_LINE {
-        push_line(&mut out, name, &pending[start..start + MAX_LINE]);
-        start += MAX_LINE;
-    }
-    if flush && start < pending.len() {
-        push_line(&mut out, name, &pending[start..]);
-        start = pending.len();
-    }
-    pending.drain(..start);
-    if !out.is_empty() {
-        let _ = sys::write_all(console, &out);
+/// The wire form of an exit status.
+fn wire_status(status: ExitStatus) -> proto::ExitStatus {
+    match status {
+        ExitStatus::Code(c) => proto::ExitStatus::Code(c),
+        ExitStatus::Signal(s) => proto::ExitStatus::Signal(s),
     }
 }
 
-fn push_line(out: &mut Vec<u8>, name: &str, line: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b" | ");
-    out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
-    out.push(b'\n');
+/// Whether the OOM killer killed something in the cgroup `dir`.
+fn cgroup_oom_killed(dir: &std::path::Path) -> bool {
+    std::fs::read_to_string(dir.join("memory.events"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .is_some_and(|n| n > 0)
 }
 
 /// Blocks the handled signals and returns a signalfd for them.
@@ -494,29 +768,4 @@ pub fn signal_fd() -> std::io::Result<OwnedFd> {
     let set = SigSet::of(HANDLED_SIGNALS);
     set.block()?;
     set.signalfd()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_are_prefixed_and_partial_lines_wait_for_more() {
-        let (r, w) = sys::pipe().expect("pipe");
-        let mut pending = b"hello\nwor".to_vec();
-        write_lines(w.as_raw_fd(), "greet", &mut pending, false);
-        assert_eq!(pending, b"wor");
-        pending.extend_from_slice(b"ld\r\nlast");
-        write_lines(w.as_raw_fd(), "greet", &mut pending, true);
-        assert!(pending.is_empty());
-        drop(w);
-        let mut buf = [0u8; 256];
-        let n = sys::read(r.as_raw_fd(), &mut buf)
-            .expect("read")
-            .expect("data");
-        assert_eq!(
-            std::str::from_utf8(&buf[..n]).expect("utf8"),
-            "greet | hello\ngreet | world\ngreet | last\n"
-        );
-    }
 }
