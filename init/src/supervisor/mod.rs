@@ -26,6 +26,7 @@ use crate::bundle::Bundle;
 use crate::container::{self, cgroup, Spawned};
 use crate::control::{self, Channel, Incoming};
 use crate::input;
+use crate::log::{Level, RateLimit};
 use crate::logs::{LineSplitter, LogRing, Sequence};
 use crate::sys::{self, Epoll, ExitStatus, SigSet};
 
@@ -106,6 +107,9 @@ struct Container {
     held: bool,
     /// The stop timeout in force, for the message when it runs out.
     stop_secs: u32,
+    /// Bounds the messages its starts and exits make (a container that
+    /// keeps failing must not flood the console).
+    messages: RateLimit,
 }
 
 impl Container {
@@ -178,6 +182,8 @@ pub struct Supervisor {
     execs: Vec<ExecSession>,
     /// Numbers exec sessions' epoll tokens; never reused.
     next_exec_slot: u64,
+    /// Bounds the warnings a host sending garbage causes.
+    bad_frames: RateLimit,
     /// Requests read but not yet handled (reused buffer).
     incoming: Vec<Incoming>,
 }
@@ -218,6 +224,7 @@ impl Supervisor {
                 starts: 0,
                 held: false,
                 stop_secs: 0,
+                messages: RateLimit::new(2, 10),
             })
             .collect();
         let channel = match control::find_port(control::PORT_NAME) {
@@ -257,6 +264,7 @@ impl Supervisor {
             sessions: Vec::new(),
             execs: Vec::new(),
             next_exec_slot: 0,
+            bad_frames: RateLimit::new(1, 5),
             incoming: Vec::new(),
         })
     }
@@ -375,7 +383,10 @@ impl Supervisor {
             }
             Err(e) => {
                 let message = e.to_string();
-                error!("container {} failed to start: {message}", c.bundle.name);
+                c.messages.write(
+                    Level::Error,
+                    format_args!("container {} failed to start: {message}", c.bundle.name),
+                );
                 c.state = State::Failed;
                 c.error = Some(message.clone());
                 self.emit(
@@ -467,9 +478,11 @@ impl Supervisor {
         let shutting_down = self.shutdown.is_some();
         let c = &mut self.containers[i];
         if status == ExitStatus::Code(0) || shutting_down {
-            info!("{} {status}", c.bundle.name);
+            c.messages
+                .write(Level::Info, format_args!("{} {status}", c.bundle.name));
         } else {
-            warn!("{} {status}", c.bundle.name);
+            c.messages
+                .write(Level::Warn, format_args!("{} {status}", c.bundle.name));
         }
         let oom_killed = c.cgroup.as_deref().is_some_and(cgroup_oom_killed);
         let status = wire_status(status);

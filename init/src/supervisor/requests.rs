@@ -100,7 +100,10 @@ impl Supervisor {
         for item in incoming.drain(..) {
             match item {
                 Incoming::Message(envelope) => self.handle(envelope.id, envelope.body),
-                Incoming::Bad(what) => debug!("control: dropped {what}"),
+                Incoming::Bad(what) => self.bad_frames.write(
+                    crate::log::Level::Warn,
+                    format_args!("control channel: dropped {what}"),
+                ),
             }
         }
         self.incoming = incoming;
