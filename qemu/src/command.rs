@@ -4,6 +4,9 @@ use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
+/// The name of the guest's control port (what hafen-init looks for).
+pub const CONTROL_PORT: &str = "org.hafen.control";
+
 /// The accelerator actually used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accelerator {
@@ -40,6 +43,9 @@ pub struct Machine {
     pub accel: Accelerator,
     /// A listening unix socket QEMU inherits and serves QMP on, if QMP is wanted.
     pub qmp_fd: Option<RawFd>,
+    /// Where QEMU serves the host end of the guest's control port
+    /// (virtio-serial port `org.hafen.control`), if it is wanted.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// The kernel command line: console on the first serial port, reboot on
@@ -109,6 +115,18 @@ pub fn arguments(m: &Machine) -> Vec<OsString> {
         args.push("-mon".into());
         args.push("chardev=qmp,mode=control".into());
     }
+    if let Some(path) = &m.control_socket {
+        // virtio-serial on microvm's virtio-mmio; QEMU listens and serves
+        // one client at a time. The guest finds the port by its name.
+        args.push("-device".into());
+        args.push("virtio-serial-device".into());
+        let mut chardev = OsString::from("socket,id=control,server=on,wait=off,path=");
+        chardev.push(path.as_os_str());
+        args.push("-chardev".into());
+        args.push(chardev);
+        args.push("-device".into());
+        args.push(format!("virtserialport,chardev=control,name={CONTROL_PORT}").into());
+    }
     args
 }
 
@@ -132,6 +150,7 @@ mod tests {
             cpus: 2,
             accel,
             qmp_fd: Some(7),
+            control_socket: Some("/run/hafen/vms/x-1/control.sock".into()),
         }
     }
 
@@ -156,6 +175,9 @@ mod tests {
             "-nic none",
             "-kernel /img/vmlinux -initrd /img/initramfs.cpio.lz4",
             "-chardev socket,id=qmp,fd=7,server=on,wait=off -mon chardev=qmp,mode=control",
+            "-device virtio-serial-device -chardev socket,id=control,server=on,wait=off,\
+             path=/run/hafen/vms/x-1/control.sock \
+             -device virtserialport,chardev=control,name=org.hafen.control",
         ] {
             assert!(args.contains(part), "{part:?} missing from {args}");
         }

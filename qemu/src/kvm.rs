@@ -220,6 +220,7 @@ fn probe_after_open(kernel: &Path) -> Result<(), ProbeError> {
         cpus: 1,
         accel: Accelerator::Kvm,
         qmp_fd: None,
+        control_socket: None,
     };
     let program = command::qemu_binary();
     let mut cmd = Command::new(&program);

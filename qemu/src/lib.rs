@@ -307,6 +307,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, Error> {
         cpus: opts.cpus.max(1),
         accel,
         qmp_fd: Some(listener.as_raw_fd()),
+        control_socket: Some(state.path().join(state::CONTROL_SOCKET)),
     };
     let program = command::qemu_binary();
     let mut cmd = Command::new(&program);

@@ -1,0 +1,298 @@
+//! The guest's control port, driven straight through QEMU's `control.sock`
+//! with no monitor attached: the handshake, the verbs PID 1 answers, and
+//! what hostile bytes do (garbage, an oversized frame, a truncated frame, a
+//! frame that is not a message, a client vanishing mid-stream) — after
+//! which the channel still answers and PID 1 is alive.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{build_image, Scratch, Vm, BOOT_TIMEOUT};
+use hafen_proto::control::{check_hello, Body, Envelope, ErrorCode, ExecRequest, ExitStatus};
+use hafen_proto::frame::{self, Decoder};
+
+/// A raw client of the port.
+struct Port {
+    stream: UnixStream,
+    decoder: Box<Decoder>,
+    /// Error frames with id 0 seen (answers to bad input).
+    bad_frames: Vec<String>,
+}
+
+impl Port {
+    /// Connects to the VM's control.sock and completes the handshake
+    /// (retrying the Sync while the guest boots).
+    fn connect(vm: &Vm) -> Port {
+        let socket = control_socket(vm);
+        let stream = UnixStream::connect(&socket).expect("connect control.sock");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut port = Port {
+            stream,
+            decoder: Box::default(),
+            bad_frames: Vec::new(),
+        };
+        let nonce = u64::from(std::process::id()) << 16 | u64::from(rand_u16());
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            port.send(0, Body::Sync { nonce });
+            let until = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < until {
+                for envelope in port.read_some() {
+                    if check_hello(&envelope.body, nonce).is_ok() {
+                        return port;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the guest never answered the Sync"
+            );
+        }
+    }
+
+    fn send(&mut self, id: u32, body: Body) {
+        let frame = Envelope { id, body }.to_frame().expect("encode");
+        self.stream
+            .write_all(&frame)
+            .expect("write to control.sock");
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to control.sock");
+    }
+
+    /// What arrives within one read timeout.
+    fn read_some(&mut self) -> Vec<Envelope> {
+        let mut buf = [0u8; 65536];
+        let mut out = Vec::new();
+        match self.stream.read(&mut buf) {
+            Ok(0) => panic!("QEMU closed control.sock"),
+            Ok(n) => {
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let k = self.decoder.feed(rest);
+                    rest = &rest[k..];
+                    while let Some(frame) = self.decoder.next_frame() {
+                        let payload = frame.expect("the guest sends well-formed frames");
+                        let envelope = Envelope::from_payload(payload).expect("a message");
+                        if let (0, Body::Error { message, .. }) = (envelope.id, &envelope.body) {
+                            self.bad_frames.push(message.clone());
+                        }
+                        out.push(envelope);
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+        out
+    }
+
+    /// Every frame for request `id` until `done` says the last one came.
+    fn collect(&mut self, id: u32, done: impl Fn(&Body) -> bool) -> Vec<Body> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut got = Vec::new();
+        loop {
+            for envelope in self.read_some() {
+                if envelope.id == id {
+                    let last = done(&envelope.body);
+                    got.push(envelope.body);
+                    if last {
+                        return got;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no end to request {id}: {got:?}");
+        }
+    }
+
+    /// A single answer to `body`.
+    fn ask(&mut self, id: u32, body: Body) -> Body {
+        self.send(id, body);
+        self.collect(id, |_| true).remove(0)
+    }
+}
+
+fn rand_u16() -> u16 {
+    let mut b = [0u8; 2];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("urandom");
+    u16::from_le_bytes(b)
+}
+
+/// The VM's control.sock, under its state directory (named after its
+/// `hafen run`'s pid).
+fn control_socket(vm: &Vm) -> PathBuf {
+    let vms = hafen_qemu::state::vms_dir(&hafen_qemu::state::runtime_dir());
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    loop {
+        if let Some(dir) = hafen_qemu::state::list_vms(&vms)
+            .into_iter()
+            .find(|v| v.pid == vm.pid() as u32)
+        {
+            let socket = dir.path.join(hafen_qemu::state::CONTROL_SOCKET);
+            if socket.exists() {
+                return socket;
+            }
+        }
+        assert!(Instant::now() < deadline, "no control.sock appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn names(body: &Body) -> Vec<String> {
+    match body {
+        Body::Containers(list) => list.iter().map(|c| c.name.clone()).collect(),
+        other => panic!("expected the container list, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_port_answers_verbs_and_survives_hostile_bytes_and_vanishing_clients() {
+    let scratch = Scratch::new("port");
+    let image = build_image(
+        &scratch,
+        r#"
+name = "port"
+[[container]]
+name = "web"
+image = "oci:busybox:1"
+command = ["/bin/sh", "-c", "for i in 1 2 3 4 5; do echo line $i; done; echo oops >&2; trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"]
+[[container]]
+name = "job"
+image = "oci:busybox:1"
+command = ["/bin/sh", "-c", "exit 3"]
+phase = "once"
+"#,
+    );
+    let mut vm = Vm::boot(&image);
+    vm.wait_for("web | oops");
+    let mut port = Port::connect(&vm);
+
+    // The verbs.
+    let list = port.ask(1, Body::List);
+    assert_eq!(names(&list), ["web", "job"]);
+    let Body::Containers(infos) = &list else {
+        unreachable!()
+    };
+    assert_eq!(infos[0].image, "oci:busybox:1");
+    assert_eq!(
+        infos[1].exit.as_ref().map(|e| e.status),
+        Some(ExitStatus::Code(3))
+    );
+    port.send(
+        2,
+        Body::Logs {
+            container: Some("web".into()),
+            follow: false,
+            tail: Some(2),
+            since_ns: None,
+            after_seq: None,
+        },
+    );
+    let logs = port.collect(2, |b| matches!(b, Body::End | Body::Error { .. }));
+    let text: Vec<u8> = logs
+        .iter()
+        .flat_map(|b| match b {
+            Body::Log { entries, .. } => entries.iter().flat_map(|e| e.line.clone()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&text), "line 5\noops\n");
+    port.send(
+        3,
+        Body::Exec(ExecRequest {
+            container: "web".into(),
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo in $(hostname); exit 7".into(),
+            ],
+            env: vec![],
+            user: None,
+            cwd: None,
+            tty: false,
+            stdin: false,
+            size: None,
+        }),
+    );
+    let exec = port.collect(3, |b| {
+        matches!(b, Body::ExecExit { .. } | Body::Error { .. })
+    });
+    assert!(
+        exec.contains(&Body::ExecExit {
+            status: ExitStatus::Code(7)
+        }),
+        "{exec:?}"
+    );
+    assert!(
+        exec.iter()
+            .any(|b| matches!(b, Body::Output { data, .. } if data == b"in web\n")),
+        "{exec:?}"
+    );
+    let missing = port.ask(
+        4,
+        Body::Top {
+            container: "nope".into(),
+        },
+    );
+    assert!(
+        matches!(&missing, Body::Error { code: ErrorCode::NotFound, message } if message.contains("web, job")),
+        "{missing:?}"
+    );
+
+    // Hostile bytes: garbage, false starts, an oversized frame, a frame
+    // whose payload is not a message, and a truncated frame; each costs
+    // only itself.
+    port.raw(b"garbage HFHFHF \x00\xff more garbage");
+    let mut oversized = frame::header(&[0u8; 16]).expect("header").to_vec();
+    oversized[2..6].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    let check = frame::crc32(&oversized[..6]) as u16;
+    oversized[6..8].copy_from_slice(&check.to_le_bytes());
+    port.raw(&oversized);
+    let mut not_a_message = vec![0u8; 64];
+    let n = frame::encode(b"\xff\xff\xff\xff\xff", &mut not_a_message).expect("fits");
+    port.raw(&not_a_message[..n]);
+    let whole = Envelope {
+        id: 5,
+        body: Body::List,
+    }
+    .to_frame()
+    .expect("encode");
+    port.raw(&whole[..whole.len() - 3]);
+    let after = port.ask(6, Body::List);
+    assert_eq!(names(&after), ["web", "job"]);
+    assert!(
+        port.bad_frames.len() >= 3,
+        "each bad input is answered: {:?}",
+        port.bad_frames
+    );
+
+    // A client that vanishes mid-stream; the next one is served.
+    port.send(
+        7,
+        Body::Logs {
+            container: None,
+            follow: true,
+            tail: None,
+            since_ns: None,
+            after_seq: None,
+        },
+    );
+    port.send(8, Body::Events);
+    drop(port);
+    let mut next = Port::connect(&vm);
+    assert_eq!(names(&next.ask(1, Body::List)), ["web", "job"]);
+
+    // PID 1 is alive and shuts down cleanly when asked.
+    assert_eq!(next.ask(2, Body::Shutdown { reboot: false }), Body::Done);
+    let status = vm.wait_exit();
+    vm.assert_console("web exited with code 0");
+    assert_eq!(status.code(), Some(0), "{}", vm.console());
+}
