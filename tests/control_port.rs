@@ -236,6 +236,60 @@ phase = "once"
             .any(|b| matches!(b, Body::Output { data, .. } if data == b"in web\n")),
         "{exec:?}"
     );
+    // A terminal: made in the container's devpts, the size we asked for,
+    // Ctrl-C reaches the foreground process as SIGINT.
+    port.send(
+        9,
+        Body::Exec(ExecRequest {
+            container: "web".into(),
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "tty; stty size; echo ready; sleep 60; echo not interrupted".into(),
+            ],
+            env: vec![],
+            user: None,
+            cwd: None,
+            tty: true,
+            stdin: true,
+            size: Some((30, 100)),
+        }),
+    );
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.contains("ready") {
+        for e in port.read_some() {
+            if let (9, Body::Output { data, .. }) = (e.id, &e.body) {
+                seen.push_str(&String::from_utf8_lossy(data));
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ready from the terminal: {seen:?}"
+        );
+    }
+    assert!(seen.contains("/dev/pts/"), "{seen:?}");
+    assert!(seen.contains("30 100"), "{seen:?}");
+    port.send(
+        9,
+        Body::Resize {
+            rows: 40,
+            cols: 120,
+        },
+    );
+    port.send(9, Body::Input { data: vec![3] });
+    let end = port.collect(9, |b| {
+        matches!(b, Body::ExecExit { .. } | Body::Error { .. })
+    });
+    assert!(
+        matches!(
+            end.last(),
+            Some(Body::ExecExit {
+                status: ExitStatus::Code(130) | ExitStatus::Signal(2)
+            })
+        ),
+        "{end:?}"
+    );
     let missing = port.ask(
         4,
         Body::Top {
