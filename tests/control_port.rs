@@ -301,6 +301,17 @@ phase = "once"
         "{missing:?}"
     );
 
+    match port.ask(10, Body::GetGuest) {
+        Body::Guest(g) => {
+            assert!(
+                g.init_rss_bytes > 0 && g.init_rss_bytes < g.memory_total_bytes,
+                "{g:?}"
+            );
+            assert!(g.log_bytes > 0, "web's lines are in its ring: {g:?}");
+        }
+        other => panic!("expected the guest's figures, got {other:?}"),
+    }
+
     // Hostile bytes: garbage, false starts, an oversized frame, a frame
     // whose payload is not a message, and a truncated frame; each costs
     // only itself.

@@ -212,6 +212,26 @@ pub enum Body {
         /// Do not wait for the guest.
         force: bool,
     },
+
+    /// Host to guest: the guest's own figures: answered by [`Body::Guest`].
+    GetGuest,
+    /// Answer to [`Body::GetGuest`].
+    Guest(GuestInfo),
+}
+
+/// The guest machine and its PID 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestInfo {
+    /// PID 1's resident memory in bytes.
+    pub init_rss_bytes: u64,
+    /// Bytes held in the containers' log rings (counting their bookkeeping).
+    pub log_bytes: u64,
+    /// The guest's memory, in bytes.
+    pub memory_total_bytes: u64,
+    /// Memory available to new work, in bytes.
+    pub memory_available_bytes: u64,
+    /// The guest's `CLOCK_BOOTTIME`.
+    pub boottime_ns: u64,
 }
 
 /// A request to run a process in a container.
@@ -509,7 +529,7 @@ pub enum ErrorCode {
 /// The verbs a guest of this version serves, as listed in [`Body::Hello`].
 pub const CAPABILITIES: &[&str] = &[
     "list", "inspect", "logs", "kill", "stop", "start", "restart", "wait", "top", "stats",
-    "events", "exec", "shutdown",
+    "events", "exec", "shutdown", "guest",
 ];
 
 /// A message that could not be turned into a frame or back.

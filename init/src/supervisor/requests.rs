@@ -225,6 +225,7 @@ impl Supervisor {
                 self.exec_cancel(id);
                 None
             }
+            Body::GetGuest => Some(Body::Guest(self.guest_info())),
             Body::Shutdown { reboot } => {
                 self.request_shutdown(if reboot {
                     PowerAction::Reboot
@@ -582,6 +583,25 @@ impl Supervisor {
             .filter_map(|p| process_info(p, ticks, page))
             .collect();
         Ok(Body::Processes(processes))
+    }
+
+    fn guest_info(&self) -> proto::GuestInfo {
+        let kib = |text: &str, key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        proto::GuestInfo {
+            init_rss_bytes: kib(&status, "VmRSS:"),
+            log_bytes: self.containers.iter().map(|c| c.ring.used() as u64).sum(),
+            memory_total_bytes: kib(&meminfo, "MemTotal:"),
+            memory_available_bytes: kib(&meminfo, "MemAvailable:"),
+            boottime_ns: sys::boottime_ns(),
+        }
     }
 
     fn stats(&self, name: Option<&str>) -> Result<Body, Refusal> {
