@@ -551,7 +551,7 @@ impl Supervisor {
                     if let Some(lines) = pipe.lines.push(&buf[..n]) {
                         self.echo.lines(&c.bundle.name, &lines);
                         c.ring
-                            .push(&mut self.seq, sys::boottime_ns(), stream, lines);
+                            .push(&mut self.seq, sys::boottime_ns(), stream, &lines);
                     }
                 }
                 Ok(None) => break,
@@ -560,7 +560,8 @@ impl Supervisor {
         if closed {
             if let Some(rest) = pipe.lines.finish() {
                 self.echo.lines(&c.bundle.name, &rest);
-                c.ring.push(&mut self.seq, sys::boottime_ns(), stream, rest);
+                c.ring
+                    .push(&mut self.seq, sys::boottime_ns(), stream, &rest);
             }
             let _ = self.epoll.delete(pipe.fd.as_raw_fd());
             c.pipes[s] = None;
@@ -706,7 +707,8 @@ impl Supervisor {
                     } else {
                         Stream::Stderr
                     };
-                    c.ring.push(&mut self.seq, sys::boottime_ns(), stream, rest);
+                    c.ring
+                        .push(&mut self.seq, sys::boottime_ns(), stream, &rest);
                 }
             }
         }

@@ -12,7 +12,7 @@ use hafen_proto::control::{
 
 use super::{Container, PowerAction, State, Supervisor};
 use crate::control::{Incoming, HARD_LIMIT};
-use crate::logs::{line_count, trim_to_lines};
+use crate::logs::trim_to_lines;
 use crate::sys;
 
 /// The most sessions (streams and waiting requests) at once.
@@ -448,10 +448,10 @@ impl Supervisor {
                 cursors[i] = start;
                 // Lines from `start` on, minus the wanted ones: the excess
                 // is at the front of the first entry.
-                let total: u64 = c.ring.after(start).map(|e| line_count(&e.line)).sum();
+                let total: u64 = c.ring.after(start).map(|e| e.line_count()).sum();
                 if total > u64::from(n) {
                     if let Some(first) = c.ring.after(start).next() {
-                        trim_first = Some(line_count(&first.line) - (total - u64::from(n)));
+                        trim_first = Some(first.line_count() - (total - u64::from(n)));
                     }
                 }
             }
@@ -512,11 +512,11 @@ impl Supervisor {
                 let mut entries: Vec<LogEntry> = Vec::new();
                 let mut size = 0;
                 for entry in c.ring.after(stream.cursors[i]) {
-                    if size + entry.line.len() > LOG_BATCH && !entries.is_empty() {
+                    if size + entry.len() > LOG_BATCH && !entries.is_empty() {
                         break;
                     }
-                    size += entry.line.len();
-                    let mut entry = entry.clone();
+                    size += entry.len();
+                    let mut entry = entry.to_entry();
                     if let Some(keep) = stream.trim_first.take() {
                         entry.line = trim_to_lines(&entry.line, keep).to_vec();
                     }
