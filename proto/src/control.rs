@@ -143,6 +143,7 @@ pub enum Body {
     /// Host to guest, for exec `id`: bytes for its stdin; empty is EOF.
     Input {
         /// The bytes.
+        #[serde(with = "crate::bytes")]
         data: Vec<u8>,
     },
     /// Host to guest, for exec `id` with a terminal: the new window size.
@@ -194,6 +195,7 @@ pub enum Body {
         /// Which stream (a terminal's output is [`Stream::Stdout`]).
         stream: Stream,
         /// The bytes.
+        #[serde(with = "crate::bytes")]
         data: Vec<u8>,
     },
     /// Exec `id` has ended; its output has all been sent.
@@ -371,6 +373,7 @@ pub struct LogEntry {
     pub stream: Stream,
     /// The bytes, with the newline when the line was complete (a line
     /// longer than the guest's limit, or cut by the output closing, has none).
+    #[serde(with = "crate::bytes")]
     pub line: Vec<u8>,
 }
 

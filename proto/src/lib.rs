@@ -9,6 +9,7 @@
 //! Keeping them in one crate means the two sides cannot drift apart.
 
 pub mod annotations;
+mod bytes;
 pub mod capability;
 pub mod control;
 pub mod frame;
