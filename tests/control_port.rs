@@ -361,3 +361,73 @@ phase = "once"
     vm.assert_console("web exited with code 0");
     assert_eq!(status.code(), Some(0), "{}", vm.console());
 }
+
+/// The `main` container's end shuts the machine down, and the guest says
+/// so with its status before it powers off: 3 for `exit 3`, SIGKILL (137
+/// to a shell) for a kill.
+#[test]
+fn the_main_containers_end_is_announced_with_its_status_before_power_off() {
+    for (signal, expected) in [
+        (libc::SIGUSR1, ExitStatus::Code(3)),
+        (libc::SIGKILL, ExitStatus::Signal(libc::SIGKILL)),
+    ] {
+        let scratch = Scratch::new(&format!("main-{signal}"));
+        let image = build_image(
+            &scratch,
+            r#"
+name = "mainexit"
+main = "app"
+[[container]]
+name = "app"
+image = "oci:busybox:1"
+command = ["/bin/sh", "-c", "trap 'exit 3' USR1; echo ready; while true; do sleep 1 & wait $!; done"]
+[[container]]
+name = "side"
+image = "oci:busybox:1"
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"]
+"#,
+        );
+        let mut vm = Vm::boot(&image);
+        vm.wait_for("app | ready");
+        let mut port = Port::connect(&vm);
+        port.send(1, Body::Events);
+        let answer = port.ask(
+            2,
+            Body::Kill {
+                container: "app".into(),
+                signal,
+            },
+        );
+        assert_eq!(answer, Body::Done);
+        let events = port.collect(1, |b| {
+            matches!(
+                b,
+                Body::Event(hafen_proto::control::Event {
+                    kind: hafen_proto::control::EventKind::Shutdown { .. },
+                    ..
+                })
+            )
+        });
+        let kinds: Vec<&hafen_proto::control::EventKind> = events
+            .iter()
+            .filter_map(|b| match b {
+                Body::Event(e) => Some(&e.kind),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            kinds.iter().any(|k| matches!(k, hafen_proto::control::EventKind::Die(exit) if exit.status == expected)),
+            "{kinds:?}"
+        );
+        assert_eq!(
+            kinds.last(),
+            Some(&&hafen_proto::control::EventKind::Shutdown {
+                main_exit: Some(expected)
+            })
+        );
+        vm.wait_exit();
+        vm.assert_console("main container app");
+        vm.assert_console("side exited with code 0");
+        vm.assert_console("powering off");
+    }
+}
