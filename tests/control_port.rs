@@ -431,3 +431,66 @@ command = ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1 & wait $
         vm.assert_console("powering off");
     }
 }
+
+/// An OOM kill inside a container is an event while it happens, not only
+/// when the container's init dies of it: here the init lives on.
+#[test]
+fn an_oom_kill_inside_a_running_container_is_an_event() {
+    let scratch = Scratch::new("oom");
+    let image = build_image(
+        &scratch,
+        r#"
+name = "oom"
+[[container]]
+name = "hog"
+image = "oci:busybox:1"
+memory = "16M"
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo ready; while true; do sleep 1 & wait $!; done"]
+"#,
+    );
+    let mut vm = Vm::boot(&image);
+    vm.wait_for("hog | ready");
+    let mut port = Port::connect(&vm);
+    port.send(1, Body::Events);
+    // A command substitution keeps all its input in the shell's memory:
+    // 64 MiB does not fit in 16.
+    port.send(
+        2,
+        Body::Exec(ExecRequest {
+            container: "hog".into(),
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}".into(),
+            ],
+            env: vec![],
+            user: None,
+            cwd: None,
+            tty: false,
+            stdin: false,
+            size: None,
+        }),
+    );
+    let events = port.collect(1, |b| {
+        matches!(
+            b,
+            Body::Event(hafen_proto::control::Event {
+                kind: hafen_proto::control::EventKind::Oom,
+                ..
+            })
+        )
+    });
+    assert!(!events.is_empty());
+    let list = port.ask(3, Body::List);
+    let Body::Containers(infos) = list else {
+        panic!("expected the list, got {list:?}")
+    };
+    assert_eq!(
+        infos[0].state,
+        hafen_proto::control::State::Running,
+        "the init survived"
+    );
+    vm.assert_console("hog: the OOM killer killed a process");
+    assert_eq!(port.ask(4, Body::Shutdown { reboot: false }), Body::Done);
+    vm.wait_exit();
+}

@@ -63,6 +63,8 @@ const CHANNEL_DRAIN_NS: u64 = 2_000_000_000;
 
 const TOKEN_SIGNALS: u64 = 0;
 const TOKEN_CONTROL: u64 = 1;
+/// The inotify instance watching the containers' `memory.events`.
+const TOKEN_OOM: u64 = 2;
 /// Container `i`'s stdout is `TOKEN_OUTPUT + 2i`, its stderr the next.
 const TOKEN_OUTPUT: u64 = 1 << 16;
 /// Exec session tokens ([`exec`]).
@@ -107,6 +109,9 @@ struct Container {
     held: bool,
     /// The stop timeout in force, for the message when it runs out.
     stop_secs: u32,
+    /// Its `memory.events` watch, and the OOM kills counted so far.
+    oom_watch: Option<i32>,
+    oom_kills: u64,
     /// Bounds the messages its starts and exits make (a container that
     /// keeps failing must not flood the console).
     messages: RateLimit,
@@ -182,6 +187,8 @@ pub struct Supervisor {
     execs: Vec<ExecSession>,
     /// Numbers exec sessions' epoll tokens; never reused.
     next_exec_slot: u64,
+    /// Watches the containers' `memory.events` for OOM kills.
+    oom: Option<OwnedFd>,
     /// Bounds the warnings a host sending garbage causes.
     bad_frames: RateLimit,
     /// Requests read but not yet handled (reused buffer).
@@ -224,6 +231,8 @@ impl Supervisor {
                 starts: 0,
                 held: false,
                 stop_secs: 0,
+                oom_watch: None,
+                oom_kills: 0,
                 messages: RateLimit::new(2, 10),
             })
             .collect();
@@ -246,7 +255,23 @@ impl Supervisor {
                 None
             }
         };
+        let oom = match rustix::fs::inotify::init(
+            rustix::fs::inotify::CreateFlags::CLOEXEC | rustix::fs::inotify::CreateFlags::NONBLOCK,
+        ) {
+            Ok(fd) => match epoll.add(fd.as_raw_fd(), TOKEN_OOM) {
+                Ok(()) => Some(fd),
+                Err(e) => {
+                    warn!("cannot watch for OOM kills: {e}");
+                    None
+                }
+            },
+            Err(e) => {
+                warn!("cannot watch for OOM kills (inotify): {e}");
+                None
+            }
+        };
         Ok(Supervisor {
+            oom,
             epoll,
             signals,
             buttons,
@@ -368,6 +393,17 @@ impl Supervisor {
                         });
                     }
                 }
+                c.oom_watch = None;
+                c.oom_kills = 0;
+                if let (Some(oom), Some(dir)) = (&self.oom, &cgroup) {
+                    // Absent without the memory controller; then no OOM event either.
+                    c.oom_watch = rustix::fs::inotify::add_watch(
+                        oom,
+                        dir.join("memory.events"),
+                        rustix::fs::inotify::WatchFlags::MODIFY,
+                    )
+                    .ok();
+                }
                 c.cgroup = cgroup;
                 c.shared_root = shared_root;
                 c.state = State::Running {
@@ -408,6 +444,8 @@ impl Supervisor {
             self.handle_signals();
         } else if token == TOKEN_CONTROL {
             self.control_ready(events);
+        } else if token == TOKEN_OOM {
+            self.check_oom();
         } else if token >= TOKEN_BUTTON_BASE {
             let pressed = self
                 .buttons
@@ -484,7 +522,9 @@ impl Supervisor {
             c.messages
                 .write(Level::Warn, format_args!("{} {status}", c.bundle.name));
         }
-        let oom_killed = c.cgroup.as_deref().is_some_and(cgroup_oom_killed);
+        let oom_killed =
+            c.oom_kills > 0 || c.cgroup.as_deref().and_then(cgroup_oom_kills).unwrap_or(0) > 0;
+        c.oom_watch = None;
         let status = wire_status(status);
         let exit = ExitInfo {
             status,
@@ -501,7 +541,8 @@ impl Supervisor {
                 warn!("{}: cannot detach {}: {e}", c.bundle.name, root.display());
             }
         }
-        if oom_killed {
+        if oom_killed && self.containers[i].oom_kills == 0 {
+            // Killed before the watch reported it.
             self.emit(i, EventKind::Oom);
         }
         self.emit(i, EventKind::Die(exit));
@@ -769,8 +810,8 @@ fn wire_status(status: ExitStatus) -> proto::ExitStatus {
     }
 }
 
-/// Whether the OOM killer killed something in the cgroup `dir`.
-fn cgroup_oom_killed(dir: &std::path::Path) -> bool {
+/// How many processes the OOM killer killed in the cgroup `dir`.
+fn cgroup_oom_kills(dir: &std::path::Path) -> Option<u64> {
     std::fs::read_to_string(dir.join("memory.events"))
         .ok()
         .and_then(|text| {
@@ -778,7 +819,37 @@ fn cgroup_oom_killed(dir: &std::path::Path) -> bool {
                 .find_map(|l| l.strip_prefix("oom_kill "))
                 .and_then(|n| n.trim().parse::<u64>().ok())
         })
-        .is_some_and(|n| n > 0)
+}
+
+impl Supervisor {
+    /// A `memory.events` changed: an `oom` event for each container whose
+    /// OOM kill count went up (its init may live on).
+    fn check_oom(&mut self) {
+        let Some(oom) = &self.oom else { return };
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+        let mut reader = rustix::fs::inotify::Reader::new(oom, &mut buf);
+        let mut changed = Vec::new();
+        while let Ok(event) = reader.next() {
+            changed.push(event.wd());
+        }
+        for i in 0..self.containers.len() {
+            let c = &mut self.containers[i];
+            if !c.oom_watch.is_some_and(|wd| changed.contains(&wd)) {
+                continue;
+            }
+            let Some(kills) = c.cgroup.as_deref().and_then(cgroup_oom_kills) else {
+                continue;
+            };
+            if kills > c.oom_kills {
+                c.oom_kills = kills;
+                warn!(
+                    "{}: the OOM killer killed a process ({kills} so far)",
+                    c.bundle.name
+                );
+                self.emit(i, EventKind::Oom);
+            }
+        }
+    }
 }
 
 /// Blocks the handled signals and returns a signalfd for them.
