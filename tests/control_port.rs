@@ -494,3 +494,62 @@ command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo ready; while true; do slee
     assert_eq!(port.ask(4, Body::Shutdown { reboot: false }), Body::Done);
     vm.wait_exit();
 }
+
+/// A host that asks for a flood of logs and then does not read stalls only
+/// its own stream: PID 1 goes on reaping and reporting, and the stream
+/// resumes when the host reads again.
+#[test]
+fn a_host_that_does_not_read_never_stalls_pid_1() {
+    let scratch = Scratch::new("stall");
+    let image = build_image(
+        &scratch,
+        r#"
+name = "stall"
+[[container]]
+name = "flood"
+image = "oci:busybox:1"
+command = ["/bin/sh", "-c", "echo ready; yes 0123456789012345678901234567890123456789"]
+[[container]]
+name = "ticker"
+image = "oci:busybox:1"
+command = ["/bin/sh", "-c", "sleep 2; exit 4"]
+"#,
+    );
+    let mut vm = Vm::boot(&image);
+    vm.wait_for("flood | ready");
+    let mut port = Port::connect(&vm);
+    port.send(
+        1,
+        Body::Logs {
+            container: Some("flood".into()),
+            follow: true,
+            tail: None,
+            since_ns: None,
+            after_seq: None,
+        },
+    );
+    // Not reading: the channel fills, PID 1's queue reaches its limit.
+    vm.wait_for("ticker exited with code 4");
+    // Reading again: the stream goes on, in order.
+    let mut last = 0;
+    let mut got = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got < 1 << 20 {
+        for e in port.read_some() {
+            if let (1, Body::Log { entries, .. }) = (e.id, &e.body) {
+                for entry in entries {
+                    assert!(entry.seq > last, "sequence goes backwards");
+                    last = entry.seq;
+                    got += entry.line.len();
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream did not resume ({got} bytes)"
+        );
+    }
+    port.send(1, Body::Cancel);
+    assert_eq!(port.ask(2, Body::Shutdown { reboot: false }), Body::Done);
+    vm.wait_exit();
+}
