@@ -509,6 +509,8 @@ name = "stall"
 name = "flood"
 image = "oci:busybox:1"
 command = ["/bin/sh", "-c", "echo ready; yes 0123456789012345678901234567890123456789"]
+# PID 1 of its namespace ignores SIGTERM without a handler.
+stop_timeout = 1
 [[container]]
 name = "ticker"
 image = "oci:busybox:1"

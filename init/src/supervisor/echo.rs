@@ -14,7 +14,7 @@ use rustix::fs::{Mode, OFlags};
 use crate::sys;
 
 /// The most console output held back while the console is busy.
-const MAX_PENDING: usize = 256 * 1024;
+const MAX_PENDING: usize = 64 * 1024;
 /// The longest line echoed; the log ring keeps the whole of it.
 const MAX_LINE: usize = 4096;
 /// Console bytes per second for container output, after the burst.
@@ -24,7 +24,7 @@ const RATE: u64 = 16 * 1024;
 /// not one line and one note at a time.
 const RESUME: u64 = 32 * 1024;
 /// Console bytes that may go out at once.
-const BURST: u64 = 256 * 1024;
+const BURST: u64 = 64 * 1024;
 
 /// The console echo.
 #[derive(Debug)]
