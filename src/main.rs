@@ -1,12 +1,14 @@
 //! `hafen`: build a bootable image from a `hafen.toml` manifest and run it in QEMU.
 //!
 //! This binary only parses arguments; the work is in `hafen-image-build` and
-//! `hafen-qemu`.
+//! `hafen-qemu` (`hafen_qemu::client` for the verbs that operate a running VM).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use hafen_qemu::client::{containers, events, exec, format, logs, stats, vm};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +33,191 @@ enum Command {
     /// Work with OCI images.
     #[command(subcommand)]
     Image(ImageCommand),
+    #[command(flatten)]
+    Control(Control),
+}
+
+/// The verbs that operate a running VM (through its monitor's api.sock).
+#[derive(Debug, Subcommand)]
+enum Control {
+    /// List the running VMs.
+    Ls(LsArgs),
+    /// List a VM's containers.
+    Ps(PsArgs),
+    /// Print a container's output (stdout to stdout, stderr to stderr).
+    Logs(LogsArgs),
+    /// Run a command in a running container.
+    Exec(ExecArgs),
+    /// Stop a VM gracefully (the power button, then forced off after --time),
+    /// or with CONTAINER one of its containers (its stop signal, then SIGKILL).
+    Stop(StopArgs),
+    /// Start a container that is not running.
+    Start(StartArgs),
+    /// Stop a container, then start it again.
+    Restart(RestartArgs),
+    /// Force a VM off at once, or with CONTAINER send its init a signal (default SIGKILL).
+    Kill(KillArgs),
+    /// Wait until a container stops, then print its exit code.
+    Wait(ContainerArgs),
+    /// Show a VM, or one of its containers, in detail (JSON).
+    Inspect(InspectArgs),
+    /// Show a container's processes.
+    Top(ContainerArgs),
+    /// Show containers' CPU, memory, process and block I/O use, refreshed every second.
+    Stats(StatsArgs),
+    /// Print what happens to a VM's containers as it happens, until Ctrl-C.
+    Events(EventsArgs),
+}
+
+/// Output formats of the listing verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for programs.
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct LsArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct PsArgs {
+    /// The VM's name (`hafen ls`).
+    vm: String,
+    /// Every container, not only the running ones.
+    #[arg(short, long)]
+    all: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct LogsArgs {
+    /// The VM's name.
+    vm: String,
+    /// The container's name.
+    container: String,
+    /// Keep printing new output until Ctrl-C or the container ends.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(short = 'n', long, value_name = "N")]
+    tail: Option<u32>,
+    /// Only output since a time (RFC 3339, Unix seconds) or for a duration back (10s, 5m, 1h).
+    #[arg(long, value_name = "T")]
+    since: Option<format::Since>,
+    /// Prefix every line with its time (RFC 3339, UTC).
+    #[arg(short, long)]
+    timestamps: bool,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    /// Pass stdin to the command (end of input reaches it).
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the command a terminal (with -i, this terminal goes raw and its size follows).
+    #[arg(short, long)]
+    tty: bool,
+    /// Set an environment variable KEY=VALUE (repeatable).
+    #[arg(short, long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Run as USER, UID, USER:GROUP or UID:GID (default: the container's user).
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Working directory (default: the container's).
+    #[arg(short, long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// The VM's name.
+    vm: String,
+    /// The container's name.
+    container: String,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct StopArgs {
+    /// The VM's name.
+    vm: String,
+    /// A container to stop instead of the VM.
+    container: Option<String>,
+    /// Seconds to wait before forcing (a VM: 30; a container: its stop timeout).
+    #[arg(short = 't', long = "time", value_name = "SECS")]
+    time: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct StartArgs {
+    /// The VM's name.
+    vm: String,
+    /// The container's name.
+    container: String,
+}
+
+#[derive(Debug, Args)]
+struct RestartArgs {
+    /// The VM's name.
+    vm: String,
+    /// The container's name.
+    container: String,
+    /// Seconds to wait for it to stop before SIGKILL (default: its stop timeout).
+    #[arg(short = 't', long = "time", value_name = "SECS")]
+    time: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct KillArgs {
+    /// The VM's name.
+    vm: String,
+    /// A container to signal instead of forcing the VM off.
+    container: Option<String>,
+    /// The signal for the container, by name or number.
+    #[arg(short, long, value_name = "SIG", value_parser = format::parse_signal, requires = "container")]
+    signal: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+struct ContainerArgs {
+    /// The VM's name.
+    vm: String,
+    /// The container's name.
+    container: String,
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// The VM's name.
+    vm: String,
+    /// One of its containers.
+    container: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct StatsArgs {
+    /// The VM's name.
+    vm: String,
+    /// One container (default: every running one).
+    container: Option<String>,
+    /// Print once instead of refreshing.
+    #[arg(long)]
+    no_stream: bool,
+}
+
+#[derive(Debug, Args)]
+struct EventsArgs {
+    /// The VM's name.
+    vm: String,
+    /// Output format (json: one object a line).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +256,16 @@ struct RunArgs {
     /// Extra kernel command-line words.
     #[arg(long = "append", value_name = "WORD")]
     append: Vec<String>,
+    /// Run in the background: return once the guest's control channel
+    /// answers and print the VM's name.
+    #[arg(short, long)]
+    detach: bool,
+    /// The VM's name for the other verbs (default: the image's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// No control channel (no `hafen ps/logs/exec/...` for this VM).
+    #[arg(long, conflicts_with = "detach")]
+    no_control: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -108,9 +305,18 @@ struct ImportArgs {
     workdir: Option<String>,
 }
 
+/// How long `hafen stop VM` waits for the guest to shut down before forcing it.
+const VM_STOP_TIME: u32 = 30;
+/// `hafen kill VM CONTAINER`'s signal unless -s says otherwise (docker's).
+const SIGKILL: i32 = 9;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = match cli.command {
+        Command::Control(verb) => return control(verb),
+        other => run(other),
+    };
+    match result {
         Ok(code) => code,
         Err(err) => {
             print_error_chain(err.as_ref());
@@ -119,8 +325,77 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    match cli.command {
+/// Runs a verb against a running VM: its exit code, 1 when it fails.
+fn control(verb: Control) -> ExitCode {
+    let result = match verb {
+        Control::Ls(a) => vm::ls(a.format == Format::Json),
+        Control::Ps(a) => containers::ps(&containers::PsOptions {
+            vm: a.vm,
+            all: a.all,
+            json: a.format == Format::Json,
+        }),
+        Control::Logs(a) => logs::logs(&logs::LogsOptions {
+            vm: a.vm,
+            container: a.container,
+            follow: a.follow,
+            tail: a.tail,
+            since: a.since,
+            timestamps: a.timestamps,
+        }),
+        Control::Exec(a) => exec::exec(&exec::ExecOptions {
+            vm: a.vm,
+            container: a.container,
+            args: a.command,
+            env: a.env,
+            user: a.user,
+            cwd: a.workdir,
+            interactive: a.interactive,
+            tty: a.tty,
+        }),
+        Control::Stop(a) => match a.container {
+            Some(c) => containers::act(&a.vm, &c, containers::Action::Stop(a.time)),
+            None => vm::stop(
+                &a.vm,
+                Duration::from_secs(a.time.unwrap_or(VM_STOP_TIME).into()),
+            ),
+        },
+        Control::Start(a) => containers::act(&a.vm, &a.container, containers::Action::Start),
+        Control::Restart(a) => {
+            containers::act(&a.vm, &a.container, containers::Action::Restart(a.time))
+        }
+        Control::Kill(a) => match a.container {
+            Some(c) => {
+                let signal = a.signal.unwrap_or(SIGKILL);
+                containers::act(&a.vm, &c, containers::Action::Kill(signal))
+            }
+            None => vm::kill(&a.vm),
+        },
+        Control::Wait(a) => containers::wait(&a.vm, &a.container),
+        Control::Inspect(a) => match a.container {
+            Some(c) => containers::inspect(&a.vm, &c),
+            None => vm::inspect(&a.vm),
+        },
+        Control::Top(a) => containers::top(&a.vm, &a.container),
+        Control::Stats(a) => stats::stats(&stats::StatsOptions {
+            vm: a.vm,
+            container: a.container,
+            stream: !a.no_stream,
+        }),
+        Control::Events(a) => events::events(&a.vm, a.format == Format::Json),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
+        // `hafen logs ... | head`: the reader has what it wanted.
+        Err(err) if err.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(err) => {
+            print_error_chain(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match command {
         Command::Build(args) => {
             let summary = hafen_image_build::build(&hafen_image_build::BuildOptions {
                 manifest: args.manifest,
@@ -132,6 +407,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
+            // Until the monitor (RunOptions::detach, name, control) lands.
+            if args.detach || args.name.is_some() || args.no_control {
+                return Err("hafen run: -d, --name and --no-control need the VM monitor, which this build lacks".into());
+            }
             let outcome = hafen_qemu::run(&hafen_qemu::RunOptions {
                 image: args.image,
                 memory_mib: args.memory,
@@ -164,6 +443,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Control(verb) => Ok(control(verb)),
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`run`] is `hafen run DIR`. While it runs, SIGINT, SIGTERM and SIGHUP are
 //! caught: the first presses the power button, the second forces QEMU off.
 
+pub mod client;
 pub mod command;
 pub mod kvm;
 pub mod qmp;

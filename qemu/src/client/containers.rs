@@ -1,0 +1,436 @@
+//! The verbs about a VM's containers: `hafen ps`, `inspect VM CONTAINER`,
+//! `start`, `stop`, `restart`, `kill`, `wait` and `top`.
+
+use std::io::Write;
+
+use hafen_proto::control::{Body, ContainerInfo, ExitStatus, ProcessInfo, State};
+use serde_json::{json, Value};
+
+use super::format::{self, Clock};
+use super::{out, Client, Error};
+
+/// `hafen ps`.
+#[derive(Debug, Clone)]
+pub struct PsOptions {
+    /// The VM.
+    pub vm: String,
+    /// Every container, not only the running ones.
+    pub all: bool,
+    /// JSON instead of a table.
+    pub json: bool,
+}
+
+/// `hafen ps`: the VM's containers. Returns the exit code.
+pub fn ps(opts: &PsOptions) -> Result<i32, Error> {
+    let mut client = Client::connect(&opts.vm)?;
+    let clock = client.clock()?;
+    let containers = list(&mut client)?;
+    let shown: Vec<&ContainerInfo> = containers.iter().filter(|c| opts.all || is_up(c)).collect();
+    let text = if opts.json {
+        let all: Vec<Value> = shown.iter().map(|c| summary_json(c, &clock)).collect();
+        format!("{}\n", Value::Array(all))
+    } else {
+        ps_table(&shown, &clock)
+    };
+    out(std::io::stdout().lock().write_all(text.as_bytes()))?;
+    Ok(0)
+}
+
+/// Every container of the VM.
+pub fn list(client: &mut Client) -> Result<Vec<ContainerInfo>, Error> {
+    match client.request(Body::List)? {
+        Body::Containers(c) => Ok(c),
+        other => Err(client.unexpected("List", &other)),
+    }
+}
+
+/// What `ps` without `-a` shows: running (or about to run again).
+fn is_up(c: &ContainerInfo) -> bool {
+    matches!(c.state, State::Running | State::Restarting)
+}
+
+/// The STATUS column: "Up 3 minutes", "Exited (3) 2 seconds ago".
+pub fn status(c: &ContainerInfo, clock: &Clock) -> String {
+    match c.state {
+        State::Created => "Created".to_owned(),
+        State::Running => match c.started_ns {
+            Some(t) => format!("Up {}", format::human_duration(clock.ago(t))),
+            None => "Up".to_owned(),
+        },
+        State::Restarting => "Restarting".to_owned(),
+        State::Exited => match &c.exit {
+            Some(exit) => format!(
+                "Exited ({}) {} ago",
+                exit.status.code(),
+                format::human_duration(clock.ago(exit.finished_ns))
+            ),
+            None => "Exited".to_owned(),
+        },
+        State::Failed => "Failed to start".to_owned(),
+    }
+}
+
+/// The COMMAND column: quoted, cut to a column's width.
+fn command_cell(command: &[String]) -> String {
+    format!("\"{}\"", format::truncate(&command.join(" "), 30))
+}
+
+/// The `hafen ps` table.
+pub fn ps_table(containers: &[&ContainerInfo], clock: &Clock) -> String {
+    let rows: Vec<Vec<String>> = containers
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                if c.image.is_empty() {
+                    "-".to_owned()
+                } else {
+                    c.image.clone()
+                },
+                command_cell(&c.command),
+                c.state.as_str().to_owned(),
+                c.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                status(c, clock),
+                c.restarts.to_string(),
+            ]
+        })
+        .collect();
+    format::table(
+        &[
+            "CONTAINER",
+            "IMAGE",
+            "COMMAND",
+            "STATE",
+            "PID",
+            "STATUS",
+            "RESTARTS",
+        ],
+        &rows,
+    )
+}
+
+fn exit_fields(status: Option<ExitStatus>) -> (Value, Value) {
+    match status {
+        Some(s @ ExitStatus::Code(_)) => (json!(s.code()), Value::Null),
+        Some(s @ ExitStatus::Signal(n)) => (json!(s.code()), json!(hafen_proto::signal::name(n))),
+        None => (Value::Null, Value::Null),
+    }
+}
+
+/// A container as `ps --format json` shows it.
+pub fn summary_json(c: &ContainerInfo, clock: &Clock) -> Value {
+    let (exit_code, signal) = exit_fields(c.exit.as_ref().map(|e| e.status));
+    json!({
+        "name": c.name,
+        "image": c.image,
+        "command": c.command,
+        "state": c.state.as_str(),
+        "pid": c.pid,
+        "status": status(c, clock),
+        "restarts": c.restarts,
+        "started_at": c.started_ns.map(|t| format::rfc3339(clock.unix_ns(t))),
+        "exit_code": exit_code,
+        "signal": signal,
+    })
+}
+
+/// A container as `inspect VM CONTAINER` shows it: its state, times and
+/// exit, and its OCI config (as text when it is not JSON).
+pub fn inspect_json(c: &ContainerInfo, config_json: &str, clock: &Clock) -> Value {
+    let (exit_code, signal) = exit_fields(c.exit.as_ref().map(|e| e.status));
+    let config: Value =
+        serde_json::from_str(config_json).unwrap_or_else(|_| Value::String(config_json.into()));
+    json!({
+        "name": c.name,
+        "image": c.image,
+        "command": c.command,
+        "main": c.main,
+        "state": {
+            "status": c.state.as_str(),
+            "running": c.state == State::Running,
+            "pid": c.pid,
+            "started_at": c.started_ns.map(|t| format::rfc3339(clock.unix_ns(t))),
+            "finished_at": c.exit.as_ref().map(|e| format::rfc3339(clock.unix_ns(e.finished_ns))),
+            "exit_code": exit_code,
+            "signal": signal,
+            "oom_killed": c.exit.as_ref().is_some_and(|e| e.oom_killed),
+            "error": c.error,
+        },
+        "restart_count": c.restarts,
+        "config": config,
+    })
+}
+
+/// `hafen inspect VM CONTAINER`.
+pub fn inspect(vm: &str, container: &str) -> Result<i32, Error> {
+    let mut client = Client::connect(vm)?;
+    let clock = client.clock()?;
+    let (info, config_json) = match client.request(Body::Inspect {
+        container: container.to_owned(),
+    })? {
+        Body::Inspected { info, config_json } => (info, config_json),
+        other => return Err(client.unexpected("Inspect", &other)),
+    };
+    let value = inspect_json(&info, &config_json, &clock);
+    let text = serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string());
+    out(writeln!(std::io::stdout().lock(), "{text}"))?;
+    Ok(0)
+}
+
+/// What to do to a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `hafen start`.
+    Start,
+    /// `hafen stop`: its stop signal, then SIGKILL after the timeout
+    /// (the container's own when `None`).
+    Stop(Option<u32>),
+    /// `hafen restart`: a stop (with that timeout), then a start.
+    Restart(Option<u32>),
+    /// `hafen kill -s SIG`.
+    Kill(i32),
+}
+
+/// `hafen start|stop|restart|kill VM CONTAINER`: prints the container's
+/// name once done (the stop once it has exited, the restart once it runs
+/// again).
+pub fn act(vm: &str, container: &str, action: Action) -> Result<i32, Error> {
+    let mut client = Client::connect(vm)?;
+    let container = container.to_owned();
+    let (name, body) = match action {
+        Action::Start => ("Start", Body::Start { container }),
+        Action::Stop(timeout_secs) => (
+            "Stop",
+            Body::Stop {
+                container,
+                timeout_secs,
+            },
+        ),
+        Action::Restart(timeout_secs) => (
+            "Restart",
+            Body::Restart {
+                container,
+                timeout_secs,
+            },
+        ),
+        Action::Kill(signal) => ("Kill", Body::Kill { container, signal }),
+    };
+    let target = match &body {
+        Body::Start { container }
+        | Body::Stop { container, .. }
+        | Body::Restart { container, .. }
+        | Body::Kill { container, .. } => container.clone(),
+        _ => String::new(),
+    };
+    match client.request(body)? {
+        Body::Done => {
+            out(writeln!(std::io::stdout().lock(), "{target}"))?;
+            Ok(0)
+        }
+        other => Err(client.unexpected(name, &other)),
+    }
+}
+
+/// `hafen wait VM CONTAINER`: waits until it is not running and prints
+/// its exit code (128+N for signal N).
+pub fn wait(vm: &str, container: &str) -> Result<i32, Error> {
+    let mut client = Client::connect(vm)?;
+    match client.request(Body::Wait {
+        container: container.to_owned(),
+    })? {
+        Body::Exited(exit) => {
+            out(writeln!(std::io::stdout().lock(), "{}", exit.status.code()))?;
+            Ok(0)
+        }
+        other => Err(client.unexpected("Wait", &other)),
+    }
+}
+
+/// The `hafen top` table.
+pub fn top_table(processes: &[ProcessInfo]) -> String {
+    let rows: Vec<Vec<String>> = processes
+        .iter()
+        .map(|p| {
+            vec![
+                p.pid.to_string(),
+                p.ppid.to_string(),
+                p.uid.to_string(),
+                format::cpu_time(p.cpu_usec),
+                format::binary_size(p.rss_bytes),
+                p.command.clone(),
+            ]
+        })
+        .collect();
+    format::table(&["PID", "PPID", "UID", "TIME", "RSS", "CMD"], &rows)
+}
+
+/// `hafen top VM CONTAINER`: the container's processes.
+pub fn top(vm: &str, container: &str) -> Result<i32, Error> {
+    let mut client = Client::connect(vm)?;
+    match client.request(Body::Top {
+        container: container.to_owned(),
+    })? {
+        Body::Processes(p) => {
+            out(std::io::stdout().lock().write_all(top_table(&p).as_bytes()))?;
+            Ok(0)
+        }
+        other => Err(client.unexpected("Top", &other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hafen_proto::control::ExitInfo;
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn container(name: &str, state: State) -> ContainerInfo {
+        ContainerInfo {
+            name: name.into(),
+            image: "oci:busybox:1".into(),
+            command: vec!["/bin/sh".into(), "-c".into(), "sleep 1000".into()],
+            state,
+            pid: None,
+            started_ns: None,
+            exit: None,
+            error: None,
+            restarts: 0,
+            main: false,
+        }
+    }
+
+    /// Booted 1000 s before the epoch's 2000 s; now is 100 s after boot.
+    fn clock() -> Clock {
+        Clock::new(1_000 * S, 1_100 * S)
+    }
+
+    #[test]
+    fn status_words_say_how_long_up_or_how_it_exited_and_when() {
+        let mut web = container("web", State::Running);
+        web.started_ns = Some(100 * S - 180 * S / 2);
+        assert_eq!(status(&web, &clock()), "Up About a minute");
+        web.started_ns = Some(99 * S);
+        assert_eq!(status(&web, &clock()), "Up 1 second");
+        let mut job = container("job", State::Exited);
+        job.exit = Some(ExitInfo {
+            status: ExitStatus::Code(3),
+            finished_ns: 98 * S,
+            oom_killed: false,
+        });
+        assert_eq!(status(&job, &clock()), "Exited (3) 2 seconds ago");
+        job.exit = Some(ExitInfo {
+            status: ExitStatus::Signal(9),
+            finished_ns: 100 * S,
+            oom_killed: true,
+        });
+        assert_eq!(
+            status(&job, &clock()),
+            "Exited (137) Less than a second ago"
+        );
+        assert_eq!(status(&container("c", State::Created), &clock()), "Created");
+        assert_eq!(
+            status(&container("f", State::Failed), &clock()),
+            "Failed to start"
+        );
+    }
+
+    #[test]
+    fn the_ps_table_has_a_row_per_container_under_docker_like_columns() {
+        let mut web = container("web", State::Running);
+        web.pid = Some(42);
+        web.started_ns = Some(40 * S);
+        web.restarts = 2;
+        let mut job = container("job", State::Exited);
+        job.command = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo a very long command line indeed".into(),
+        ];
+        job.exit = Some(ExitInfo {
+            status: ExitStatus::Code(0),
+            finished_ns: 90 * S,
+            oom_killed: false,
+        });
+        let text = ps_table(&[&web, &job], &clock());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "CONTAINER",
+                "IMAGE",
+                "COMMAND",
+                "STATE",
+                "PID",
+                "STATUS",
+                "RESTARTS"
+            ]
+        );
+        assert!(lines[1].starts_with("web "), "{text}");
+        assert!(lines[1].contains("\"/bin/sh -c sleep 1000\""), "{text}");
+        assert!(lines[1].contains(" running "), "{text}");
+        assert!(lines[1].contains(" 42 "), "{text}");
+        assert!(lines[1].contains("Up About a minute"), "{text}");
+        assert!(lines[1].ends_with(" 2"), "{text}");
+        assert!(
+            lines[2].contains("\"/bin/sh -c echo a very long c…\""),
+            "{text}"
+        );
+        assert!(lines[2].contains("Exited (0) 10 seconds ago"), "{text}");
+        // Columns line up: STATUS starts at the same offset on every line.
+        let at = |l: &str, w: &str| l[..l.find(w).expect("column")].chars().count();
+        assert_eq!(at(lines[0], "STATUS"), at(lines[1], "Up "));
+        assert_eq!(at(lines[0], "STATUS"), at(lines[2], "Exited"));
+    }
+
+    #[test]
+    fn inspect_gives_wall_clock_times_the_exit_and_the_parsed_config() {
+        let mut job = container("job", State::Exited);
+        job.started_ns = Some(10 * S);
+        job.exit = Some(ExitInfo {
+            status: ExitStatus::Signal(9),
+            finished_ns: 20 * S,
+            oom_killed: true,
+        });
+        job.restarts = 1;
+        let v = inspect_json(
+            &job,
+            r#"{"ociVersion":"1.0.2","process":{"args":["x"]}}"#,
+            &clock(),
+        );
+        assert_eq!(v["state"]["status"], "exited");
+        assert_eq!(v["state"]["started_at"], "1970-01-01T00:16:50.000000000Z");
+        assert_eq!(v["state"]["finished_at"], "1970-01-01T00:17:00.000000000Z");
+        assert_eq!(v["state"]["exit_code"], 137);
+        assert_eq!(v["state"]["signal"], "SIGKILL");
+        assert_eq!(v["state"]["oom_killed"], true);
+        assert_eq!(v["restart_count"], 1);
+        assert_eq!(v["config"]["process"]["args"][0], "x");
+        let raw = inspect_json(&job, "not json", &clock());
+        assert_eq!(raw["config"], "not json");
+    }
+
+    #[test]
+    fn top_shows_cpu_time_and_rss_per_process() {
+        let text = top_table(&[ProcessInfo {
+            pid: 7,
+            ppid: 1,
+            uid: 1000,
+            cpu_usec: 61_500_000,
+            rss_bytes: 3 << 20,
+            command: "sleep 1000".into(),
+        }]);
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0], ["PID", "PPID", "UID", "TIME", "RSS", "CMD"]);
+        assert_eq!(
+            lines[1],
+            ["7", "1", "1000", "00:01:01", "3MiB", "sleep", "1000"]
+        );
+    }
+}
