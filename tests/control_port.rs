@@ -355,6 +355,48 @@ phase = "once"
     let mut next = Port::connect(&vm);
     assert_eq!(names(&next.ask(1, Body::List)), ["web", "job"]);
 
+    // Input faster than the process reads it: the host is held back, not
+    // refused, and every byte arrives.
+    next.send(
+        3,
+        Body::Exec(ExecRequest {
+            container: "web".into(),
+            args: vec!["sh".into(), "-c".into(), "sleep 2; wc -c".into()],
+            env: vec![],
+            user: None,
+            cwd: None,
+            tty: false,
+            stdin: true,
+            size: None,
+        }),
+    );
+    next.collect(3, |b| matches!(b, Body::ExecStarted { .. }));
+    let chunk = vec![b'x'; 32 * 1024];
+    for _ in 0..96 {
+        next.send(
+            3,
+            Body::Input {
+                data: chunk.clone(),
+            },
+        );
+    }
+    next.send(3, Body::Input { data: Vec::new() });
+    let done = next.collect(3, |b| {
+        matches!(b, Body::ExecExit { .. } | Body::Error { .. })
+    });
+    let out: Vec<u8> = done
+        .iter()
+        .flat_map(|b| match b {
+            Body::Output { data, .. } => data.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        (96 * 32 * 1024).to_string(),
+        "{done:?}"
+    );
+
     // PID 1 is alive and shuts down cleanly when asked.
     assert_eq!(next.ask(2, Body::Shutdown { reboot: false }), Body::Done);
     let status = vm.wait_exit();

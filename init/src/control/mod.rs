@@ -71,6 +71,8 @@ pub struct Channel {
     written: usize,
     /// Decoded input waits in the decoder ([`Channel::backlog`]).
     backlog: bool,
+    /// No request is read ([`Channel::hold_input`]).
+    held: bool,
 }
 
 impl std::fmt::Debug for Channel {
@@ -103,6 +105,7 @@ impl Channel {
             out: Vec::new(),
             written: 0,
             backlog: false,
+            held: false,
         };
         channel.wake(epoll);
         Ok(channel)
@@ -152,6 +155,7 @@ impl Channel {
         self.out.clear();
         self.written = 0;
         self.backlog = false;
+        self.held = false;
         self.decoder.reset();
     }
 
@@ -212,7 +216,7 @@ impl Channel {
             return;
         }
         let mut want = 0;
-        if self.queued() < HARD_LIMIT {
+        if self.queued() < HARD_LIMIT && !self.held {
             want |= EPOLL_INPUT;
         }
         if self.queued() > 0 {
@@ -233,7 +237,7 @@ impl Channel {
         if events & EPOLL_OUTPUT != 0 && self.flush(epoll) {
             return true;
         }
-        if events & EPOLL_INPUT != 0 && self.queued() < HARD_LIMIT {
+        if events & EPOLL_INPUT != 0 && self.queued() < HARD_LIMIT && !self.held {
             self.backlog = false;
             loop {
                 if !self.take_frames(incoming) {
@@ -267,7 +271,19 @@ impl Channel {
     /// Whether decoded requests wait for the loop to come back (they were
     /// left in the decoder so that answering them stays bounded).
     pub fn backlog(&self) -> bool {
-        self.backlog && self.watched && self.queued() < HARD_LIMIT
+        self.backlog && self.watched && self.queued() < HARD_LIMIT && !self.held
+    }
+
+    /// Stops (or resumes) reading requests: an exec'd process that reads
+    /// its input slower than the host sends it holds the host back, with
+    /// what is buffered for it bounded, instead of failing.
+    pub fn hold_input(&mut self, epoll: &Epoll, held: bool) {
+        if self.held != held {
+            self.held = held;
+            // Frames may wait in the decoder with nothing new to read.
+            self.backlog |= !held;
+            self.update_interest(epoll);
+        }
     }
 
     /// Moves decoded frames to `incoming`, at most [`BATCH`] in all;

@@ -22,7 +22,8 @@ use crate::sys::{self, ExitStatus, EPOLL_INPUT, EPOLL_OUTPUT};
 
 /// The most exec'd processes at once.
 const MAX_EXECS: usize = 32;
-/// Input held for a process that does not read it.
+/// Input buffered for exec'd processes beyond which no more requests are
+/// read until they take it (back-pressure to the host).
 const MAX_INPUT: usize = 1024 * 1024;
 /// How long after the process exited its output may stay open.
 const OUTPUT_GRACE_NS: u64 = 250_000_000;
@@ -285,16 +286,20 @@ impl Supervisor {
         let e = &mut self.execs[s];
         if data.is_empty() {
             e.input_eof = true;
-        } else if e.input.len() + data.len() > MAX_INPUT {
-            return Err(error(
-                ErrorCode::Busy,
-                format!("the process is not reading its input ({MAX_INPUT} bytes are waiting)"),
-            ));
         } else {
             e.input.extend_from_slice(&data);
         }
         self.write_input(s);
+        self.input_back_pressure();
         Ok(())
+    }
+
+    /// Holds the channel's input while too much waits for exec'd processes.
+    fn input_back_pressure(&mut self) {
+        let waiting: usize = self.execs.iter().map(|e| e.input.len()).sum();
+        if let Some(channel) = self.channel.as_mut() {
+            channel.hold_input(&self.epoll, waiting > MAX_INPUT);
+        }
     }
 
     /// Writes what input the process takes; closes its stdin at the end.
@@ -398,6 +403,7 @@ impl Supervisor {
             }
         }
         e.input.clear();
+        self.input_back_pressure();
     }
 
     /// A token of an exec session is ready.
@@ -408,6 +414,7 @@ impl Supervisor {
         };
         if kind == KIND_STDIN || (self.execs[s].tty && events & EPOLL_OUTPUT != 0) {
             self.write_input(s);
+            self.input_back_pressure();
             if kind == KIND_STDIN {
                 return;
             }
