@@ -407,11 +407,7 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
-            // Until the monitor (RunOptions::detach, name, control) lands.
-            if args.detach || args.name.is_some() || args.no_control {
-                return Err("hafen run: -d, --name and --no-control need the VM monitor, which this build lacks".into());
-            }
-            let outcome = hafen_qemu::run(&hafen_qemu::RunOptions {
+            let opts = hafen_qemu::RunOptions {
                 image: args.image,
                 memory_mib: args.memory,
                 cpus: args.cpus,
@@ -422,13 +418,16 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 },
                 verbose: args.verbose,
                 append: args.append,
-            })?;
+                name: args.name,
+                control: !args.no_control,
+            };
+            if args.detach {
+                println!("{}", hafen_qemu::run_detached(&opts)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let outcome = hafen_qemu::run(&opts)?;
             eprintln!("hafen: {outcome}");
-            Ok(if outcome.is_clean_power_off() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(ExitCode::from(outcome.exit_code().clamp(0, 255) as u8))
         }
         Command::Image(ImageCommand::Import(args)) => {
             let summary = hafen_image_build::import(&hafen_image_build::ImportOptions {

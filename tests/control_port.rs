@@ -1,5 +1,5 @@
 //! The guest's control port, driven straight through QEMU's `control.sock`
-//! with no monitor attached: the handshake, the verbs PID 1 answers, and
+//! with no monitor attached (`hafen run --no-control`): the handshake, the verbs PID 1 answers, and
 //! what hostile bytes do (garbage, an oversized frame, a truncated frame, a
 //! frame that is not a message, a client vanishing mid-stream) — after
 //! which the channel still answers and PID 1 is alive.
@@ -171,7 +171,7 @@ command = ["/bin/sh", "-c", "exit 3"]
 phase = "once"
 "#,
     );
-    let mut vm = Vm::boot(&image);
+    let mut vm = Vm::boot_with(&image, &["--no-control"]);
     vm.wait_for("web | oops");
     let mut port = Port::connect(&vm);
 
@@ -429,7 +429,7 @@ image = "oci:busybox:1"
 command = ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"]
 "#,
         );
-        let mut vm = Vm::boot(&image);
+        let mut vm = Vm::boot_with(&image, &["--no-control"]);
         vm.wait_for("app | ready");
         let mut port = Port::connect(&vm);
         port.send(1, Body::Events);
@@ -490,7 +490,7 @@ memory = "16M"
 command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo ready; while true; do sleep 1 & wait $!; done"]
 "#,
     );
-    let mut vm = Vm::boot(&image);
+    let mut vm = Vm::boot_with(&image, &["--no-control"]);
     vm.wait_for("hog | ready");
     let mut port = Port::connect(&vm);
     port.send(1, Body::Events);
@@ -559,7 +559,7 @@ image = "oci:busybox:1"
 command = ["/bin/sh", "-c", "sleep 2; exit 4"]
 "#,
     );
-    let mut vm = Vm::boot(&image);
+    let mut vm = Vm::boot_with(&image, &["--no-control"]);
     vm.wait_for("flood | ready");
     let mut port = Port::connect(&vm);
     port.send(

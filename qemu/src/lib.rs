@@ -9,6 +9,7 @@
 pub mod client;
 pub mod command;
 pub mod kvm;
+pub mod monitor;
 pub mod qmp;
 pub mod state;
 mod sys;
@@ -62,6 +63,11 @@ pub struct RunOptions {
     pub verbose: bool,
     /// Extra kernel command-line words.
     pub append: Vec<String>,
+    /// The VM's name for the other verbs; the image's name when `None`.
+    pub name: Option<String>,
+    /// Talk to the guest's control port (the monitor); without it,
+    /// `control.sock` is left to another client.
+    pub control: bool,
 }
 
 /// How a run ended.
@@ -76,6 +82,11 @@ pub enum RunOutcome {
     Panicked,
     /// A second signal forced QEMU off before the guest finished.
     Forced,
+    /// The manifest's main container ended and the guest powered off.
+    MainExited {
+        /// Its status as a shell shows it (128+N for signal N).
+        code: i32,
+    },
     /// QEMU stopped without a clean guest shutdown.
     QemuFailed {
         /// What we know beyond the exit status (a shutdown reason, a run state).
@@ -88,7 +99,17 @@ pub enum RunOutcome {
 impl RunOutcome {
     /// Whether the guest powered off cleanly.
     pub fn is_clean_power_off(&self) -> bool {
-        matches!(self, RunOutcome::PoweredOff)
+        matches!(self, RunOutcome::PoweredOff | RunOutcome::MainExited { .. })
+    }
+
+    /// What `hafen run` exits with: the main container's status, 0 after
+    /// another clean power-off, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunOutcome::MainExited { code } => *code,
+            RunOutcome::PoweredOff => 0,
+            _ => 1,
+        }
     }
 }
 
@@ -99,6 +120,10 @@ impl fmt::Display for RunOutcome {
             RunOutcome::Rebooted => f.write_str("guest rebooted (the run ends on a reboot)"),
             RunOutcome::Panicked => f.write_str("guest kernel panicked"),
             RunOutcome::Forced => f.write_str("VM forced off"),
+            RunOutcome::MainExited { code } => write!(
+                f,
+                "main container exited with status {code}; guest powered off"
+            ),
             RunOutcome::QemuFailed {
                 reason: None,
                 status,
@@ -214,6 +239,26 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The VM name is not one path component of letters, digits, `_.-`.
+    #[error("{name:?} is not a VM name: use letters, digits, '_', '.' and '-', starting with a letter or digit")]
+    BadName {
+        /// The name.
+        name: String,
+    },
+    /// A running VM has the name already.
+    #[error("a VM named {name:?} is already running (hafen run pid {pid}); stop it (hafen stop {name}) or choose another --name")]
+    NameInUse {
+        /// The name.
+        name: String,
+        /// Its monitor's pid.
+        pid: u32,
+    },
+    /// `hafen run -d` could not bring the VM up.
+    #[error("hafen run -d: {message}")]
+    Detach {
+        /// What went wrong.
+        message: String,
+    },
     /// Waiting for signals or QEMU failed.
     #[error("waiting for QEMU (pid {pid}) failed")]
     Wait {
@@ -291,8 +336,29 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, Error> {
     }
 
     let vms = state::vms_dir(&runtime);
-    let state = StateDir::create(&vms, &info.name, std::process::id())
+    let name = vm_name(opts, &info)?;
+    let state = StateDir::create(&vms, &name, std::process::id())
         .map_err(|source| Error::StateDir { path: vms, source })?;
+    let started_unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let (monitor, power) = monitor::Monitor::start(
+        state.path(),
+        hafen_proto::control::VmInfo {
+            name: name.clone(),
+            image: opts.image.display().to_string(),
+            monitor_pid: std::process::id(),
+            qemu_pid: 0,
+            started_unix_ns,
+            guest_boot_unix_ns: None,
+            state: "booting".into(),
+        },
+        opts.control,
+    )
+    .map_err(|source| Error::StateDir {
+        path: state.path().to_owned(),
+        source,
+    })?;
     let socket = state.qmp_socket();
     // We listen, QEMU inherits the socket and serves QMP on it: it exists
     // before QEMU starts, so we connect at once instead of polling for it.
@@ -321,6 +387,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, Error> {
     let child = sys::spawn_qemu(&mut cmd, Some(listener.as_raw_fd()))
         .map_err(|source| Error::Spawn { program, source })?;
     let mut vm = Vm::new(child);
+    monitor.set_qemu_pid(vm.pid);
     // Best effort: the pid file is for people and tools looking in.
     let _ = std::fs::write(state.pid_file(), format!("{}\n", vm.pid));
     let qmp = Qmp::connect(&socket).map_err(|source| Error::Qmp {
@@ -330,9 +397,142 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, Error> {
     })?;
     // Our copy of the listener is no longer needed; QEMU holds its own.
     drop(listener);
-    let outcome = vm.supervise(qmp, &signals);
+    let outcome = vm.supervise(qmp, &signals, &power);
+    let main_exit = monitor.main_exit();
+    drop(monitor);
     drop(state);
-    outcome
+    match (outcome, main_exit) {
+        (Ok(RunOutcome::PoweredOff), Some(status)) => Ok(RunOutcome::MainExited {
+            code: status.code(),
+        }),
+        (outcome, _) => outcome,
+    }
+}
+
+/// How long `hafen run -d` waits for the guest's control channel.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// `hafen run -d`: starts the run in a background process of its own (the
+/// VM's monitor, in a new session, its console in the state directory's
+/// `console.log`) and returns the VM's name once the guest's control
+/// channel answers.
+///
+/// Call it before any thread is started: it forks.
+pub fn run_detached(opts: &RunOptions) -> Result<String, Error> {
+    let info = read_image(&opts.image)?;
+    let name = vm_name(opts, &info)?;
+    let vms = state::vms_dir(&state::runtime_dir());
+    // SAFETY: the caller has no other threads (documented); the child only
+    // sets itself up and runs the monitor, as a fresh process would.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::Detach {
+            message: format!("fork: {}", io::Error::last_os_error()),
+        });
+    }
+    if pid == 0 {
+        let code = detached_child(opts, &name, &vms);
+        std::process::exit(code);
+    }
+    let deadline = Instant::now() + DETACH_TIMEOUT;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid out-pointer.
+        let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if done == pid {
+            return Err(Error::Detach {
+                message: format!(
+                    "the VM stopped while booting ({}); run it in the foreground to see its console",
+                    describe_exit(ExitStatus::from_raw(status))
+                ),
+            });
+        }
+        if let Ok(vm) = state::find_vm(&vms, &name) {
+            if vm.pid == pid as u32 && client_ready(&vm) {
+                return Ok(name);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Detach {
+                message: format!(
+                    "the guest's control channel did not answer within {} s; the VM (hafen run pid {pid}) is still running: hafen kill {name}",
+                    DETACH_TIMEOUT.as_secs()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether the VM's monitor says the guest has answered.
+fn client_ready(vm: &state::VmDir) -> bool {
+    client::Client::connect_to(vm)
+        .and_then(|mut c| c.request(hafen_proto::control::Body::VmInfo))
+        .is_ok_and(|body| {
+            matches!(body, hafen_proto::control::Body::Vm(info) if info.guest_boot_unix_ns.is_some())
+        })
+}
+
+/// The detached run, in the forked child: a session of its own, no
+/// terminal, the console into the state directory.
+fn detached_child(opts: &RunOptions, name: &str, vms: &Path) -> i32 {
+    // SAFETY: setsid takes no arguments.
+    unsafe { libc::setsid() };
+    let dir = vms.join(state::dir_name(name, std::process::id()));
+    let console = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(state::CONSOLE_LOG))
+    });
+    let null = std::fs::File::open("/dev/null");
+    if let (Ok(console), Ok(null)) = (console, null) {
+        // SAFETY: dup2 onto the standard descriptors with descriptors we own.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(console.as_raw_fd(), 1);
+            libc::dup2(console.as_raw_fd(), 2);
+        }
+    }
+    let mut opts = opts.clone();
+    opts.name = Some(name.to_owned());
+    match run(&opts) {
+        Ok(outcome) => {
+            eprintln!("hafen: {outcome}");
+            outcome.exit_code()
+        }
+        Err(e) => {
+            eprintln!("hafen: error: {e}");
+            2
+        }
+    }
+}
+
+/// The VM's name: `--name`, or the image's; one a running VM has is refused.
+fn vm_name(opts: &RunOptions, info: &ImageInfo) -> Result<String, Error> {
+    let name = opts.name.clone().unwrap_or_else(|| info.name.clone());
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !valid {
+        return Err(Error::BadName { name });
+    }
+    let vms = state::vms_dir(&state::runtime_dir());
+    // (A detached run made its own state directory already.)
+    let others = state::list_vms(&vms)
+        .into_iter()
+        .find(|vm| vm.name == name && vm.pid != std::process::id());
+    if let Some(running) = others {
+        return Err(Error::NameInUse {
+            name,
+            pid: running.pid,
+        });
+    }
+    Ok(name)
 }
 
 /// Picks the accelerator, probing KVM when asked to.
@@ -387,14 +587,27 @@ impl Vm {
 
     /// The event loop: signals, QMP messages and QEMU's exit, until QEMU
     /// has exited.
-    fn supervise(&mut self, qmp: Qmp, signals: &sys::SignalPipe) -> Result<RunOutcome, Error> {
+    fn supervise(
+        &mut self,
+        qmp: Qmp,
+        signals: &sys::SignalPipe,
+        power: &std::sync::mpsc::Receiver<monitor::PowerRequest>,
+    ) -> Result<RunOutcome, Error> {
         let mut qmp = Some(qmp);
         let mut events = Events::default();
         let mut requests = 0u32;
         let mut kill_at: Option<Instant> = None;
         loop {
             let caught = signals.take().map_err(|e| self.wait_error(e))?;
-            for _ in caught {
+            // A CLI's `hafen stop VM` is a first signal, `hafen kill VM` a second.
+            let asked: u32 = power
+                .try_iter()
+                .map(|p| match p {
+                    monitor::PowerRequest::Graceful => u32::from(requests == 0),
+                    monitor::PowerRequest::Force => 2u32.saturating_sub(requests).max(1),
+                })
+                .sum();
+            for _ in 0..caught.len() as u32 + asked {
                 requests += 1;
                 let now = Instant::now();
                 match requests {
@@ -442,12 +655,14 @@ impl Vm {
             fds.extend(qmp.as_ref().map(|q| q.stream().as_fd()));
             fds.extend(self.exited.as_ref().map(|fd| fd.as_fd()));
             let mut timeout = kill_at.map(|t| t.saturating_duration_since(Instant::now()));
-            if self.exited.is_none() {
-                // No pidfd: notice QEMU's exit on a short timer instead.
-                timeout = Some(timeout.map_or(Duration::from_millis(50), |t| {
-                    t.min(Duration::from_millis(50))
-                }));
-            }
+            // No pidfd: notice QEMU's exit on a short timer; and the CLI's
+            // power requests arrive on a channel, checked as often.
+            let tick = if self.exited.is_none() {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_millis(100)
+            };
+            timeout = Some(timeout.map_or(tick, |t| t.min(tick)));
             sys::poll_readable(&fds, timeout).map_err(|e| Error::Wait {
                 pid: self.pid,
                 source: e,

@@ -84,11 +84,13 @@ fn child(image: PathBuf) -> ! {
         },
         verbose: false,
         append: Vec::new(),
+        name: None,
+        control: true,
     });
     match result {
         Ok(outcome) => {
             eprintln!("hafen: {outcome}");
-            std::process::exit(if outcome.is_clean_power_off() { 0 } else { 1 });
+            std::process::exit(outcome.exit_code());
         }
         Err(err) => {
             eprintln!("hafen: error: {err}");
