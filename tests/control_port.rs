@@ -146,6 +146,26 @@ fn control_socket(vm: &Vm) -> PathBuf {
     }
 }
 
+/// An exec request with the container's own user, environment and cwd.
+fn exec_request(
+    container: &str,
+    args: Vec<String>,
+    tty: bool,
+    stdin: bool,
+    size: Option<(u16, u16)>,
+) -> Body {
+    Body::Exec(ExecRequest {
+        container: container.into(),
+        args,
+        env: vec![],
+        user: None,
+        cwd: None,
+        tty,
+        stdin,
+        size,
+    })
+}
+
 fn names(body: &Body) -> Vec<String> {
     match body {
         Body::Containers(list) => list.iter().map(|c| c.name.clone()).collect(),
@@ -207,20 +227,17 @@ phase = "once"
     assert_eq!(String::from_utf8_lossy(&text), "line 5\noops\n");
     port.send(
         3,
-        Body::Exec(ExecRequest {
-            container: "web".into(),
-            args: vec![
+        exec_request(
+            "web",
+            vec![
                 "sh".into(),
                 "-c".into(),
                 "echo in $(hostname); exit 7".into(),
             ],
-            env: vec![],
-            user: None,
-            cwd: None,
-            tty: false,
-            stdin: false,
-            size: None,
-        }),
+            false,
+            false,
+            None,
+        ),
     );
     let exec = port.collect(3, |b| {
         matches!(b, Body::ExecExit { .. } | Body::Error { .. })
@@ -240,20 +257,17 @@ phase = "once"
     // Ctrl-C reaches the foreground process as SIGINT.
     port.send(
         9,
-        Body::Exec(ExecRequest {
-            container: "web".into(),
-            args: vec![
+        exec_request(
+            "web",
+            vec![
                 "sh".into(),
                 "-c".into(),
                 "tty; stty size; echo ready; sleep 60; echo not interrupted".into(),
             ],
-            env: vec![],
-            user: None,
-            cwd: None,
-            tty: true,
-            stdin: true,
-            size: Some((30, 100)),
-        }),
+            true,
+            true,
+            Some((30, 100)),
+        ),
     );
     let mut seen = String::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -359,16 +373,13 @@ phase = "once"
     // refused, and every byte arrives.
     next.send(
         3,
-        Body::Exec(ExecRequest {
-            container: "web".into(),
-            args: vec!["sh".into(), "-c".into(), "sleep 2; wc -c".into()],
-            env: vec![],
-            user: None,
-            cwd: None,
-            tty: false,
-            stdin: true,
-            size: None,
-        }),
+        exec_request(
+            "web",
+            vec!["sh".into(), "-c".into(), "sleep 2; wc -c".into()],
+            false,
+            true,
+            None,
+        ),
     );
     next.collect(3, |b| matches!(b, Body::ExecStarted { .. }));
     let chunk = vec![b'x'; 32 * 1024];
@@ -498,20 +509,17 @@ command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo ready; while true; do slee
     // 64 MiB does not fit in 16.
     port.send(
         2,
-        Body::Exec(ExecRequest {
-            container: "hog".into(),
-            args: vec![
+        exec_request(
+            "hog",
+            vec![
                 "sh".into(),
                 "-c".into(),
                 "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}".into(),
             ],
-            env: vec![],
-            user: None,
-            cwd: None,
-            tty: false,
-            stdin: false,
-            size: None,
-        }),
+            false,
+            false,
+            None,
+        ),
     );
     let events = port.collect(1, |b| {
         matches!(

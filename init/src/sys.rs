@@ -223,42 +223,16 @@ pub fn kill(pid: libc::pid_t, signal: i32) -> io::Result<()> {
     check(unsafe { libc::kill(pid, signal) } as libc::c_long).map(drop)
 }
 
-/// How a reaped child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
-    /// Exited with this code.
-    Code(i32),
-    /// Killed by this signal.
-    Signal(i32),
-}
+/// How a reaped child ended: the control protocol's type, so what the
+/// reaper sees goes to the host as it is.
+pub use hafen_proto::control::ExitStatus;
 
-impl ExitStatus {
-    /// The shell's convention: the exit code, or 128+N when killed by signal N.
-    pub fn code(self) -> i32 {
-        match self {
-            ExitStatus::Code(code) => code,
-            ExitStatus::Signal(sig) => 128 + sig,
-        }
-    }
-
-    /// Decodes a wait status from waitpid(2).
-    fn from_wait(status: libc::c_int) -> ExitStatus {
-        if libc::WIFSIGNALED(status) {
-            ExitStatus::Signal(libc::WTERMSIG(status))
-        } else {
-            ExitStatus::Code(libc::WEXITSTATUS(status))
-        }
-    }
-}
-
-impl std::fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {
-            ExitStatus::Code(code) => write!(f, "exited with code {code}"),
-            ExitStatus::Signal(sig) => {
-                write!(f, "killed by {}", hafen_proto::signal::name(sig))
-            }
-        }
+/// Decodes a wait status from waitpid(2).
+fn exit_status(status: libc::c_int) -> ExitStatus {
+    if libc::WIFSIGNALED(status) {
+        ExitStatus::Signal(libc::WTERMSIG(status))
+    } else {
+        ExitStatus::Code(libc::WEXITSTATUS(status))
     }
 }
 
@@ -277,7 +251,7 @@ pub fn reap_one() -> io::Result<Option<(libc::pid_t, ExitStatus)>> {
             }
         }
         0 => Ok(None),
-        pid => Ok(Some((pid, ExitStatus::from_wait(status)))),
+        pid => Ok(Some((pid, exit_status(status)))),
     }
 }
 
@@ -738,7 +712,7 @@ pub fn wait_child(pid: libc::pid_t) -> io::Result<ExitStatus> {
             return Err(err);
         }
     }
-    Ok(ExitStatus::from_wait(status))
+    Ok(exit_status(status))
 }
 
 /// Waits up to `timeout_ms` for `fd` to be readable; whether it is.

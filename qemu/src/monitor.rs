@@ -382,21 +382,29 @@ fn read_guest(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let mut rest = &buf[..n];
-        while !rest.is_empty() {
-            let k = decoder.feed(rest);
-            rest = &rest[k..];
-            while let Some(frame) = decoder.next_frame() {
-                match frame
-                    .map_err(|e| e.to_string())
-                    .and_then(|p| Envelope::from_payload(p).map_err(|e| e.to_string()))
-                {
-                    Ok(envelope) => dispatch(shared, envelope, last_seq),
-                    Err(e) => eprintln!("hafen: the guest sent {e}"),
-                }
-            }
+        messages(&mut decoder, &buf[..n], |message| match message {
+            Ok(envelope) => dispatch(shared, envelope, last_seq),
+            Err(e) => eprintln!("hafen: the guest sent {e}"),
+        });
+    }
+}
+
+/// Feeds `bytes` to `decoder` and hands each frame it completes to `f`.
+fn frames(decoder: &mut Decoder, mut bytes: &[u8], mut f: impl FnMut(Result<&[u8], String>)) {
+    while !bytes.is_empty() {
+        let k = decoder.feed(bytes);
+        bytes = &bytes[k..];
+        while let Some(frame) = decoder.next_frame() {
+            f(frame.map_err(|e| e.to_string()));
         }
     }
+}
+
+/// [`frames`], decoded as messages.
+fn messages(decoder: &mut Decoder, bytes: &[u8], mut f: impl FnMut(Result<Envelope, String>)) {
+    frames(decoder, bytes, |frame| {
+        f(frame.and_then(|p| Envelope::from_payload(p).map_err(|e| e.to_string())))
+    });
 }
 
 /// Whether a guest frame ends its request.
@@ -553,30 +561,16 @@ fn serve_client(shared: &Arc<Shared>, stream: UnixStream) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let mut rest = &buf[..n];
-        while !rest.is_empty() {
-            let k = decoder.feed(rest);
-            rest = &rest[k..];
-            while let Some(frame) = decoder.next_frame() {
-                let envelope = match frame
-                    .map_err(|e| e.to_string())
-                    .and_then(|p| Envelope::from_payload(p).map_err(|e| e.to_string()))
-                {
-                    Ok(envelope) => envelope,
-                    Err(message) => {
-                        client.send(
-                            0,
-                            Body::Error {
-                                code: ErrorCode::BadFrame,
-                                message,
-                            },
-                        );
-                        continue;
-                    }
-                };
-                request(shared, &client, &mut mine, envelope);
-            }
-        }
+        messages(&mut decoder, &buf[..n], |message| match message {
+            Ok(envelope) => request(shared, &client, &mut mine, envelope),
+            Err(message) => client.send(
+                0,
+                Body::Error {
+                    code: ErrorCode::BadFrame,
+                    message,
+                },
+            ),
+        });
     }
     // Gone: its requests in the guest end, its followers too.
     client.alive.store(false, Ordering::Relaxed);
@@ -779,19 +773,14 @@ impl HostLogs {
                 continue;
             };
             let mut decoder: Box<Decoder> = Box::default();
-            let mut rest = &bytes[..];
-            while !rest.is_empty() {
-                let k = decoder.feed(rest);
-                rest = &rest[k..];
-                while let Some(frame) = decoder.next_frame() {
-                    if let Ok(entry) = frame
-                        .map_err(drop)
-                        .and_then(|p| postcard::from_bytes::<LogEntry>(p).map_err(drop))
-                    {
-                        entries.push(entry);
-                    }
+            frames(&mut decoder, &bytes, |frame| {
+                if let Some(entry) = frame
+                    .ok()
+                    .and_then(|p| postcard::from_bytes::<LogEntry>(p).ok())
+                {
+                    entries.push(entry);
                 }
-            }
+            });
         }
         if let Some(since) = since_ns {
             entries.retain(|e| e.time_ns >= since);

@@ -15,7 +15,7 @@ use hafen_proto::control::{self as proto, Body, ErrorCode, ExecRequest, Stream};
 use hafen_proto::spec::{ConsoleSize, Process, User};
 
 use super::requests::{error, Refusal};
-use super::{wire_status, Supervisor, TOKEN_EXEC};
+use super::{Supervisor, TOKEN_EXEC};
 use crate::container::exec::{self, ConsoleTarget, ExecOptions, Target};
 use crate::container::{console, StdioMode};
 use crate::sys::{self, ExitStatus, EPOLL_INPUT, EPOLL_OUTPUT};
@@ -507,7 +507,7 @@ impl Supervisor {
             container,
             proto::EventKind::ExecDie {
                 pid: pid as u32,
-                status: wire_status(status),
+                status,
             },
         );
         // Read what is already there before deciding.
@@ -535,12 +535,7 @@ impl Supervisor {
         self.detach(s);
         self.execs.remove(s);
         if let Some(id) = id {
-            self.reply(
-                id,
-                Body::ExecExit {
-                    status: wire_status(status),
-                },
-            );
+            self.reply(id, Body::ExecExit { status });
         }
     }
 

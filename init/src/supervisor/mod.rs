@@ -525,7 +525,6 @@ impl Supervisor {
         let oom_killed =
             c.oom_kills > 0 || c.cgroup.as_deref().and_then(cgroup_oom_kills).unwrap_or(0) > 0;
         c.oom_watch = None;
-        let status = wire_status(status);
         let exit = ExitInfo {
             status,
             finished_ns: sys::boottime_ns(),
@@ -799,14 +798,6 @@ impl Supervisor {
             kind,
         };
         self.broadcast(event);
-    }
-}
-
-/// The wire form of an exit status.
-fn wire_status(status: ExitStatus) -> proto::ExitStatus {
-    match status {
-        ExitStatus::Code(c) => proto::ExitStatus::Code(c),
-        ExitStatus::Signal(s) => proto::ExitStatus::Signal(s),
     }
 }
 
