@@ -264,3 +264,169 @@ impl Drop for Vm {
         }
     }
 }
+
+impl Vm {
+    /// Boots `image` with extra `hafen run` arguments (`--name N`, ...).
+    pub fn boot_with(image: &Path, args: &[&str]) -> Vm {
+        let mut child = Command::new(hafen())
+            .arg("run")
+            .args(args)
+            .arg(image)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hafen run");
+        let (tx, lines) = mpsc::channel();
+        let console = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let tx = tx.clone();
+            let console = Arc::clone(&console);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    console.lock().expect("console lock").push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Vm {
+            child: Some(child),
+            lines,
+            console,
+        }
+    }
+
+    /// Runs `steps`; when one of them panics, prints the guest console
+    /// first (a plain assert does not), then fails the same way.
+    pub fn checked<T>(&self, steps: impl FnOnce() -> T) -> T {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(steps)) {
+            Ok(value) => value,
+            Err(panic) => {
+                eprintln!(
+                    "----- guest console -----\n{}\n-------------------------",
+                    self.console()
+                );
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+}
+
+/// What a `hafen` command printed and how it ended.
+#[derive(Debug)]
+pub struct Ran {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Asserts it exited 0; returns stdout.
+    pub fn ok(&self, what: &str) -> String {
+        assert_eq!(
+            self.status.code(),
+            Some(0),
+            "{what}: stdout {:?} stderr {:?}",
+            self.stdout(),
+            self.stderr
+        );
+        self.stdout()
+    }
+}
+
+/// Runs `hafen ARGS` with `stdin` (empty: /dev/null); kills it and fails
+/// when it takes longer than `limit`.
+pub fn hafen_cli(args: &[&str], stdin: Option<&[u8]>, limit: Duration) -> Ran {
+    let mut child = Command::new(hafen())
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hafen");
+    let feeder = stdin.map(|data| {
+        let data = data.to_vec();
+        let mut pipe = child.stdin.take().expect("stdin");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(&data);
+        })
+    });
+    let mut out_pipe = child.stdout.take().expect("stdout");
+    let mut err_pipe = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out_pipe, &mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err_pipe, &mut buf);
+        buf
+    });
+    let status = wait_child(&mut child, limit)
+        .unwrap_or_else(|| panic!("hafen {args:?} did not finish within {limit:?}"));
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    Ran {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: String::from_utf8_lossy(&err.join().expect("stderr reader")).into_owned(),
+    }
+}
+
+/// Waits for `child` up to `limit`; kills and reaps it and returns `None`
+/// when it is still running then.
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Retries `attempt` until it returns `Some`, up to `limit`; panics with
+/// `what` (and the last failure) otherwise.
+pub fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match attempt() {
+            Ok(value) => return value,
+            Err(why) if Instant::now() > deadline => {
+                panic!("{what}: not within {limit:?}; last: {why}")
+            }
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+        }
+    }
+}

@@ -59,7 +59,7 @@ pub enum PowerAction {
 /// How long to keep reading output after the last container exited.
 const OUTPUT_GRACE_NS: u64 = 2_000_000_000;
 /// How long the host gets to read what is queued for it before power-off.
-const CHANNEL_DRAIN_NS: u64 = 2_000_000_000;
+const CHANNEL_DRAIN_NS: u64 = 3_000_000_000;
 
 const TOKEN_SIGNALS: u64 = 0;
 const TOKEN_CONTROL: u64 = 1;
@@ -189,6 +189,8 @@ pub struct Supervisor {
     next_exec_slot: u64,
     /// Watches the containers' `memory.events` for OOM kills.
     oom: Option<OwnedFd>,
+    /// A host has subscribed to the events (it will hear the shutdown).
+    events_heard: bool,
     /// Bounds the warnings a host sending garbage causes.
     bad_frames: RateLimit,
     /// Requests read but not yet handled (reused buffer).
@@ -289,6 +291,7 @@ impl Supervisor {
             sessions: Vec::new(),
             execs: Vec::new(),
             next_exec_slot: 0,
+            events_heard: false,
             bad_frames: RateLimit::new(1, 5),
             incoming: Vec::new(),
         })
@@ -763,18 +766,27 @@ impl Supervisor {
     /// main container's status, the last log lines) before power-off.
     fn drain_channel(&mut self) {
         self.pump();
-        let deadline = sys::monotonic_ns() + CHANNEL_DRAIN_NS;
+        let start = sys::monotonic_ns();
+        let deadline = start + CHANNEL_DRAIN_NS;
         let mut ready = Vec::new();
-        while let Some(channel) = self.channel.as_mut() {
-            if !channel.connected() || channel.queued() == 0 {
+        while let Some(channel) = self.channel.as_ref() {
+            // The main container's status is for a host that has not
+            // subscribed yet, when it ended right after boot: give it the
+            // time to connect and ask.
+            let waiting_for_host = self.main_exit.is_some() && !self.events_heard;
+            if !waiting_for_host && (!channel.connected() || channel.queued() == 0) {
                 break;
             }
             let now = sys::monotonic_ns();
             if now >= deadline {
-                warn!(
-                    "the host did not read the control channel's last {} bytes",
-                    channel.queued()
-                );
+                if waiting_for_host {
+                    warn!("no host asked for the main container's status");
+                } else {
+                    warn!(
+                        "the host did not read the control channel's last {} bytes",
+                        channel.queued()
+                    );
+                }
                 break;
             }
             ready.clear();
@@ -783,8 +795,10 @@ impl Supervisor {
                 break;
             }
             for &(token, events) in &ready {
-                if token == TOKEN_CONTROL {
-                    self.control_ready(events & !sys::EPOLL_INPUT);
+                match token {
+                    TOKEN_CONTROL => self.control_ready(events),
+                    TOKEN_SIGNALS => self.handle_signals(),
+                    _ => {}
                 }
             }
         }

@@ -213,10 +213,24 @@ impl Supervisor {
             Body::GetStats { container } => {
                 Some(self.stats(container.as_deref()).unwrap_or_else(Body::from))
             }
-            Body::Events => self
-                .add_session(id, Session::Events { id })
-                .err()
-                .map(Body::from),
+            Body::Events => match self.add_session(id, Session::Events { id }) {
+                Ok(()) => {
+                    self.events_heard = true;
+                    if self.shutdown.is_some() {
+                        // It missed the announcement: repeat it.
+                        let event = proto::Event {
+                            time_ns: sys::boottime_ns(),
+                            container: String::new(),
+                            kind: proto::EventKind::Shutdown {
+                                main_exit: self.main_exit,
+                            },
+                        };
+                        self.reply(id, Body::Event(event));
+                    }
+                    None
+                }
+                Err(e) => Some(Body::from(e)),
+            },
             Body::Exec(request) => self.exec_start(id, request).err().map(Body::from),
             Body::Input { data } => self.exec_input(id, data).err().map(Body::from),
             Body::Resize { rows, cols } => self.exec_resize(id, rows, cols).err().map(Body::from),
