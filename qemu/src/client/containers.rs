@@ -72,7 +72,10 @@ pub fn status(c: &ContainerInfo, clock: &Clock) -> String {
 
 /// The COMMAND column: quoted, cut to a column's width.
 fn command_cell(command: &[String]) -> String {
-    format!("\"{}\"", format::truncate(&command.join(" "), 30))
+    format!(
+        "\"{}\"",
+        format::truncate(&format::one_line(&command.join(" ")), 30)
+    )
 }
 
 /// The `hafen ps` table.
@@ -257,7 +260,7 @@ pub fn top_table(processes: &[ProcessInfo]) -> String {
                 p.uid.to_string(),
                 format::cpu_time(p.cpu_usec),
                 format::binary_size(p.rss_bytes),
-                p.command.clone(),
+                format::one_line(&p.command),
             ]
         })
         .collect();
@@ -423,6 +426,15 @@ mod tests {
             rss_bytes: 3 << 20,
             command: "sleep 1000".into(),
         }]);
+        let script = top_table(&[ProcessInfo {
+            pid: 8,
+            ppid: 1,
+            uid: 0,
+            cpu_usec: 0,
+            rss_bytes: 0,
+            command: "sh -c echo a\necho b".into(),
+        }]);
+        assert_eq!(script.lines().count(), 2, "one row: {script}");
         let lines: Vec<Vec<&str>> = text
             .lines()
             .map(|l| l.split_whitespace().collect())

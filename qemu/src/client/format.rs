@@ -315,6 +315,14 @@ pub fn truncate(text: &str, max: usize) -> String {
     out
 }
 
+/// `text` on one line: newlines, tabs and other control characters become
+/// spaces (a script's command line keeps a table's rows whole).
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// Rows under a header, each column as wide as its widest cell plus
 /// three spaces (the last column is not padded). Every line ends in `\n`.
 pub fn table<S: AsRef<str>>(header: &[&str], rows: &[Vec<S>]) -> String {
@@ -497,6 +505,7 @@ mod tests {
              database   1234\n"
         );
         assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(one_line("sh -c 'a\n\tb'"), "sh -c 'a  b'");
         assert_eq!(truncate("abc", 4), "abc");
     }
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use hafen_proto::control::{Body, GuestInfo, VmInfo};
+use hafen_proto::control::{Body, ErrorCode, GuestInfo, VmInfo};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, PidfdFlags};
 use serde_json::{json, Value};
@@ -202,7 +202,14 @@ fn power_off(vm: &VmDir, force: bool) -> Result<(), Error> {
         Err(e) => return Err(e),
     };
     match client.request(Body::PowerOff { force }) {
-        Ok(Body::Done) | Err(Error::Closed { .. }) => Ok(()),
+        // Failed: the VM is already on its way down; the wait that
+        // follows says whether it gets there.
+        Ok(Body::Done)
+        | Err(Error::Closed { .. })
+        | Err(Error::Refused {
+            code: ErrorCode::Failed,
+            ..
+        }) => Ok(()),
         Ok(other) => Err(client.unexpected("PowerOff", &other)),
         Err(e) => Err(e),
     }
