@@ -253,6 +253,37 @@ phase = "once"
             .any(|b| matches!(b, Body::Output { data, .. } if data == b"in web\n")),
         "{exec:?}"
     );
+    // The port is PID 1's alone: not in a container's /dev, and no
+    // process in a container holds it (the exec'd one included).
+    port.send(
+        11,
+        exec_request(
+            "web",
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "ls /dev; ls -l /proc/[0-9]*/fd/ 2>/dev/null; echo checked".into(),
+            ],
+            false,
+            false,
+            None,
+        ),
+    );
+    let seen = port.collect(11, |b| {
+        matches!(b, Body::ExecExit { .. } | Body::Error { .. })
+    });
+    let text: String = seen
+        .iter()
+        .filter_map(|b| match b {
+            Body::Output { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert!(text.contains("checked") && text.contains("null"), "{text}");
+    assert!(
+        !text.contains("vport"),
+        "the control port is visible: {text}"
+    );
     // A terminal: made in the container's devpts, the size we asked for,
     // Ctrl-C reaches the foreground process as SIGINT.
     port.send(
