@@ -143,34 +143,7 @@ pub struct Vm {
 
 impl Vm {
     pub fn boot(image: &Path) -> Vm {
-        let mut child = Command::new(hafen())
-            .arg("run")
-            .arg(image)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn hafen run");
-        let (tx, lines) = mpsc::channel();
-        let console = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let tx = tx.clone();
-            let console = Arc::clone(&console);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    console.lock().expect("console lock").push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Vm {
-            child: Some(child),
-            lines,
-            console,
-        }
+        Vm::boot_with(image, &[])
     }
 
     pub fn pid(&self) -> libc::pid_t {
