@@ -183,7 +183,7 @@ name = "port"
 [[container]]
 name = "web"
 image = "oci:busybox:1"
-command = ["/bin/sh", "-c", "for i in 1 2 3 4 5; do echo line $i; done; echo oops >&2; trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"]
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; for i in 1 2 3 4 5; do echo line $i; done; echo oops >&2; while true; do sleep 1 & wait $!; done"]
 [[container]]
 name = "job"
 image = "oci:busybox:1"
@@ -468,11 +468,12 @@ command = ["/bin/sh", "-c", "trap 'exit 3' USR1; echo ready; while true; do slee
 [[container]]
 name = "side"
 image = "oci:busybox:1"
-command = ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"]
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo ready; while true; do sleep 1 & wait $!; done"]
 "#,
         );
         let mut vm = Vm::boot_with(&image, &["--no-control"]);
         vm.wait_for("app | ready");
+        vm.wait_for("side | ready");
         let mut port = Port::connect(&vm);
         port.send(1, Body::Events);
         let answer = port.ask(

@@ -17,7 +17,10 @@ const CLI: Duration = Duration::from_secs(60);
 
 #[test]
 fn hafen_run_exits_with_the_main_containers_status() {
-    // (A namespace's PID 1 cannot SIGKILL itself: the host does it.)
+    // `app` waits for a go from the test so that `side` has set its trap
+    // before the power-off's SIGTERM: a container's PID 1 ignores a signal
+    // it has no handler for. (A namespace's PID 1 cannot SIGKILL itself:
+    // the host does it.)
     for (name, command, expected) in [
         ("zero", "exit 0", 0),
         ("three", "exit 3", 3),
@@ -33,26 +36,30 @@ main = "app"
 [[container]]
 name = "app"
 image = "oci:busybox:1"
-command = ["/bin/sh", "-c", "echo started; {command}"]
+command = ["/bin/sh", "-c", "echo started; until [ -e /dev/shm/go ]; do sleep 1; done; {command}"]
 [[container]]
 name = "side"
 image = "oci:busybox:1"
-command = ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"]
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo ready; while true; do sleep 1 & wait $!; done"]
 "#
             ),
         );
         let mut vm = Vm::boot(&image);
-        if expected == 137 {
-            vm.wait_for("app | started");
-            let vm_name = format!("main{name}");
-            eventually("hafen kill reaches app", CLI, || {
-                let ran = hafen_cli(&["kill", "-s", "KILL", &vm_name, "app"], None, CLI);
-                match ran.code() {
-                    Some(0) => Ok(()),
-                    _ => Err(ran.stderr),
-                }
-            });
-        }
+        vm.wait_for("side | ready");
+        vm.wait_for("app | started");
+        let vm_name = format!("main{name}");
+        let go: &[&str] = if expected == 137 {
+            &["kill", "-s", "KILL", &vm_name, "app"]
+        } else {
+            &["exec", &vm_name, "app", "touch", "/dev/shm/go"]
+        };
+        eventually("the go reaches app", CLI, || {
+            let ran = hafen_cli(go, None, CLI);
+            match ran.code() {
+                Some(0) => Ok(()),
+                _ => Err(ran.stderr),
+            }
+        });
         let status = vm.wait_exit();
         vm.assert_console("app | started");
         vm.assert_console("side exited with code 0");

@@ -64,7 +64,7 @@ phase = "once"
 [[container]]
 name = "after"
 image = "oci:busybox:1"
-command = ["/bin/sh", "-c", "echo still running; trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"]
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo still running; while true; do sleep 1 & wait $!; done"]
 "#,
     );
     let mut vm = Vm::boot(&image);
