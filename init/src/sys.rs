@@ -529,6 +529,12 @@ pub fn boottime_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// CPU time this process has used, user and system, in nanoseconds.
+pub fn process_cpu_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Nanoseconds on the monotonic clock, for deadlines.
 pub fn monotonic_ns() -> u64 {
     // SAFETY: as in boottime_ns.

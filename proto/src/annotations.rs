@@ -29,6 +29,20 @@ pub const MAIN: &str = "org.hafen.main";
 /// (default [`DEFAULT_LOG_SIZE`]).
 pub const LOG_SIZE: &str = "org.hafen.log-size";
 
+/// Its restart policy (default `no`); see
+/// [`crate::supervision::RestartPolicy`].
+pub const RESTART: &str = "org.hafen.restart";
+/// What it waits for before it starts: `NAME=CONDITION` items separated by
+/// commas (`db=healthy,migrate=completed`); see
+/// [`crate::supervision::parse_depends_on`].
+pub const DEPENDS_ON: &str = "org.hafen.depends-on";
+/// Its health check as JSON, in an image config's `Healthcheck` form; see
+/// [`crate::supervision::Healthcheck`].
+pub const HEALTHCHECK: &str = "org.hafen.healthcheck";
+/// `true` on a `once` container whose failure stops the boot: the machine
+/// powers off with its status.
+pub const REQUIRED: &str = "org.hafen.required";
+
 /// Default size of a container's log ring in the guest: 1 MiB.
 pub const DEFAULT_LOG_SIZE: u32 = 1024 * 1024;
 /// The smallest log ring a manifest may ask for.

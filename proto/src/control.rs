@@ -17,7 +17,7 @@ use crate::frame;
 
 /// The protocol version this build speaks. A peer with another one is
 /// refused with a message that says which side to update.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// One message and the request it belongs to (0: the channel itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +234,8 @@ pub struct GuestInfo {
     pub memory_available_bytes: u64,
     /// The guest's `CLOCK_BOOTTIME`.
     pub boottime_ns: u64,
+    /// CPU time PID 1 has used (user and system), in nanoseconds.
+    pub init_cpu_ns: u64,
 }
 
 /// A request to run a process in a container.
@@ -346,10 +348,65 @@ pub struct ContainerInfo {
     pub exit: Option<ExitInfo>,
     /// Why it failed to start, when it did.
     pub error: Option<String>,
-    /// How many times it was started again after the first.
+    /// How many times its restart policy (or its health) started it again.
     pub restarts: u32,
     /// The machine shuts down when it ends (the manifest's `main`).
     pub main: bool,
+    /// Its restart policy (`no`, `on-failure:5`, `always`, ...).
+    pub restart_policy: String,
+    /// When the next restart is due (guest `CLOCK_BOOTTIME`), while it
+    /// waits out its back-off.
+    pub next_restart_ns: Option<u64>,
+    /// What it waits for before it can start (`db to be healthy`).
+    pub waiting_for: Option<String>,
+    /// Its health, when it has a health check.
+    pub health: Option<Health>,
+}
+
+/// A container's health, as its health check finds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// The verdict so far.
+    pub status: HealthStatus,
+    /// Consecutive failed checks.
+    pub failing_streak: u32,
+    /// The last checks, oldest first (at most five).
+    pub log: Vec<HealthResult>,
+}
+
+/// Docker's health states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthStatus {
+    /// No check has passed yet, and not enough have failed.
+    Starting,
+    /// The last check passed.
+    Healthy,
+    /// `retries` checks in a row failed.
+    Unhealthy,
+}
+
+impl HealthStatus {
+    /// The word `hafen ps` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Starting => "starting",
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// One health check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResult {
+    /// When it started (guest `CLOCK_BOOTTIME`).
+    pub start_ns: u64,
+    /// When it ended.
+    pub end_ns: u64,
+    /// Its exit code: 0 passed; -1 it could not run or timed out.
+    pub exit_code: i32,
+    /// The start of what it printed (stdout and stderr), or why it failed.
+    pub output: String,
 }
 
 /// Which output stream.
@@ -469,6 +526,23 @@ pub enum EventKind {
         /// The main container's status when its end is why.
         main_exit: Option<ExitStatus>,
     },
+    /// Its restart policy (or its failed health) started it again.
+    Restart {
+        /// Restarts so far, this one included.
+        count: u32,
+        /// How long it waited (its back-off), in milliseconds.
+        delay_ms: u64,
+    },
+    /// Its health changed.
+    HealthStatus {
+        /// To what.
+        status: HealthStatus,
+    },
+    /// It will never start: something it depends on can no longer be ready.
+    DependencyFailed {
+        /// Why, naming the dependency.
+        reason: String,
+    },
 }
 
 impl EventKind {
@@ -484,6 +558,9 @@ impl EventKind {
             EventKind::ExecStart { .. } => "exec_start",
             EventKind::ExecDie { .. } => "exec_die",
             EventKind::Shutdown { .. } => "shutdown",
+            EventKind::Restart { .. } => "restart",
+            EventKind::HealthStatus { .. } => "health_status",
+            EventKind::DependencyFailed { .. } => "dependency_failed",
         }
     }
 }

@@ -18,3 +18,4 @@ pub mod layout;
 pub mod rlimit;
 pub mod signal;
 pub mod spec;
+pub mod supervision;

@@ -150,6 +150,10 @@ impl Container {
             error: self.error.clone(),
             restarts: self.starts.saturating_sub(1),
             main: self.bundle.main,
+            restart_policy: "no".to_owned(),
+            next_restart_ns: None,
+            waiting_for: None,
+            health: None,
         }
     }
 

@@ -615,6 +615,7 @@ impl Supervisor {
             memory_total_bytes: kib(&meminfo, "MemTotal:"),
             memory_available_bytes: kib(&meminfo, "MemAvailable:"),
             boottime_ns: sys::boottime_ns(),
+            init_cpu_ns: sys::process_cpu_ns(),
         }
     }
 

@@ -301,6 +301,10 @@ mod tests {
             error: None,
             restarts: 0,
             main: false,
+            restart_policy: "no".into(),
+            next_restart_ns: None,
+            waiting_for: None,
+            health: None,
         }
     }
 

@@ -46,6 +46,11 @@ fn details(kind: &EventKind) -> Vec<(&'static str, Value)> {
             Some(s) => vec![("mainExitCode", json!(s.code()))],
             None => Vec::new(),
         },
+        EventKind::Restart { count, delay_ms } => {
+            vec![("count", json!(count)), ("delayMs", json!(delay_ms))]
+        }
+        EventKind::HealthStatus { status } => vec![("health", json!(status.as_str()))],
+        EventKind::DependencyFailed { reason } => vec![("reason", json!(reason))],
     }
 }
 
