@@ -490,9 +490,11 @@ mod tests {
             format_depends_on(&deps),
             "db=healthy,migrate=completed,cache=started"
         );
-        assert!(parse_depends_on("db=ready").unwrap_err().contains("ready"));
+        assert!(parse_depends_on("db=ready")
+            .expect_err("ready")
+            .contains("ready"));
         assert!(parse_depends_on("db,db=healthy")
-            .unwrap_err()
+            .expect_err("twice")
             .contains("twice"));
         assert!(parse_depends_on("=healthy").is_err());
         assert_eq!(parse_depends_on(""), Ok(Vec::new()));
