@@ -166,7 +166,7 @@ pub enum Body {
     /// Answer to [`Body::Inspect`].
     Inspected {
         /// Its state.
-        info: ContainerInfo,
+        info: Box<ContainerInfo>,
         /// Its OCI `config.json`, as the guest read it.
         config_json: String,
     },

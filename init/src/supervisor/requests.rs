@@ -275,7 +275,7 @@ impl Supervisor {
             )
         })?;
         Ok(Body::Inspected {
-            info: self.info(i),
+            info: Box::new(self.info(i)),
             config_json,
         })
     }

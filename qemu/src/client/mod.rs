@@ -176,7 +176,7 @@ fn now_unix_ns() -> u64 {
 #[derive(Debug)]
 enum Wake {
     /// A message from the monitor.
-    Message(Envelope),
+    Message(Box<Envelope>),
     /// One of the `also` descriptors is readable (or hung up).
     Ready,
     /// A signal was caught.
@@ -381,7 +381,7 @@ impl Client {
                 return Ok(Wake::Signal(sig));
             }
             if let Some(m) = self.queue.pop_front() {
-                return Ok(Wake::Message(m));
+                return Ok(Wake::Message(Box::new(m)));
             }
             let timeout = match deadline {
                 Some(d) => {
