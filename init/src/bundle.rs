@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use hafen_proto::annotations::{self, Phase, DEFAULT_STOP_TIMEOUT_SECS};
 use hafen_proto::spec::Spec;
+use hafen_proto::supervision::{self, Dependency, Healthcheck, RestartPolicy};
 
 /// A container bundle as PID 1 runs it.
 #[derive(Debug, Clone)]
@@ -31,6 +32,15 @@ pub struct Bundle {
     pub main: bool,
     /// Bytes of output kept in its log ring.
     pub log_size: u32,
+    /// What happens when its init ends.
+    pub restart: RestartPolicy,
+    /// What it waits for before it starts.
+    pub depends_on: Vec<Dependency>,
+    /// Its health check, when it has one (never a `NONE` one) and the
+    /// command it runs.
+    pub healthcheck: Option<(Healthcheck, Vec<String>)>,
+    /// A `once` container whose failure stops the boot.
+    pub required: bool,
 }
 
 /// A bundle that cannot be run.
@@ -173,6 +183,40 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
             .filter(|n| (annotations::MIN_LOG_SIZE..=annotations::MAX_LOG_SIZE).contains(n))
             .ok_or_else(|| bad(annotations::LOG_SIZE, v, "bytes, from 4096 to 67108864"))?,
     };
+    let restart = match spec.annotation(annotations::RESTART) {
+        None => RestartPolicy::No,
+        Some(v) => v
+            .parse()
+            .map_err(|_| bad(annotations::RESTART, v, supervision::RESTART_EXPECTED))?,
+    };
+    let depends_on = match spec.annotation(annotations::DEPENDS_ON) {
+        None => Vec::new(),
+        Some(v) => supervision::parse_depends_on(v).map_err(|_| {
+            bad(
+                annotations::DEPENDS_ON,
+                v,
+                "NAME=started|healthy|completed items separated by commas",
+            )
+        })?,
+    };
+    let healthcheck = match spec.annotation(annotations::HEALTHCHECK) {
+        None => None,
+        Some(v) => {
+            let expected =
+                "a health check as JSON: {\"Test\": [\"CMD\", ...], \"Interval\": ns, ...}";
+            let check: Healthcheck =
+                serde_json::from_str(v).map_err(|_| bad(annotations::HEALTHCHECK, v, expected))?;
+            check
+                .command()
+                .map_err(|_| bad(annotations::HEALTHCHECK, v, expected))?
+                .map(|command| (check, command))
+        }
+    };
+    let required = match spec.annotation(annotations::REQUIRED) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => return Err(bad(annotations::REQUIRED, v, "\"true\" or \"false\"")),
+    };
     let image = spec
         .annotation(annotations::IMAGE)
         .unwrap_or_default()
@@ -192,6 +236,10 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
         image,
         main,
         log_size,
+        restart,
+        depends_on,
+        healthcheck,
+        required,
     })
 }
 
@@ -240,6 +288,49 @@ mod tests {
         assert_eq!(bundles[1].stop_timeout_secs, 3);
         assert_eq!(bundles[2].phase, Phase::Service);
         assert_eq!(bundles[2].stop_timeout_secs, DEFAULT_STOP_TIMEOUT_SECS);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn supervision_annotations_are_read_and_bad_ones_name_the_key() {
+        let root = temp_dir("supervision");
+        write_bundle(
+            &root,
+            "api",
+            r#""org.hafen.restart": "on-failure:5", "org.hafen.depends-on": "db=healthy,migrate=completed",
+               "org.hafen.healthcheck": "{\"Test\":[\"CMD-SHELL\",\"test -e /ok\"],\"Interval\":1000000000}",
+               "org.hafen.required": "true""#,
+        );
+        write_bundle(
+            &root,
+            "off",
+            r#""org.hafen.healthcheck": "{\"Test\":[\"NONE\"]}""#,
+        );
+        write_bundle(&root, "bad-restart", r#""org.hafen.restart": "sometimes""#);
+        write_bundle(
+            &root,
+            "bad-check",
+            r#""org.hafen.healthcheck": "{\"Test\":[\"CMD\"]}""#,
+        );
+        let (bundles, errors) = discover(&root);
+        let api = bundles.iter().find(|b| b.name == "api").expect("api");
+        assert_eq!(api.restart, RestartPolicy::OnFailure { max: Some(5) });
+        assert_eq!(
+            supervision::format_depends_on(&api.depends_on),
+            "db=healthy,migrate=completed"
+        );
+        let (check, command) = api.healthcheck.as_ref().expect("check");
+        assert_eq!(check.interval(), 1_000_000_000);
+        assert_eq!(command, &["/bin/sh", "-c", "test -e /ok"]);
+        assert!(api.required);
+        let off = bundles.iter().find(|b| b.name == "off").expect("off");
+        assert!(off.healthcheck.is_none());
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages
+            .iter()
+            .any(|m| m.contains("org.hafen.restart") && m.contains("unless-stopped")));
+        assert!(messages.iter().any(|m| m.contains("org.hafen.healthcheck")));
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -529,6 +529,34 @@ pub fn boottime_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Set once PID 1 has made itself the OOM killer's last choice: the
+/// processes it starts must not inherit that.
+static CHILDREN_RESET_OOM_SCORE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this process the OOM killer's last choice (`oom_score_adj`
+/// -1000), and every child started through the container runtime go back
+/// to 0 ([`reset_oom_score_in_child`]).
+pub fn protect_from_oom() -> io::Result<()> {
+    std::fs::write("/proc/self/oom_score_adj", "-1000")?;
+    CHILDREN_RESET_OOM_SCORE.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// In a child between clone and exec: undoes [`protect_from_oom`] (raising
+/// the score needs no privilege). Only raw system calls; best effort.
+pub fn reset_oom_score_in_child() {
+    if CHILDREN_RESET_OOM_SCORE.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Ok(fd) = rustix::fs::open(
+            c"/proc/self/oom_score_adj",
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            let _ = rustix::io::write(&fd, b"0");
+        }
+    }
+}
+
 /// CPU time this process has used, user and system, in nanoseconds.
 pub fn process_cpu_ns() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);

@@ -51,6 +51,10 @@ pub fn main() -> ! {
     if let Err(e) = sys::disable_ctrl_alt_del() {
         warn!("cannot route Ctrl-Alt-Del to SIGINT: {e}");
     }
+    // A container that runs the guest out of memory must never take PID 1.
+    if let Err(e) = sys::protect_from_oom() {
+        warn!("cannot protect PID 1 from the OOM killer: {e}");
+    }
 
     debug!("hostname, lo and Ctrl-Alt-Del set up");
     let (bundles, errors) = bundle::discover(Path::new(layout::CONTAINERS_DIR));

@@ -157,6 +157,7 @@ pub fn exec(
     };
     match cloned.map_err(StartError::parent("clone"))? {
         CloneResult::Child => {
+            sys::reset_oom_score_in_child();
             let ends = stdio.as_ref().map(StdioPipes::child_ends);
             let failure = enter(&joins, &root, &null, ends, console.as_ref(), &plan)
                 .err()

@@ -1052,6 +1052,10 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
     };
     match cloned.map_err(StartError::parent("clone"))? {
         CloneResult::Child => {
+            // Before the parent may write the spec's own score (after sync).
+            if plan.oom_score_adj.is_none() {
+                sys::reset_oom_score_in_child();
+            }
             // Holding the sync pipe's write end ourselves would keep its read
             // from ever seeing the parent go away.
             let sync = sync.map(|(r, w)| {

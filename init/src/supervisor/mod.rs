@@ -8,19 +8,24 @@
 //! - [`requests`]: what the host asks over the control channel, and the
 //!   streams (logs, events) it follows;
 //! - [`exec`]: processes started in running containers (`hafen exec`);
+//! - [`depends`]: when a container may start, and the order at shutdown;
+//! - [`restart`]: restart policies and their back-off;
+//! - [`health`]: health checks;
 //! - [`echo`]: the containers' output on the console, never blocking;
 //! - [`crate::logs`]: the log rings; [`crate::control`]: the port.
 
+mod depends;
 mod echo;
 mod exec;
+mod health;
 mod requests;
+mod restart;
 
-use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
-use hafen_proto::annotations::Phase;
 use hafen_proto::control::{self as proto, EventKind, ExitInfo, Stream};
+use hafen_proto::supervision::{self, Prerequisite, RestartPolicy};
 
 use crate::bundle::Bundle;
 use crate::container::{self, cgroup, Spawned};
@@ -32,7 +37,9 @@ use crate::sys::{self, Epoll, ExitStatus, SigSet};
 
 use echo::Echo;
 use exec::ExecSession;
+use health::Health;
 use requests::Session;
+use restart::Restarts;
 
 /// Signals PID 1 handles; all are blocked and read from a signalfd.
 pub const HANDLED_SIGNALS: &[i32] = &[
@@ -69,6 +76,8 @@ const TOKEN_OOM: u64 = 2;
 const TOKEN_OUTPUT: u64 = 1 << 16;
 /// Exec session tokens ([`exec`]).
 const TOKEN_EXEC: u64 = 1 << 32;
+/// Container `i`'s health check's stdout is `TOKEN_HEALTH + 2i`, its stderr the next.
+const TOKEN_HEALTH: u64 = 1 << 44;
 const TOKEN_BUTTON_BASE: u64 = 1 << 48;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,10 +110,18 @@ struct Container {
     /// Its root, when it shares PID 1's mount namespace: detached when it exits.
     shared_root: Option<PathBuf>,
     started_ns: Option<u64>,
+    /// When it last started, on the monotonic clock (for the back-off).
+    started_mono: u64,
     exit: Option<ExitInfo>,
     error: Option<String>,
     /// Times started.
     starts: u32,
+    /// What must happen before it starts ([`depends`]).
+    prerequisites: Vec<Prerequisite>,
+    /// Why its dependencies can never be met (unknown name, cycle).
+    plan_error: Option<String>,
+    restarts: Restarts,
+    health: Option<Health>,
     /// Stopped on request (`hafen stop`): the machine stays up for it.
     held: bool,
     /// The stop timeout in force, for the message when it runs out.
@@ -126,9 +143,13 @@ impl Container {
     }
 
     fn info(&self, restarting: bool) -> proto::ContainerInfo {
+        let next_restart_ns = self
+            .restarts
+            .due
+            .map(|due| sys::boottime_ns() + due.saturating_sub(sys::monotonic_ns()));
         let state = match self.state {
             State::Running { .. } => proto::State::Running,
-            _ if restarting => proto::State::Restarting,
+            _ if restarting || next_restart_ns.is_some() => proto::State::Restarting,
             State::NotStarted => proto::State::Created,
             State::Exited => proto::State::Exited,
             State::Failed => proto::State::Failed,
@@ -148,12 +169,12 @@ impl Container {
             started_ns: self.started_ns,
             exit: self.exit.clone(),
             error: self.error.clone(),
-            restarts: self.starts.saturating_sub(1),
+            restarts: self.restarts.count,
             main: self.bundle.main,
-            restart_policy: "no".to_owned(),
-            next_restart_ns: None,
+            restart_policy: self.bundle.restart.to_string(),
+            next_restart_ns,
             waiting_for: None,
-            health: None,
+            health: self.health.as_ref().map(Health::info),
         }
     }
 
@@ -176,8 +197,6 @@ pub struct Supervisor {
     signals: OwnedFd,
     buttons: Vec<(String, OwnedFd)>,
     containers: Vec<Container>,
-    once_queue: VecDeque<usize>,
-    services_started: bool,
     shutdown: Option<PowerAction>,
     /// The main container's status, when its end shut the machine down.
     main_exit: Option<proto::ExitStatus>,
@@ -216,16 +235,33 @@ impl Supervisor {
                 warn!("cannot watch {path} for the power button: {e}");
             }
         }
-        let once_queue = bundles
+        let nodes: Vec<supervision::Node<'_>> = bundles
             .iter()
-            .enumerate()
-            .filter(|(_, b)| b.phase == Phase::Once)
-            .map(|(i, _)| i)
+            .map(|b| supervision::Node {
+                name: &b.name,
+                phase: b.phase,
+                depends_on: &b.depends_on,
+            })
             .collect();
+        let (mut plan, plan_errors) = supervision::plan(&nodes);
+        let mut plan_error: Vec<Option<String>> = vec![None; bundles.len()];
+        for (i, e) in plan_errors {
+            plan_error[i].get_or_insert_with(|| e.to_string());
+        }
         let containers = bundles
             .into_iter()
-            .map(|bundle| Container {
+            .zip(plan.iter_mut().map(std::mem::take))
+            .zip(plan_error)
+            .map(|((bundle, prerequisites), plan_error)| Container {
                 ring: LogRing::new(bundle.log_size as usize),
+                health: bundle
+                    .healthcheck
+                    .clone()
+                    .map(|(check, command)| Health::new(check, command)),
+                prerequisites,
+                plan_error,
+                restarts: Restarts::default(),
+                started_mono: 0,
                 bundle,
                 state: State::NotStarted,
                 pipes: [None, None],
@@ -282,8 +318,6 @@ impl Supervisor {
             signals,
             buttons,
             containers,
-            once_queue,
-            services_started: false,
             shutdown: None,
             main_exit: None,
             all_exited_at: None,
@@ -334,29 +368,86 @@ impl Supervisor {
             .filter(|c| matches!(c.state, State::Running { .. }))
     }
 
-    /// Starts whatever is due: the next `once` container, or the services.
+    /// Does what is due: at shutdown, the next stops in dependency order;
+    /// otherwise restarts whose back-off ran out, then every container
+    /// whose dependencies are met (or never will be), then health checks.
     fn advance(&mut self) {
         if self.shutdown.is_some() {
+            self.stop_in_order();
             return;
         }
-        let once_running = self.running().any(|c| c.bundle.phase == Phase::Once);
-        if once_running {
-            return;
-        }
-        while let Some(i) = self.once_queue.pop_front() {
-            if self.containers[i].state == State::NotStarted && self.start(i).is_ok() {
-                return;
+        for i in 0..self.containers.len() {
+            if let Some(reason) = self.containers[i].plan_error.take() {
+                self.dependency_failed(i, reason);
             }
         }
-        if !self.services_started {
-            self.services_started = true;
-            for i in 0..self.containers.len() {
-                let c = &self.containers[i];
-                if c.bundle.phase == Phase::Service && c.state == State::NotStarted {
-                    let _ = self.start(i);
-                }
+        let now = sys::monotonic_ns();
+        for i in 0..self.containers.len() {
+            let r = &mut self.containers[i].restarts;
+            if r.due.is_some_and(|due| now >= due) && self.shutdown.is_none() {
+                r.due = None;
+                r.count += 1;
+                let (count, delay_ms) = (r.count, r.pending_delay_ns / 1_000_000);
+                self.emit(i, EventKind::Restart { count, delay_ms });
+                let _ = self.start(i);
             }
         }
+        self.start_ready();
+        if self.running().next().is_none() && !self.restart_pending() {
+            self.fail_stuck();
+        }
+        self.health_tick();
+    }
+
+    fn restart_pending(&self) -> bool {
+        self.containers.iter().any(|c| c.restarts.due.is_some())
+    }
+
+    /// Container `i` ended for good (no restart coming) with `status`: a
+    /// `main` container ends the machine, a `required` one that failed too.
+    fn gave_up(&mut self, i: usize, status: proto::ExitStatus) {
+        let c = &self.containers[i];
+        if c.bundle.main {
+            self.main_ended(i, status);
+        } else if c.bundle.required
+            && status != proto::ExitStatus::Code(0)
+            && self.shutdown.is_none()
+        {
+            error!(
+                "required container {} {status}; the boot stops",
+                c.bundle.name
+            );
+            self.main_exit = Some(status);
+            self.request_shutdown(PowerAction::PowerOff);
+        }
+    }
+
+    /// Schedules container `i`'s restart when its policy (or its failed
+    /// health) asks for one; true when it did.
+    fn restart_by_policy(&mut self, i: usize, success: bool) -> bool {
+        let c = &mut self.containers[i];
+        if self.shutdown.is_some() || c.held {
+            c.restarts.cancel();
+            return false;
+        }
+        let wanted = (c.restarts.for_health && c.bundle.restart != RestartPolicy::No)
+            || c.bundle.restart.restarts_after(success, c.restarts.count);
+        if !wanted {
+            return false;
+        }
+        let now = sys::monotonic_ns();
+        let delay = c.restarts.schedule(now, now.saturating_sub(c.started_mono));
+        c.messages.write(
+            Level::Info,
+            format_args!(
+                "{}: restarting in {} ms ({}, restart {})",
+                c.bundle.name,
+                delay / 1_000_000,
+                c.bundle.restart,
+                c.restarts.count + 1
+            ),
+        );
+        true
     }
 
     /// Starts container `i`; the error says why it could not be.
@@ -418,9 +509,12 @@ impl Supervisor {
                     stop_deadline: None,
                 };
                 c.started_ns = Some(now);
+                c.started_mono = sys::monotonic_ns();
                 c.error = None;
                 c.held = false;
                 c.starts += 1;
+                c.restarts.cancel();
+                self.health_started(i);
                 self.emit(i, EventKind::Start { pid: pid as u32 });
                 Ok(())
             }
@@ -438,8 +532,9 @@ impl Supervisor {
                         message: message.clone(),
                     },
                 );
-                if self.containers[i].bundle.main {
-                    self.main_ended(i, proto::ExitStatus::Code(e.exit_code()));
+                self.containers[i].started_mono = sys::monotonic_ns();
+                if !self.restart_by_policy(i, false) {
+                    self.gave_up(i, proto::ExitStatus::Code(e.exit_code()));
                 }
                 Err(message)
             }
@@ -462,6 +557,8 @@ impl Supervisor {
                 info!("power button pressed");
                 self.request_shutdown(PowerAction::PowerOff);
             }
+        } else if token >= TOKEN_HEALTH {
+            self.health_ready(token - TOKEN_HEALTH);
         } else if token >= TOKEN_EXEC {
             self.exec_ready(token - TOKEN_EXEC, events);
         } else if let Some(n) = token.checked_sub(TOKEN_OUTPUT) {
@@ -513,7 +610,7 @@ impl Supervisor {
     }
 
     fn on_exit(&mut self, pid: libc::pid_t, status: ExitStatus) {
-        if self.exec_exited(pid, status) {
+        if self.exec_exited(pid, status) || self.health_exited(pid, status) {
             return;
         }
         let Some(i) = self.containers.iter().position(|c| c.pid() == Some(pid)) else {
@@ -551,10 +648,12 @@ impl Supervisor {
             // Killed before the watch reported it.
             self.emit(i, EventKind::Oom);
         }
+        self.health_stopped(i);
         self.emit(i, EventKind::Die(exit));
-        let restarting = self.container_stopped(i);
-        if self.containers[i].bundle.main && !restarting {
-            self.main_ended(i, status);
+        let restarted =
+            self.container_stopped(i) || self.restart_by_policy(i, status == ExitStatus::Code(0));
+        if !restarted {
+            self.gave_up(i, status);
         }
     }
 
@@ -627,7 +726,9 @@ impl Supervisor {
             return;
         }
         self.shutdown = Some(action);
-        self.once_queue.clear();
+        for c in &mut self.containers {
+            c.restarts.cancel();
+        }
         let running = self.running().count();
         info!(
             "{} requested; stopping {running} container{}",
@@ -645,9 +746,7 @@ impl Supervisor {
                 main_exit: self.main_exit,
             },
         });
-        for i in 0..self.containers.len() {
-            self.stop(i, None);
-        }
+        self.stop_in_order();
     }
 
     /// Sends container `i` its stop signal with a deadline for SIGKILL
@@ -707,9 +806,16 @@ impl Supervisor {
             _ => None,
         });
         let grace = self.all_exited_at.map(|t| t + OUTPUT_GRACE_NS);
+        let restarts = self.containers.iter().filter_map(|c| c.restarts.due);
+        let checks = self
+            .containers
+            .iter()
+            .filter_map(|c| c.health.as_ref().and_then(Health::next_deadline));
         let mut next = deadlines
             .chain(grace)
             .chain(self.exec_next_deadline())
+            .chain(restarts)
+            .chain(checks)
             .min();
         if self.echo.pending() {
             // The console was full: try again shortly.
@@ -726,8 +832,11 @@ impl Supervisor {
 
     /// `Some(action)` once nothing is left to wait for.
     fn finished(&mut self) -> Option<PowerAction> {
-        let pending =
-            !self.once_queue.is_empty() || (!self.services_started && self.shutdown.is_none());
+        let pending = self.shutdown.is_none()
+            && self
+                .containers
+                .iter()
+                .any(|c| c.state == State::NotStarted && !c.held);
         let held = self.shutdown.is_none() && self.containers.iter().any(|c| c.held);
         if self.running().next().is_some() || pending || held || self.restart_pending() {
             self.all_exited_at = None;

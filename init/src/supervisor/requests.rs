@@ -10,6 +10,7 @@ use hafen_proto::control::{
     self as proto, Body, ErrorCode, LogEntry, CAPABILITIES, PROTOCOL_VERSION,
 };
 
+use super::depends::Readiness;
 use super::{Container, PowerAction, State, Supervisor};
 use crate::control::{Incoming, HARD_LIMIT};
 use crate::logs::trim_to_lines;
@@ -262,7 +263,13 @@ impl Supervisor {
         let restarting = self.sessions.iter().any(
             |s| matches!(s, Session::Stop { container, restart: true, .. } if *container == i),
         );
-        self.containers[i].info(restarting)
+        let mut info = self.containers[i].info(restarting);
+        if self.containers[i].state == State::NotStarted && !self.containers[i].held {
+            if let Readiness::Waiting(what) = self.start_readiness(i) {
+                info.waiting_for = Some(what);
+            }
+        }
+        info
     }
 
     fn inspect(&self, name: &str) -> Result<Body, Refusal> {
@@ -325,9 +332,10 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return Err(error(ErrorCode::Conflict, "the machine is shutting down"));
         }
-        self.once_queue.retain(|&q| q != i);
+        self.containers[i].restarts.cancel();
         if self.containers[i].pid().is_none() {
             if restart {
+                self.containers[i].restarts.reset();
                 self.start(i).map_err(|m| error(ErrorCode::Failed, m))?;
             } else {
                 self.containers[i].held = true;
@@ -359,7 +367,7 @@ impl Supervisor {
                 format!("container {name} is already running"),
             ));
         }
-        self.once_queue.retain(|&q| q != i);
+        self.containers[i].restarts.reset();
         self.start(i)
             .map(|()| Body::Done)
             .map_err(|m| error(ErrorCode::Failed, m))
@@ -417,6 +425,7 @@ impl Supervisor {
         });
         if !restart_ids.is_empty() && self.shutdown.is_none() {
             restarted = true;
+            self.containers[i].restarts.reset();
             let result = self.start(i);
             for id in restart_ids {
                 let body = match &result {
@@ -430,12 +439,6 @@ impl Supervisor {
             self.reply(id, body);
         }
         restarted
-    }
-
-    /// Always false: a restart starts the container in the turn its old
-    /// process is reaped, so there is never a gap to wait through.
-    pub(super) fn restart_pending(&self) -> bool {
-        false
     }
 
     fn open_logs(
