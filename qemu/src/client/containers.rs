@@ -3,7 +3,9 @@
 
 use std::io::Write;
 
-use hafen_proto::control::{Body, ContainerInfo, ExitStatus, ProcessInfo, State};
+use hafen_proto::control::{
+    Body, ContainerInfo, ExitInfo, ExitStatus, Health, HealthStatus, ProcessInfo, State,
+};
 use serde_json::{json, Value};
 
 use super::format::{self, Clock};
@@ -49,25 +51,94 @@ fn is_up(c: &ContainerInfo) -> bool {
     matches!(c.state, State::Running | State::Restarting)
 }
 
-/// The STATUS column: "Up 3 minutes", "Exited (3) 2 seconds ago".
+/// How much of a failed container's error the STATUS column shows: the
+/// start ("dependency not met: db ...") names what went wrong.
+const STATUS_ERROR_WIDTH: usize = 60;
+
+/// The STATUS column, in docker's words where docker has them: "Up 3
+/// minutes (healthy)", "Exited (137) 2 seconds ago, OOM killed",
+/// "Restarting (1) in 1.6s", "Created (waiting for db to be healthy)".
 pub fn status(c: &ContainerInfo, clock: &Clock) -> String {
     match c.state {
-        State::Created => "Created".to_owned(),
-        State::Running => match c.started_ns {
-            Some(t) => format!("Up {}", format::human_duration(clock.ago(t))),
-            None => "Up".to_owned(),
+        State::Created => match &c.waiting_for {
+            Some(what) => format!("Created (waiting for {})", format::one_line(what)),
+            None => "Created".to_owned(),
         },
-        State::Restarting => "Restarting".to_owned(),
+        State::Running => {
+            let up = match c.started_ns {
+                Some(t) => format!("Up {}", format::human_duration(clock.ago(t))),
+                None => "Up".to_owned(),
+            };
+            match &c.health {
+                Some(h) => format!("{up} ({})", health_words(h.status)),
+                None => up,
+            }
+        }
+        State::Restarting => restarting_status(c, clock),
         State::Exited => match &c.exit {
             Some(exit) => format!(
-                "Exited ({}) {} ago",
+                "Exited ({}) {} ago{}",
                 exit.status.code(),
-                format::human_duration(clock.ago(exit.finished_ns))
+                format::human_duration(clock.ago(exit.finished_ns)),
+                oom_note(exit)
             ),
             None => "Exited".to_owned(),
         },
-        State::Failed => "Failed to start".to_owned(),
+        State::Failed => match &c.error {
+            Some(e) => format!(
+                "Failed: {}",
+                format::truncate(&format::one_line(e), STATUS_ERROR_WIDTH)
+            ),
+            None => "Failed to start".to_owned(),
+        },
     }
+}
+
+/// Docker's words for a health status in `ps`.
+fn health_words(status: HealthStatus) -> &'static str {
+    match status {
+        HealthStatus::Starting => "health: starting",
+        other => other.as_str(),
+    }
+}
+
+fn oom_note(exit: &ExitInfo) -> &'static str {
+    if exit.oom_killed {
+        ", OOM killed"
+    } else {
+        ""
+    }
+}
+
+/// "Restarting (CODE) in 1.6s": docker's number (the last exit code, as
+/// after "Exited"; the count is the RESTARTS column) and, while the
+/// back-off runs, when the next start is due. Docker's "... 3 seconds
+/// ago" (since the exit) when no start is scheduled (a `hafen restart`
+/// stopping it).
+fn restarting_status(c: &ContainerInfo, clock: &Clock) -> String {
+    let mut text = "Restarting".to_owned();
+    if let Some(exit) = &c.exit {
+        text.push_str(&format!(" ({})", exit.status.code()));
+    }
+    match (c.next_restart_ns, &c.exit) {
+        (Some(due), _) => {
+            let left = clock.until(due);
+            if left.is_zero() {
+                text.push_str(" now");
+            } else {
+                text.push_str(&format!(" in {}", format::short_duration(left)));
+            }
+        }
+        (None, Some(exit)) => text.push_str(&format!(
+            " {} ago",
+            format::human_duration(clock.ago(exit.finished_ns))
+        )),
+        (None, None) => {}
+    }
+    if let Some(exit) = &c.exit {
+        text.push_str(oom_note(exit));
+    }
+    text
 }
 
 /// The COMMAND column: quoted, cut to a column's width.
@@ -131,14 +202,50 @@ pub fn summary_json(c: &ContainerInfo, clock: &Clock) -> Value {
         "pid": c.pid,
         "status": status(c, clock),
         "restarts": c.restarts,
+        "health": c.health.as_ref().map(|h| h.status.as_str()),
         "started_at": c.started_ns.map(|t| format::rfc3339(clock.unix_ns(t))),
         "exit_code": exit_code,
         "signal": signal,
     })
 }
 
-/// A container as `inspect VM CONTAINER` shows it: its state, times and
-/// exit, and its OCI config (as text when it is not JSON).
+/// A restart policy string (`no`, `on-failure`, `on-failure:5`, `always`,
+/// `unless-stopped`) as docker's `RestartPolicy` shows it: its name and
+/// its retry limit (0: unlimited, or not retrying).
+pub fn restart_policy_json(policy: &str) -> Value {
+    let (name, max) = match policy.split_once(':') {
+        Some((name, max)) => (name, max.parse::<u32>().unwrap_or(0)),
+        None if policy.is_empty() => ("no", 0),
+        None => (policy, 0),
+    };
+    json!({ "name": name, "maximum_retry_count": max })
+}
+
+/// A container's health as docker's `State.Health` shows it.
+fn health_json(health: &Health, clock: &Clock) -> Value {
+    let log: Vec<Value> = health
+        .log
+        .iter()
+        .map(|r| {
+            json!({
+                "start": format::rfc3339(clock.unix_ns(r.start_ns)),
+                "end": format::rfc3339(clock.unix_ns(r.end_ns)),
+                "exit_code": r.exit_code,
+                "output": r.output,
+            })
+        })
+        .collect();
+    json!({
+        "status": health.status.as_str(),
+        "failing_streak": health.failing_streak,
+        "log": log,
+    })
+}
+
+/// A container as `inspect VM CONTAINER` shows it: its state, times,
+/// exit, health and restarts, and its OCI config (as text when it is not
+/// JSON). Docker's shapes (`State.Health`, `State.OOMKilled`,
+/// `RestartCount`, `HostConfig.RestartPolicy`) with snake_case keys.
 pub fn inspect_json(c: &ContainerInfo, config_json: &str, clock: &Clock) -> Value {
     let (exit_code, signal) = exit_fields(c.exit.as_ref().map(|e| e.status));
     let config: Value =
@@ -158,8 +265,14 @@ pub fn inspect_json(c: &ContainerInfo, config_json: &str, clock: &Clock) -> Valu
             "signal": signal,
             "oom_killed": c.exit.as_ref().is_some_and(|e| e.oom_killed),
             "error": c.error,
+            "health": c.health.as_ref().map(|h| health_json(h, clock)),
+            "waiting_for": c.waiting_for,
+            "next_restart_at": c.next_restart_ns.map(|t| format::rfc3339(clock.unix_ns(t))),
         },
         "restart_count": c.restarts,
+        "host_config": {
+            "restart_policy": restart_policy_json(&c.restart_policy),
+        },
         "config": config,
     })
 }
@@ -283,7 +396,7 @@ pub fn top(vm: &str, container: &str) -> Result<i32, Error> {
 
 #[cfg(test)]
 mod tests {
-    use hafen_proto::control::ExitInfo;
+    use hafen_proto::control::HealthResult;
 
     use super::*;
 
@@ -334,13 +447,117 @@ mod tests {
         });
         assert_eq!(
             status(&job, &clock()),
-            "Exited (137) Less than a second ago"
+            "Exited (137) Less than a second ago, OOM killed"
         );
         assert_eq!(status(&container("c", State::Created), &clock()), "Created");
         assert_eq!(
             status(&container("f", State::Failed), &clock()),
             "Failed to start"
         );
+    }
+
+    fn health(status: HealthStatus) -> Health {
+        Health {
+            status,
+            failing_streak: 0,
+            log: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_running_containers_status_carries_its_health_in_dockers_words() {
+        let mut api = container("api", State::Running);
+        api.started_ns = Some(95 * S);
+        assert_eq!(status(&api, &clock()), "Up 5 seconds", "no health check");
+        api.health = Some(health(HealthStatus::Healthy));
+        assert_eq!(status(&api, &clock()), "Up 5 seconds (healthy)");
+        api.health = Some(health(HealthStatus::Starting));
+        assert_eq!(status(&api, &clock()), "Up 5 seconds (health: starting)");
+        api.started_ns = Some(40 * S);
+        api.health = Some(health(HealthStatus::Unhealthy));
+        assert_eq!(status(&api, &clock()), "Up About a minute (unhealthy)");
+        // Health is a running container's: an exited one's is stale.
+        let mut gone = container("gone", State::Exited);
+        gone.health = Some(health(HealthStatus::Unhealthy));
+        gone.exit = Some(ExitInfo {
+            status: ExitStatus::Code(1),
+            finished_ns: 97 * S,
+            oom_killed: false,
+        });
+        assert_eq!(status(&gone, &clock()), "Exited (1) 3 seconds ago");
+    }
+
+    #[test]
+    fn a_restarting_container_shows_its_last_exit_and_when_it_starts_again() {
+        let mut api = container("api", State::Restarting);
+        api.restarts = 3;
+        api.exit = Some(ExitInfo {
+            status: ExitStatus::Code(1),
+            finished_ns: 99 * S,
+            oom_killed: false,
+        });
+        api.next_restart_ns = Some(100 * S + 1_600_000_000);
+        assert_eq!(status(&api, &clock()), "Restarting (1) in 1.6s");
+        api.next_restart_ns = Some(99 * S);
+        assert_eq!(status(&api, &clock()), "Restarting (1) now", "overdue");
+        // `hafen restart` stopping it: no start scheduled yet.
+        api.next_restart_ns = None;
+        assert_eq!(status(&api, &clock()), "Restarting (1) 1 second ago");
+        let mut hog = container("hog", State::Restarting);
+        hog.exit = Some(ExitInfo {
+            status: ExitStatus::Signal(9),
+            finished_ns: 99 * S,
+            oom_killed: true,
+        });
+        hog.next_restart_ns = Some(130 * S);
+        assert_eq!(
+            status(&hog, &clock()),
+            "Restarting (137) in 30s, OOM killed"
+        );
+        let fresh = container("fresh", State::Restarting);
+        assert_eq!(status(&fresh, &clock()), "Restarting");
+    }
+
+    #[test]
+    fn an_oom_kill_is_named_in_the_exit_status() {
+        let mut hog = container("hog", State::Exited);
+        hog.exit = Some(ExitInfo {
+            status: ExitStatus::Signal(9),
+            finished_ns: 97 * S,
+            oom_killed: true,
+        });
+        assert_eq!(
+            status(&hog, &clock()),
+            "Exited (137) 3 seconds ago, OOM killed"
+        );
+    }
+
+    #[test]
+    fn waiting_and_dependency_failures_say_on_what() {
+        let mut api = container("api", State::Created);
+        api.waiting_for = Some("db to be healthy".into());
+        assert_eq!(
+            status(&api, &clock()),
+            "Created (waiting for db to be healthy)"
+        );
+        let mut web = container("web", State::Failed);
+        web.error = Some("dependency not met: db exited with code 3".into());
+        assert_eq!(
+            status(&web, &clock()),
+            "Failed: dependency not met: db exited with code 3"
+        );
+        web.error = Some(format!(
+            "dependency not met: db ended before it was healthy\n{}",
+            "and a very long tail ".repeat(10)
+        ));
+        let long = status(&web, &clock());
+        assert!(
+            long.starts_with("Failed: dependency not met: db ended before it was healthy"),
+            "{long}"
+        );
+        assert!(long.ends_with('…'), "{long}");
+        assert_eq!(long.chars().count(), "Failed: ".len() + 60, "{long}");
+        assert!(!long.contains('\n'), "one line: {long}");
     }
 
     #[test]
@@ -418,6 +635,64 @@ mod tests {
         assert_eq!(v["config"]["process"]["args"][0], "x");
         let raw = inspect_json(&job, "not json", &clock());
         assert_eq!(raw["config"], "not json");
+        assert_eq!(v["state"]["health"], Value::Null, "no health check");
+        assert_eq!(v["host_config"]["restart_policy"]["name"], "no");
+    }
+
+    #[test]
+    fn inspect_shows_health_like_dockers_state_health() {
+        let mut api = container("api", State::Running);
+        api.health = Some(Health {
+            status: HealthStatus::Unhealthy,
+            failing_streak: 3,
+            log: vec![HealthResult {
+                start_ns: 30 * S,
+                end_ns: 32 * S,
+                exit_code: -1,
+                output: "timed out after 2s".into(),
+            }],
+        });
+        api.restart_policy = "on-failure:5".into();
+        api.restarts = 2;
+        api.next_restart_ns = Some(101 * S);
+        api.waiting_for = Some("db to be healthy".into());
+        let v = inspect_json(&api, "{}", &clock());
+        let h = &v["state"]["health"];
+        assert_eq!(h["status"], "unhealthy");
+        assert_eq!(h["failing_streak"], 3);
+        assert_eq!(h["log"][0]["start"], "1970-01-01T00:17:10.000000000Z");
+        assert_eq!(h["log"][0]["end"], "1970-01-01T00:17:12.000000000Z");
+        assert_eq!(h["log"][0]["exit_code"], -1);
+        assert_eq!(h["log"][0]["output"], "timed out after 2s");
+        assert_eq!(v["restart_count"], 2);
+        assert_eq!(
+            v["host_config"]["restart_policy"],
+            json!({ "name": "on-failure", "maximum_retry_count": 5 })
+        );
+        assert_eq!(
+            v["state"]["next_restart_at"],
+            "1970-01-01T00:18:21.000000000Z"
+        );
+        assert_eq!(v["state"]["waiting_for"], "db to be healthy");
+        let summary = summary_json(&api, &clock());
+        assert_eq!(summary["health"], "unhealthy");
+    }
+
+    #[test]
+    fn restart_policies_read_as_dockers_name_and_retry_limit() {
+        let policy = |p: &str| {
+            let v = restart_policy_json(p);
+            (
+                v["name"].as_str().unwrap_or_default().to_owned(),
+                v["maximum_retry_count"].as_u64(),
+            )
+        };
+        assert_eq!(policy("no"), ("no".into(), Some(0)));
+        assert_eq!(policy(""), ("no".into(), Some(0)));
+        assert_eq!(policy("on-failure"), ("on-failure".into(), Some(0)));
+        assert_eq!(policy("on-failure:5"), ("on-failure".into(), Some(5)));
+        assert_eq!(policy("always"), ("always".into(), Some(0)));
+        assert_eq!(policy("unless-stopped"), ("unless-stopped".into(), Some(0)));
     }
 
     #[test]

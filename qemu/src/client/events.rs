@@ -126,6 +126,8 @@ pub fn events(vm: &str, json: bool) -> Result<i32, Error> {
 
 #[cfg(test)]
 mod tests {
+    use hafen_proto::control::HealthStatus;
+
     use super::*;
 
     fn event(container: &str, kind: EventKind) -> Event {
@@ -161,6 +163,47 @@ mod tests {
         assert!(event_line(&exec, &clock).ends_with("web exec_start (pid=7, command=\"ls -l\")"));
         let stop = event("", EventKind::Shutdown { main_exit: None });
         assert!(event_line(&stop, &clock).ends_with(" - shutdown"));
+    }
+
+    #[test]
+    fn supervision_events_read_as_one_line_each() {
+        let clock = Clock::new(0, 5_000_000_000);
+        let line = |kind| event_line(&event("api", kind), &clock);
+        assert_eq!(
+            line(EventKind::Restart {
+                count: 3,
+                delay_ms: 400
+            }),
+            "1970-01-01T00:00:01.000000000Z api restart (count=3, delayMs=400)"
+        );
+        assert!(line(EventKind::HealthStatus {
+            status: HealthStatus::Healthy
+        })
+        .ends_with(" api health_status (health=healthy)"));
+        let failed = line(EventKind::DependencyFailed {
+            reason: "db exited with code 3\nbefore it was healthy".into(),
+        });
+        assert!(
+            failed.ends_with(
+                " api dependency_failed (reason=\"db exited with code 3\\nbefore it was healthy\")"
+            ),
+            "{failed}"
+        );
+        assert_eq!(failed.lines().count(), 1, "{failed}");
+        let v = event_json(
+            &event(
+                "api",
+                EventKind::Restart {
+                    count: 1,
+                    delay_ms: 100,
+                },
+            ),
+            &clock,
+        );
+        assert_eq!(
+            (v["count"].clone(), v["delayMs"].clone()),
+            (json!(1), json!(100))
+        );
     }
 
     #[test]

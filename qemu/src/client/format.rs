@@ -41,6 +41,11 @@ impl Clock {
         Duration::from_nanos(self.now_unix_ns.saturating_sub(self.unix_ns(guest_ns)))
     }
 
+    /// How long until guest time `guest_ns` (zero once it has passed).
+    pub fn until(&self, guest_ns: u64) -> Duration {
+        Duration::from_nanos(self.unix_ns(guest_ns).saturating_sub(self.now_unix_ns))
+    }
+
     /// Now, as Unix nanoseconds.
     pub fn now_unix_ns(&self) -> u64 {
         self.now_unix_ns
@@ -70,6 +75,25 @@ pub fn human_duration(d: Duration) -> String {
         s if s < 60 * day => plural(s / (7 * day), "week"),
         s if s < 730 * day => plural(s / (30 * day), "month"),
         s => plural(s / (365 * day), "year"),
+    }
+}
+
+/// A short span the way a countdown reads: `0.4s`, `1.6s`, `25s`, `2m5s`
+/// (a restart's back-off is at most 30 seconds; tenths matter below 10).
+pub fn short_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 10.0 {
+        // Rounded to tenths; 9.96 reads as 10s, not 10.0s.
+        let tenths = (secs * 10.0).round() as u64;
+        if tenths < 100 {
+            return format!("{}.{}s", tenths / 10, tenths % 10);
+        }
+    }
+    let whole = d.as_secs() + u64::from(d.subsec_millis() >= 500);
+    if whole < 60 {
+        format!("{whole}s")
+    } else {
+        format!("{}m{}s", whole / 60, whole % 60)
     }
 }
 
@@ -382,6 +406,18 @@ mod tests {
     }
 
     #[test]
+    fn countdowns_read_in_tenths_below_ten_seconds() {
+        let ms = Duration::from_millis;
+        assert_eq!(short_duration(Duration::ZERO), "0.0s");
+        assert_eq!(short_duration(ms(400)), "0.4s");
+        assert_eq!(short_duration(ms(1_640)), "1.6s");
+        assert_eq!(short_duration(ms(9_960)), "10s");
+        assert_eq!(short_duration(ms(25_400)), "25s");
+        assert_eq!(short_duration(ms(59_600)), "1m0s");
+        assert_eq!(short_duration(ms(125_000)), "2m5s");
+    }
+
+    #[test]
     fn times_print_as_fixed_width_rfc3339_in_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
         // 2000-02-29 (a leap day in a century leap year) 12:34:56.5
@@ -467,6 +503,8 @@ mod tests {
         assert_eq!(clock.guest_ns(boot - 7), 0, "before the boot");
         // A guest time past the host's now (clocks apart) is not negative.
         assert_eq!(clock.ago(500 * NS_PER_SEC), Duration::ZERO);
+        assert_eq!(clock.until(101 * NS_PER_SEC), Duration::from_secs(1));
+        assert_eq!(clock.until(99 * NS_PER_SEC), Duration::ZERO, "passed");
     }
 
     #[test]
