@@ -9,6 +9,7 @@ use hafen_proto::spec::{
     Capabilities, Cpu, DeviceRule, IdMapping, Linux, Memory, Mount, Namespace, Pids, Process,
     Resources, Root, Spec, User, OCI_VERSION,
 };
+use hafen_proto::supervision::{format_depends_on, Healthcheck, RestartPolicy};
 
 use crate::manifest::Container;
 use crate::oci::ImageConfig;
@@ -128,6 +129,78 @@ pub enum BundleError {
         /// Why.
         reason: String,
     },
+    /// The health check the manifest and the image give together cannot run.
+    #[error("container {container}: healthcheck: {reason}")]
+    Healthcheck {
+        /// The container.
+        container: String,
+        /// Why, and what to write instead.
+        reason: String,
+    },
+}
+
+/// The health check `container` runs, or `None`: the manifest's merged over
+/// the image's field by field as docker does (a test, duration or retry
+/// count the manifest leaves out comes from the image), the image's alone
+/// when the manifest has none, and none at all when the result's test is
+/// `["NONE"]` or neither gives one. An image check with an empty test is no
+/// check.
+pub fn healthcheck(
+    container: &Container,
+    image: &ImageConfig,
+) -> Result<Option<Healthcheck>, BundleError> {
+    let from_image = image
+        .config
+        .healthcheck
+        .as_ref()
+        .filter(|h| !h.test.is_empty());
+    let fail = |reason: String| BundleError::Healthcheck {
+        container: container.name.clone(),
+        reason,
+    };
+    let check = match (&container.healthcheck, from_image) {
+        (None, None) => return Ok(None),
+        (None, Some(theirs)) => theirs.clone(),
+        (Some(ours), theirs) => {
+            let theirs = theirs.cloned().unwrap_or_default();
+            let or = |a: u64, b: u64| if a == 0 { b } else { a };
+            Healthcheck {
+                test: if ours.test.is_empty() {
+                    theirs.test
+                } else {
+                    ours.test.clone()
+                },
+                interval_ns: or(ours.interval_ns, theirs.interval_ns),
+                timeout_ns: or(ours.timeout_ns, theirs.timeout_ns),
+                start_period_ns: or(ours.start_period_ns, theirs.start_period_ns),
+                retries: if ours.retries == 0 {
+                    theirs.retries
+                } else {
+                    ours.retries
+                },
+            }
+        }
+    };
+    if check.test.is_empty() {
+        return Err(fail(
+            "no test, and the image has no health check to take it from: \
+             add test = [\"CMD\", \"program\", \"arg\"] or [\"CMD-SHELL\", \"command\"]"
+                .into(),
+        ));
+    }
+    let from_manifest = container
+        .healthcheck
+        .as_ref()
+        .is_some_and(|h| !h.test.is_empty());
+    match check.command() {
+        Ok(Some(_)) => Ok(Some(check)),
+        Ok(None) => Ok(None),
+        Err(e) if from_manifest => Err(fail(e)),
+        Err(e) => Err(fail(format!(
+            "the image's health check cannot run ({e}): give healthcheck a test, \
+             or test = [\"NONE\"] to disable it"
+        ))),
+    }
 }
 
 fn mount(destination: &str, kind: &str, source: &str, options: &[&str]) -> Mount {
@@ -299,6 +372,28 @@ pub fn spec(
     if let Some(timeout) = container.stop_timeout {
         annotations.insert(annotations::STOP_TIMEOUT.to_owned(), timeout.to_string());
     }
+    if container.restart != RestartPolicy::No {
+        annotations.insert(
+            annotations::RESTART.to_owned(),
+            container.restart.to_string(),
+        );
+    }
+    if !container.depends_on.is_empty() {
+        annotations.insert(
+            annotations::DEPENDS_ON.to_owned(),
+            format_depends_on(&container.depends_on),
+        );
+    }
+    if let Some(check) = healthcheck(container, image)? {
+        let json = serde_json::to_string(&check).map_err(|e| BundleError::Healthcheck {
+            container: container.name.clone(),
+            reason: format!("cannot encode it: {e}"),
+        })?;
+        annotations.insert(annotations::HEALTHCHECK.to_owned(), json);
+    }
+    if container.required {
+        annotations.insert(annotations::REQUIRED.to_owned(), "true".to_owned());
+    }
     let mut namespaces = ["pid", "mount", "ipc", "uts"]
         .map(|kind| Namespace {
             kind: kind.to_owned(),
@@ -406,6 +501,10 @@ mod tests {
             log_size: None,
             main: false,
             security: crate::manifest::Security::default(),
+            restart: RestartPolicy::No,
+            depends_on: Vec::new(),
+            healthcheck: None,
+            required: false,
         }
     }
 
@@ -417,6 +516,7 @@ mod tests {
                 entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
                 cmd: Some(vec!["echo hi".into()]),
                 working_dir: Some("/srv".into()),
+                healthcheck: None,
             },
             ..ImageConfig::default()
         }
@@ -445,10 +545,19 @@ mod tests {
         assert_eq!(a["org.hafen.stop-timeout"], "4");
         assert_eq!(a["org.hafen.lower-dirs"], "/var/lib/hafen/images/sha256-ab");
         assert_eq!(a["org.hafen.image"], "oci:x");
-        assert!(
-            !a.contains_key("org.hafen.main") && !a.contains_key("org.hafen.log-size"),
-            "left out unless the manifest sets them: {a:?}"
-        );
+        for key in [
+            annotations::MAIN,
+            annotations::LOG_SIZE,
+            annotations::RESTART,
+            annotations::DEPENDS_ON,
+            annotations::HEALTHCHECK,
+            annotations::REQUIRED,
+        ] {
+            assert!(
+                !a.contains_key(key),
+                "{key} left out unless the manifest sets it: {a:?}"
+            );
+        }
         let kinds: Vec<String> = spec
             .linux
             .expect("linux")
@@ -561,6 +670,137 @@ mod tests {
         assert_eq!(a[annotations::MAIN], "true");
         assert_eq!(a[annotations::LOG_SIZE], "524288");
         assert_eq!(a[annotations::IMAGE], "oci:x");
+    }
+
+    fn check(test: &[&str], interval_ns: u64, retries: u32) -> Healthcheck {
+        Healthcheck {
+            test: test.iter().map(|s| (*s).to_owned()).collect(),
+            interval_ns,
+            retries,
+            ..Healthcheck::default()
+        }
+    }
+
+    #[test]
+    fn supervision_keys_become_annotations() {
+        use hafen_proto::supervision::{parse_depends_on, Condition, Dependency};
+        let tree = Tree::new();
+        let mut c = container(None, vec![]);
+        c.restart = RestartPolicy::OnFailure { max: Some(5) };
+        c.depends_on = vec![
+            Dependency {
+                name: "db".into(),
+                condition: Condition::Healthy,
+            },
+            Dependency {
+                name: "migrate".into(),
+                condition: Condition::Completed,
+            },
+        ];
+        c.healthcheck = Some(check(&["CMD", "wget", "-q"], 5_000_000_000, 2));
+        c.required = true;
+        let made = spec(&c, 0, &image(None), &tree, "/l").expect("spec");
+        let a = &made.annotations;
+        assert_eq!(a[annotations::RESTART], "on-failure:5");
+        assert_eq!(a[annotations::DEPENDS_ON], "db=healthy,migrate=completed");
+        assert_eq!(
+            parse_depends_on(&a[annotations::DEPENDS_ON]).expect("PID 1 reads it back"),
+            c.depends_on
+        );
+        assert_eq!(
+            a[annotations::HEALTHCHECK],
+            r#"{"Test":["CMD","wget","-q"],"Interval":5000000000,"Retries":2}"#
+        );
+        assert_eq!(a[annotations::REQUIRED], "true");
+
+        c.restart = RestartPolicy::Always;
+        let made = spec(&c, 0, &image(None), &tree, "/l").expect("spec");
+        assert_eq!(made.annotations[annotations::RESTART], "always");
+    }
+
+    #[test]
+    fn the_images_health_check_is_used_merged_or_disabled_by_the_manifest() {
+        let c = container(None, vec![]);
+        let mut img = image(None);
+        img.config.healthcheck = Some(check(&["CMD-SHELL", "test -e /ok"], 7, 4));
+        let annotation = |c: &Container, img: &ImageConfig| {
+            spec(c, 0, img, &Tree::new(), "/l")
+                .expect("spec")
+                .annotations
+                .get(annotations::HEALTHCHECK)
+                .cloned()
+        };
+
+        // Carried over as it is when the manifest has none.
+        assert_eq!(
+            healthcheck(&c, &img).expect("ok"),
+            Some(check(&["CMD-SHELL", "test -e /ok"], 7, 4))
+        );
+        assert_eq!(
+            annotation(&c, &img).as_deref(),
+            Some(r#"{"Test":["CMD-SHELL","test -e /ok"],"Interval":7,"Retries":4}"#)
+        );
+
+        // The manifest's test replaces the image's; what it leaves out is the image's.
+        let mut ours = c.clone();
+        ours.healthcheck = Some(check(&["CMD", "/bin/probe"], 0, 9));
+        assert_eq!(
+            healthcheck(&ours, &img).expect("ok"),
+            Some(check(&["CMD", "/bin/probe"], 7, 9))
+        );
+        // A manifest check without a test keeps the image's test.
+        ours.healthcheck = Some(check(&[], 11, 0));
+        assert_eq!(
+            healthcheck(&ours, &img).expect("ok"),
+            Some(check(&["CMD-SHELL", "test -e /ok"], 11, 4))
+        );
+
+        // ["NONE"] in the manifest disables the image's check.
+        ours.healthcheck = Some(check(&["NONE"], 0, 0));
+        assert_eq!(healthcheck(&ours, &img).expect("ok"), None);
+        assert_eq!(annotation(&ours, &img), None);
+
+        // An image check with an empty test, or ["NONE"], is no check.
+        img.config.healthcheck = Some(check(&[], 7, 4));
+        assert_eq!(healthcheck(&c, &img).expect("ok"), None);
+        img.config.healthcheck = Some(check(&["NONE"], 0, 0));
+        assert_eq!(healthcheck(&c, &img).expect("ok"), None);
+
+        // A manifest check with no test, over an image without one, cannot run.
+        ours.healthcheck = Some(check(&[], 11, 0));
+        img.config.healthcheck = None;
+        let e = healthcheck(&ours, &img).expect_err("no test").to_string();
+        assert!(
+            e.contains("container web") && e.contains("healthcheck") && e.contains("no test"),
+            "{e}"
+        );
+        // A broken image check names the image as its source.
+        img.config.healthcheck = Some(check(&["CMD"], 0, 0));
+        let e = healthcheck(&c, &img)
+            .expect_err("bad image test")
+            .to_string();
+        assert!(e.contains("container web") && e.contains("image's"), "{e}");
+    }
+
+    #[test]
+    fn an_image_configs_healthcheck_is_read_from_docker_json() {
+        let json = r#"{"architecture":"amd64","os":"linux","config":{"Cmd":["/srv"],
+            "Healthcheck":{"Test":["CMD","/bin/ok"],"Interval":1000000000,"Timeout":2000000000,
+            "StartPeriod":3000000000,"Retries":5}},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let img: ImageConfig = serde_json::from_str(json).expect("image config");
+        assert_eq!(
+            img.config.healthcheck,
+            Some(Healthcheck {
+                test: vec!["CMD".into(), "/bin/ok".into()],
+                interval_ns: 1_000_000_000,
+                timeout_ns: 2_000_000_000,
+                start_period_ns: 3_000_000_000,
+                retries: 5,
+            })
+        );
+        let without: ImageConfig =
+            serde_json::from_str(r#"{"config":{"Healthcheck":null}}"#).expect("null");
+        assert_eq!(without.config.healthcheck, None);
     }
 
     #[test]

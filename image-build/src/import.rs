@@ -185,6 +185,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary, Error> {
             entrypoint: opts.entrypoint.clone(),
             cmd: opts.cmd.clone(),
             working_dir: opts.workdir.clone(),
+            healthcheck: None,
         },
         rootfs: RootFs {
             kind: "layers".into(),

@@ -494,6 +494,25 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
             images.insert(c.image.clone(), resolved);
         }
     }
+    // A `healthy` dependency needs a check, which may come from the image.
+    let mut has_check = Vec::with_capacity(manifest.containers.len());
+    for (i, c) in manifest.containers.iter().enumerate() {
+        let resolved = images
+            .get(&c.image)
+            .ok_or_else(|| Error::Invalid(format!("container {}: image not resolved", c.name)))?;
+        let check = bundle::healthcheck(c, &resolved.image.config).map_err(|e| match e {
+            bundle::BundleError::Healthcheck { container, reason } => {
+                Error::Manifest(manifest::ManifestError::Invalid {
+                    path: manifest.path.clone(),
+                    field: format!("container[{i}].healthcheck"),
+                    message: format!("container {container:?}: {reason}"),
+                })
+            }
+            other => Error::Bundle(other),
+        })?;
+        has_check.push(check.is_some());
+    }
+    manifest::check_healthy_dependencies(&manifest, &has_check)?;
 
     let mut items: BTreeMap<String, Item> = BTreeMap::new();
     for dir in [

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use hafen_proto::annotations::{self, Phase};
+use hafen_proto::supervision::{self, Condition, Dependency, Healthcheck, RestartPolicy};
 use serde::Deserialize;
 
 /// A manifest could not be used.
@@ -74,6 +75,21 @@ struct RawContainer {
     pids: Option<i64>,
     #[serde(default)]
     userns: bool,
+    restart: Option<toml::Value>,
+    depends_on: Option<toml::Value>,
+    healthcheck: Option<toml::Value>,
+    required: Option<toml::Value>,
+}
+
+/// `healthcheck = { ... }` as written; values are checked by [`parse_healthcheck`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthcheck {
+    test: Option<toml::Value>,
+    interval: Option<toml::Value>,
+    timeout: Option<toml::Value>,
+    start_period: Option<toml::Value>,
+    retries: Option<toml::Value>,
 }
 
 /// A validated manifest.
@@ -115,6 +131,16 @@ pub struct Container {
     pub main: bool,
     /// Security and resource settings.
     pub security: Security,
+    /// What happens when it ends (default `no`).
+    pub restart: RestartPolicy,
+    /// What it waits for before it starts, as declared.
+    pub depends_on: Vec<Dependency>,
+    /// The manifest's health check, merged over the image's one when the
+    /// bundle is made (see [`crate::bundle::healthcheck`]); `test = ["NONE"]`
+    /// disables the image's.
+    pub healthcheck: Option<Healthcheck>,
+    /// A `once` container whose failure stops the boot.
+    pub required: bool,
 }
 
 /// How a container is confined.
@@ -210,6 +236,183 @@ pub fn parse_cpus(value: &toml::Value) -> Result<u64, String> {
         return Err(format!("{cpus} CPUs is out of range (0.01 to 1024)"));
     }
     Ok((cpus * 1000.0).round() as u64)
+}
+
+/// What a duration is expected to look like.
+const DURATION_EXPECTED: &str =
+    "a duration such as \"500ms\", \"5s\", \"1m30s\" or \"2h\" (units ms, s, m, h)";
+
+/// Parses a duration such as `"500ms"`, `"5s"`, `"1m30s"` or `"2h"`
+/// (whole numbers of ms, s, m and h, in any combination) into nanoseconds.
+/// Zero is refused: every duration a manifest gives is a positive time.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let bad = |why: &str| format!("{text:?} {why}: expected {DURATION_EXPECTED}");
+    if text.is_empty() {
+        return Err(bad("is empty"));
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad("is not a duration"));
+        }
+        let (number, after) = rest.split_at(digits);
+        let unit_len = after
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let ns_per_unit: u64 = match unit {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" if after.is_empty() => return Err(bad("has a number without a unit")),
+            "" => return Err(bad("is not a duration (whole numbers with units only)")),
+            _ => return Err(bad(&format!("has the unknown unit {unit:?}"))),
+        };
+        let part = number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(ns_per_unit));
+        total = part
+            .and_then(|p| total.checked_add(p))
+            .ok_or_else(|| bad("is too long"))?;
+        rest = after;
+    }
+    if total == 0 {
+        return Err(bad("is zero"));
+    }
+    Ok(total)
+}
+
+/// Parses a container's `restart`.
+pub fn parse_restart(value: &toml::Value) -> Result<RestartPolicy, String> {
+    match value {
+        toml::Value::String(s) => s.parse(),
+        other => Err(format!(
+            "{other} is not a restart policy: expected {}",
+            supervision::RESTART_EXPECTED
+        )),
+    }
+}
+
+/// Parses a container's `depends_on`: a table `{ db = "healthy" }` (compose's
+/// long form `{ db = { condition = "service_healthy" } }` too) or an array
+/// of names, each meaning `started`.
+pub fn parse_depends_on(value: &toml::Value) -> Result<Vec<Dependency>, String> {
+    const EXPECTED: &str = "expected a table such as { db = \"healthy\", migrate = \"completed\" } \
+         (conditions \"started\", \"healthy\", \"completed\") or an array of names such as [\"db\"]";
+    let mut deps: Vec<Dependency> = Vec::new();
+    let mut add = |name: &str, condition: Condition| -> Result<(), String> {
+        if deps.iter().any(|d| d.name == name) {
+            return Err(format!("{name:?} is listed twice"));
+        }
+        deps.push(Dependency {
+            name: name.to_owned(),
+            condition,
+        });
+        Ok(())
+    };
+    match value {
+        toml::Value::Array(names) => {
+            for name in names {
+                match name {
+                    toml::Value::String(name) => add(name, Condition::Started)?,
+                    other => return Err(format!("{other} is not a container name: {EXPECTED}")),
+                }
+            }
+        }
+        toml::Value::Table(table) => {
+            for (name, condition) in table {
+                let condition = match condition {
+                    toml::Value::String(c) => c.parse().map_err(|e| format!("{name}: {e}"))?,
+                    toml::Value::Table(long) => match (long.get("condition"), long.len()) {
+                        (Some(toml::Value::String(c)), 1) => {
+                            c.parse().map_err(|e| format!("{name}: {e}"))?
+                        }
+                        _ => {
+                            return Err(format!(
+                                "{name}: the long form takes only condition = \"...\"; {EXPECTED}"
+                            ))
+                        }
+                    },
+                    other => return Err(format!("{name}: {other} is not a condition; {EXPECTED}")),
+                };
+                add(name, condition)?;
+            }
+        }
+        other => return Err(format!("{other} is not a list of dependencies: {EXPECTED}")),
+    }
+    Ok(deps)
+}
+
+/// Parses a container's `healthcheck` table (docker's form: durations
+/// become nanoseconds). `test` may be left out to keep the image's; a
+/// string `test` is a shell command, as in compose.
+pub fn parse_healthcheck(value: &toml::Value) -> Result<Healthcheck, String> {
+    if !value.is_table() {
+        return Err(format!(
+            "{value} is not a table: expected {{ test = [\"CMD\", \"program\", \"arg\"], \
+             interval = \"30s\", timeout = \"30s\", retries = 3, start_period = \"10s\" }}"
+        ));
+    }
+    let raw: RawHealthcheck = value
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_owned())?;
+    let test_given = raw.test.is_some();
+    let test = match raw.test {
+        None => Vec::new(),
+        Some(toml::Value::String(shell)) => vec!["CMD-SHELL".to_owned(), shell],
+        Some(toml::Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                toml::Value::String(s) => Ok(s),
+                other => Err(format!("test: {other} is not a string")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(format!(
+                "test: {other} is not [\"CMD\", ...], [\"CMD-SHELL\", \"...\"] or [\"NONE\"]"
+            ))
+        }
+    };
+    let check = Healthcheck {
+        test,
+        ..Healthcheck::default()
+    };
+    if test_given {
+        check.command().map_err(|e| format!("test: {e}"))?;
+    }
+    let duration = |key: &str, value: Option<toml::Value>| -> Result<u64, String> {
+        match value {
+            None => Ok(0),
+            Some(toml::Value::String(s)) => parse_duration(&s).map_err(|e| format!("{key}: {e}")),
+            Some(other) => Err(format!(
+                "{key}: {other} is not a duration: expected {DURATION_EXPECTED}"
+            )),
+        }
+    };
+    let retries = match raw.retries {
+        None => 0,
+        Some(toml::Value::Integer(n)) if n >= 1 => u32::try_from(n)
+            .map_err(|_| format!("retries: {n} is out of range (1 to {})", u32::MAX))?,
+        Some(other) => {
+            return Err(format!(
+                "retries: {other} is not a positive whole number of failures"
+            ))
+        }
+    };
+    Ok(Healthcheck {
+        interval_ns: duration("interval", raw.interval)?,
+        timeout_ns: duration("timeout", raw.timeout)?,
+        start_period_ns: duration("start_period", raw.start_period)?,
+        retries,
+        ..check
+    })
 }
 
 /// `oci:PATH[:TAG]`, with PATH resolved against the manifest's folder.
@@ -405,6 +608,67 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
                 ))
             }
         };
+        let about = |message: String| format!("container {:?}: {message}", c.name);
+        let restart = c
+            .restart
+            .as_ref()
+            .map(parse_restart)
+            .transpose()
+            .map_err(|m| invalid(field("restart"), about(m)))?
+            .unwrap_or_default();
+        if phase == Phase::Once
+            && matches!(
+                restart,
+                RestartPolicy::Always | RestartPolicy::UnlessStopped
+            )
+        {
+            return Err(invalid(
+                field("restart"),
+                about(format!(
+                    "a once container with restart = \"{restart}\" would never finish and \
+                     would hold up the boot: use \"no\" or \"on-failure[:MAX]\", or make it a service"
+                )),
+            ));
+        }
+        let depends_on = c
+            .depends_on
+            .as_ref()
+            .map(parse_depends_on)
+            .transpose()
+            .map_err(|m| invalid(field("depends_on"), about(m)))?
+            .unwrap_or_default();
+        if depends_on.iter().any(|d| d.name == c.name) {
+            return Err(invalid(
+                field("depends_on"),
+                about("depends on itself, a cycle it could never start from".into()),
+            ));
+        }
+        let healthcheck = c
+            .healthcheck
+            .as_ref()
+            .map(parse_healthcheck)
+            .transpose()
+            .map_err(|m| invalid(field("healthcheck"), about(m)))?;
+        let required = match c.required {
+            None | Some(toml::Value::Boolean(false)) => false,
+            Some(toml::Value::Boolean(true)) if phase == Phase::Once => true,
+            Some(toml::Value::Boolean(true)) => {
+                return Err(invalid(
+                    field("required"),
+                    about(
+                        "only a once container can be required (its failure stops the boot); \
+                         set phase = \"once\" or remove required"
+                            .into(),
+                    ),
+                ))
+            }
+            Some(other) => {
+                return Err(invalid(
+                    field("required"),
+                    about(format!("{other} is not true or false")),
+                ))
+            }
+        };
         let security = Security {
             privileged: c.privileged,
             cap_add: c.cap_add,
@@ -427,8 +691,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
             log_size,
             main: false,
             security,
+            restart,
+            depends_on,
+            healthcheck,
+            required,
         });
     }
+    check_plan(&containers)
+        .map_err(|(i, e)| invalid(format!("container[{i}].depends_on"), e.to_string()))?;
     if let Some(main) = &raw.main {
         match containers.iter_mut().find(|c| &c.name == main) {
             Some(c) => c.main = true,
@@ -452,6 +722,59 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
         main: raw.main,
         containers,
     })
+}
+
+/// Refuses dependencies on unknown names and cycles, as PID 1's start
+/// plan would meet them; the error comes with the index of the container
+/// it was found on.
+fn check_plan(containers: &[Container]) -> Result<(), (usize, supervision::PlanError)> {
+    let nodes: Vec<supervision::Node<'_>> = containers
+        .iter()
+        .map(|c| supervision::Node {
+            name: &c.name,
+            phase: c.phase,
+            depends_on: &c.depends_on,
+        })
+        .collect();
+    let (_, errors) = supervision::plan(&nodes);
+    match errors.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a `healthy` dependency on a container that has no health check
+/// (`has_check[i]` for the manifest's container `i`, once the images' own
+/// checks are known): it could never become healthy.
+pub fn check_healthy_dependencies(
+    manifest: &Manifest,
+    has_check: &[bool],
+) -> Result<(), ManifestError> {
+    for (i, c) in manifest.containers.iter().enumerate() {
+        for dep in c
+            .depends_on
+            .iter()
+            .filter(|d| d.condition == Condition::Healthy)
+        {
+            let Some(on) = manifest.containers.iter().position(|o| o.name == dep.name) else {
+                continue;
+            };
+            if !has_check.get(on).copied().unwrap_or(false) {
+                return Err(ManifestError::Invalid {
+                    path: manifest.path.clone(),
+                    field: format!("container[{i}].depends_on"),
+                    message: format!(
+                        "{on_name} has no health check: add healthcheck to {on_name} or depend \
+                         on it being started (container {:?} waits for it to be healthy; \
+                         neither the manifest nor {on_name}'s image gives it a check)",
+                        c.name,
+                        on_name = dep.name
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -503,9 +826,9 @@ image = "oci:/abs/layout"
             error_of("name = \"x\"\nbogus = 1\n[[container]]\nname = \"a\"\nimage = \"oci:i\"\n");
         assert!(e.contains("bogus") && e.contains("/m/hafen.toml"), "{e}");
         let e = error_of(
-            "name = \"x\"\n[[container]]\nname = \"a\"\nimage = \"oci:i\"\nrestart = \"always\"\n",
+            "name = \"x\"\n[[container]]\nname = \"a\"\nimage = \"oci:i\"\nrestart_delay = \"1s\"\n",
         );
-        assert!(e.contains("restart"), "{e}");
+        assert!(e.contains("restart_delay"), "{e}");
     }
 
     #[test]
@@ -637,6 +960,277 @@ image = "oci:/abs/layout"
             e.contains("container \"a\"") && e.contains("4K to 64M"),
             "the range is stated: {e}"
         );
+    }
+
+    /// `[[container]]` tables named by the first item of each pair, with
+    /// the second's lines added.
+    fn with_containers(containers: &[(&str, &str)]) -> String {
+        let mut text = "name = \"x\"\n".to_owned();
+        for (name, extra) in containers {
+            text.push_str(&format!(
+                "[[container]]\nname = \"{name}\"\nimage = \"oci:i\"\n{extra}\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn supervision_keys_parse() {
+        let m = parse_str(&with_containers(&[
+            ("db", "healthcheck = { test = [\"CMD-SHELL\", \"pg_isready\"], interval = \"1m30s\", timeout = \"500ms\", retries = 3, start_period = \"2h\" }"),
+            ("migrate", "phase = \"once\"\nrequired = true\nrestart = \"on-failure:2\"\ndepends_on = [\"db\"]"),
+            ("cache", "restart = \"unless-stopped\""),
+            ("api", "restart = \"always\"\ndepends_on = { db = \"healthy\", migrate = \"service_completed_successfully\", cache = { condition = \"service_started\" } }"),
+        ]))
+        .expect("valid");
+        let [db, migrate, cache, api] = &m.containers[..] else {
+            panic!("four containers: {m:?}");
+        };
+        assert_eq!(
+            db.healthcheck,
+            Some(Healthcheck {
+                test: vec!["CMD-SHELL".into(), "pg_isready".into()],
+                interval_ns: 90_000_000_000,
+                timeout_ns: 500_000_000,
+                start_period_ns: 7_200_000_000_000,
+                retries: 3,
+            })
+        );
+        assert_eq!(
+            (db.restart, db.required, db.depends_on.len()),
+            (RestartPolicy::No, false, 0),
+            "defaults"
+        );
+        assert!(migrate.required);
+        assert_eq!(migrate.restart, RestartPolicy::OnFailure { max: Some(2) });
+        assert_eq!(
+            supervision::format_depends_on(&migrate.depends_on),
+            "db=started"
+        );
+        assert_eq!(cache.restart, RestartPolicy::UnlessStopped);
+        assert_eq!(api.restart, RestartPolicy::Always);
+        let mut conditions: Vec<String> = api
+            .depends_on
+            .iter()
+            .map(|d| format!("{}={}", d.name, d.condition))
+            .collect();
+        conditions.sort();
+        assert_eq!(
+            conditions,
+            ["cache=started", "db=healthy", "migrate=completed"]
+        );
+
+        let m = parse_str(&with_containers(&[
+            ("a", "healthcheck = { test = \"curl -f localhost\" }"),
+            ("b", "healthcheck = { test = [\"NONE\"] }"),
+            ("c", "healthcheck = { retries = 5 }"),
+        ]))
+        .expect("valid");
+        let tests: Vec<Vec<String>> = m
+            .containers
+            .iter()
+            .map(|c| c.healthcheck.clone().expect("given").test)
+            .collect();
+        assert_eq!(
+            tests,
+            [
+                vec!["CMD-SHELL".to_owned(), "curl -f localhost".to_owned()],
+                vec!["NONE".to_owned()],
+                vec![],
+            ],
+            "a string is a shell command; NONE disables; a left-out test keeps the image's"
+        );
+        assert_eq!(
+            m.containers[2].healthcheck.as_ref().map(|h| h.retries),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn bad_supervision_values_name_the_file_the_container_and_the_field() {
+        for (extra, field, says) in [
+            ("restart = \"sometimes\"", "restart", "unless-stopped"),
+            ("restart = \"on-failure:x\"", "restart", "on-failure:MAX"),
+            ("restart = 3", "restart", "on-failure"),
+            (
+                "depends_on = { db = \"ready\" }",
+                "depends_on",
+                "\"healthy\"",
+            ),
+            ("depends_on = [1]", "depends_on", "array of names"),
+            ("depends_on = \"db\"", "depends_on", "array of names"),
+            ("depends_on = [\"db\", \"db\"]", "depends_on", "twice"),
+            (
+                "depends_on = { db = { condition = \"service_healthy\", restart = true } }",
+                "depends_on",
+                "only condition",
+            ),
+            (
+                "healthcheck = { test = [\"RUN\", \"x\"] }",
+                "healthcheck",
+                "CMD-SHELL",
+            ),
+            ("healthcheck = { test = [] }", "healthcheck", "empty"),
+            ("healthcheck = { test = [\"CMD\"] }", "healthcheck", "CMD"),
+            (
+                "healthcheck = { test = [\"NONE\"], every = \"5s\" }",
+                "healthcheck",
+                "every",
+            ),
+            (
+                "healthcheck = { test = [\"NONE\"], interval = \"0s\" }",
+                "healthcheck",
+                "interval",
+            ),
+            (
+                "healthcheck = { test = [\"NONE\"], interval = 5 }",
+                "healthcheck",
+                "interval",
+            ),
+            (
+                "healthcheck = { test = [\"NONE\"], timeout = \"5d\" }",
+                "healthcheck",
+                "timeout",
+            ),
+            (
+                "healthcheck = { test = [\"NONE\"], start_period = \"-1s\" }",
+                "healthcheck",
+                "start_period",
+            ),
+            (
+                "healthcheck = { test = [\"NONE\"], retries = 0 }",
+                "healthcheck",
+                "retries",
+            ),
+            (
+                "healthcheck = { test = [\"NONE\"], retries = 99999999999 }",
+                "healthcheck",
+                "retries",
+            ),
+            ("healthcheck = \"curl\"", "healthcheck", "not a table"),
+            ("required = \"yes\"", "required", "true or false"),
+            ("required = true", "required", "phase = \"once\""),
+            (
+                "phase = \"once\"\nrestart = \"always\"",
+                "restart",
+                "on-failure",
+            ),
+            (
+                "phase = \"once\"\nrestart = \"unless-stopped\"",
+                "restart",
+                "never finish",
+            ),
+        ] {
+            let e = error_of(&with_containers(&[("db", ""), ("web", extra)]));
+            assert!(
+                e.starts_with("/m/hafen.toml: ")
+                    && e.contains(&format!("container[1].{field}:"))
+                    && e.contains("container \"web\"")
+                    && e.contains(says),
+                "{extra}: {e}"
+            );
+        }
+        // Allowed: restarting a once container on failure, required without restarts.
+        parse_str(&with_containers(&[(
+            "a",
+            "phase = \"once\"\nrestart = \"on-failure\"\nrequired = false",
+        )]))
+        .expect("on-failure is fine for a once container");
+    }
+
+    #[test]
+    fn durations_take_ms_s_m_h_in_combination() {
+        for (text, ns) in [
+            ("500ms", 500_000_000),
+            ("5s", 5_000_000_000),
+            ("1m30s", 90_000_000_000),
+            ("2h", 7_200_000_000_000),
+            ("1h1m1s1ms", 3_661_001_000_000),
+            ("0s1ms", 1_000_000),
+        ] {
+            assert_eq!(parse_duration(text), Ok(ns), "{text}");
+        }
+        for (text, says) in [
+            ("", "empty"),
+            ("0s", "zero"),
+            ("0ms0h", "zero"),
+            ("-5s", "not a duration"),
+            ("5", "without a unit"),
+            ("5d", "unknown unit \"d\""),
+            ("1.5s", "not a duration"),
+            ("5 s", "not a duration"),
+            ("s", "not a duration"),
+            ("99999999999999999999s", "too long"),
+            ("6000000h", "too long"),
+            ("18446744073709551615ms", "too long"),
+        ] {
+            let e = parse_duration(text).expect_err(text);
+            assert!(
+                e.contains(says) && e.contains("units ms, s, m, h"),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_dependencies_and_cycles_are_refused_naming_the_containers() {
+        let e = error_of(&with_containers(&[("api", "depends_on = [\"ghost\"]")]));
+        assert!(
+            e.starts_with("/m/hafen.toml: container[0].depends_on:")
+                && e.contains("container api depends on \"ghost\""),
+            "{e}"
+        );
+        let e = error_of(&with_containers(&[
+            ("a", "depends_on = [\"b\"]"),
+            (
+                "b",
+                "depends_on = { a = \"healthy\" }\nhealthcheck = { test = [\"CMD\", \"true\"] }",
+            ),
+        ]));
+        assert!(
+            e.starts_with("/m/hafen.toml: ")
+                && e.contains("a waits for b (started), b waits for a (healthy)"),
+            "{e}"
+        );
+        let e = error_of(&with_containers(&[("a", "depends_on = [\"a\"]")]));
+        assert!(
+            e.contains("container[0].depends_on") && e.contains("\"a\": depends on itself"),
+            "{e}"
+        );
+        // A once container waiting for a service that waits for a later once container.
+        let e = error_of(&with_containers(&[
+            ("first", "phase = \"once\"\ndepends_on = [\"svc\"]"),
+            ("svc", "depends_on = { second = \"completed\" }"),
+            ("second", "phase = \"once\""),
+        ]));
+        assert!(e.contains("once containers run in declared order"), "{e}");
+    }
+
+    #[test]
+    fn healthy_dependencies_need_a_health_check() {
+        let m = parse_str(&with_containers(&[
+            ("db", ""),
+            ("api", "depends_on = { db = \"healthy\" }"),
+        ]))
+        .expect("parses: the image may have a check");
+        let e = check_healthy_dependencies(&m, &[false, false])
+            .expect_err("db has no check")
+            .to_string();
+        assert!(
+            e.starts_with("/m/hafen.toml: container[1].depends_on:")
+                && e.contains(
+                    "db has no health check: add healthcheck to db or depend on it being started"
+                )
+                && e.contains("container \"api\""),
+            "{e}"
+        );
+        check_healthy_dependencies(&m, &[true, false]).expect("db has a check");
+        let started = parse_str(&with_containers(&[
+            ("db", ""),
+            ("api", "depends_on = [\"db\"]"),
+        ]))
+        .expect("valid");
+        check_healthy_dependencies(&started, &[false, false]).expect("started needs no check");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use hafen_proto::supervision::Healthcheck;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -189,6 +190,14 @@ pub struct RunConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub working_dir: Option<String>,
+    /// The image's health check (docker's `Healthcheck`); an empty `Test`
+    /// means none.
+    #[serde(
+        rename = "Healthcheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub healthcheck: Option<Healthcheck>,
 }
 
 /// The image's layer list.

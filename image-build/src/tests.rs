@@ -301,3 +301,73 @@ fn import_refuses_hostile_tars_and_bad_arguments() {
             .expect("json");
     assert_eq!(index.manifests.len(), 1);
 }
+
+#[test]
+fn supervision_keys_reach_the_bundles_and_healthy_needs_a_check() {
+    let f = Fixture::new("supervision");
+    let without_check = r#"
+name = "t"
+[[container]]
+name = "db"
+image = "oci:images/base:1"
+[[container]]
+name = "migrate"
+image = "oci:images/base:1"
+phase = "once"
+required = true
+restart = "on-failure:3"
+depends_on = { db = "healthy" }
+"#;
+    let m = f.manifest(without_check);
+    let err = f
+        .build(&m, "out")
+        .expect_err("db has no health check")
+        .to_string();
+    assert!(
+        err.contains("hafen.toml: container[1].depends_on:")
+            && err.contains("db has no health check")
+            && err.contains("container \"migrate\""),
+        "{err}"
+    );
+    assert!(!f.dir.join("out").exists(), "nothing written: {err}");
+
+    let with_check = without_check.replace(
+        "name = \"db\"\n",
+        "name = \"db\"\nhealthcheck = { test = [\"CMD\", \"/bin/tool\"], interval = \"2s\" }\n",
+    );
+    let m = f.manifest(&with_check);
+    f.build(&m, "out").expect("db has a check now");
+    let entries = unpack(&f.dir.join("out"));
+    let annotations = |name: &str| {
+        let path = format!("etc/hafen/containers/{name}/config.json");
+        let entry = entries
+            .iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("{path} missing"));
+        serde_json::from_slice::<hafen_proto::spec::Spec>(&entry.data)
+            .expect("spec")
+            .annotations
+    };
+    use hafen_proto::annotations::{DEPENDS_ON, HEALTHCHECK, REQUIRED, RESTART};
+    let db = annotations("db");
+    assert_eq!(
+        db.get(HEALTHCHECK).map(String::as_str),
+        Some(r#"{"Test":["CMD","/bin/tool"],"Interval":2000000000}"#)
+    );
+    assert!(
+        [DEPENDS_ON, REQUIRED, RESTART]
+            .iter()
+            .all(|k| !db.contains_key(*k)),
+        "{db:?}"
+    );
+    let migrate = annotations("migrate");
+    assert_eq!(
+        [RESTART, DEPENDS_ON, REQUIRED].map(|k| migrate.get(k).cloned()),
+        [
+            Some("on-failure:3".into()),
+            Some("db=healthy".into()),
+            Some("true".into())
+        ]
+    );
+    assert!(!migrate.contains_key(HEALTHCHECK), "{migrate:?}");
+}
