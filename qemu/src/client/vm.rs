@@ -137,6 +137,7 @@ pub fn inspect_json(info: &VmInfo, guest: Option<&GuestInfo>) -> Value {
         "guest_booted_at": info.guest_boot_unix_ns.map(format::rfc3339),
         "guest": guest.map(|g| json!({
             "init_rss_bytes": g.init_rss_bytes,
+            "init_cpu_ns": g.init_cpu_ns,
             "log_bytes": g.log_bytes,
             "memory_total_bytes": g.memory_total_bytes,
             "memory_available_bytes": g.memory_available_bytes,
