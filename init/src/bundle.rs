@@ -43,6 +43,13 @@ pub struct Bundle {
     pub required: bool,
 }
 
+impl Bundle {
+    /// Its seccomp filter, which every process started in it gets too.
+    pub fn seccomp(&self) -> Option<&hafen_proto::spec::Seccomp> {
+        self.spec.linux.as_ref().and_then(|l| l.seccomp.as_ref())
+    }
+}
+
 /// A bundle that cannot be run.
 #[derive(Debug)]
 pub enum BundleError {

@@ -185,12 +185,7 @@ impl Supervisor {
             cwd: request.cwd.clone().unwrap_or(base.cwd.clone()),
             ..base
         };
-        let seccomp = c
-            .bundle
-            .spec
-            .linux
-            .as_ref()
-            .and_then(|l| l.seccomp.as_ref());
+        let seccomp = c.bundle.seccomp();
         let (console, ours) = if request.tty {
             let (theirs, ours) = console::pair()
                 .map_err(|e| error(ErrorCode::Failed, format!("cannot make a terminal: {e}")))?;

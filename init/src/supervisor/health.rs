@@ -177,12 +177,7 @@ impl Supervisor {
             args: h.command.clone(),
             ..base
         };
-        let seccomp = c
-            .bundle
-            .spec
-            .linux
-            .as_ref()
-            .and_then(|l| l.seccomp.as_ref());
+        let seccomp = c.bundle.seccomp();
         let opts = ExecOptions {
             stdio: StdioMode::Pipe { stdin: false },
             console: None,
