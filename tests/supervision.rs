@@ -75,7 +75,8 @@ command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo up; while true; do sleep 1
 [[container]]
 name = "steady"
 image = "oci:busybox:1"
-command = ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"]
+healthcheck = { test = ["CMD", "cat", "/proc/self/oom_score_adj"], interval = "1s" }
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo score $(cat /proc/self/oom_score_adj); while true; do sleep 1 & wait $!; done"]
 [[container]]
 name = "hog"
 image = "oci:busybox:1"
@@ -174,6 +175,13 @@ command = ["/bin/sh", "-c", "echo hogging; x=$(head -c 67108864 /dev/zero | tr '
         );
         assert_eq!(info(&now, "steady").state, State::Running);
         vm.assert_console("hog: the OOM killer killed a process");
+        // PID 1 is the OOM killer's last choice; what it starts (a
+        // container, a health check) is not.
+        assert!(!vm.console().contains("cannot protect PID 1"));
+        vm.assert_console("steady | score 0");
+        let steady = info(&now, "steady").health.clone().expect("steady's health");
+        assert_eq!(steady.status, HealthStatus::Healthy, "{steady:?}");
+        assert!(steady.log.iter().all(|r| r.output == "0"), "{steady:?}");
 
         // `hafen stop` holds an `always` container down until `hafen start`.
         let stop = Body::Stop {
