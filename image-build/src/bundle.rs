@@ -173,6 +173,7 @@ pub fn healthcheck(
                 interval_ns: or(ours.interval_ns, theirs.interval_ns),
                 timeout_ns: or(ours.timeout_ns, theirs.timeout_ns),
                 start_period_ns: or(ours.start_period_ns, theirs.start_period_ns),
+                start_interval_ns: or(ours.start_interval_ns, theirs.start_interval_ns),
                 retries: if ours.retries == 0 {
                     theirs.retries
                 } else {
@@ -786,7 +787,7 @@ mod tests {
     fn an_image_configs_healthcheck_is_read_from_docker_json() {
         let json = r#"{"architecture":"amd64","os":"linux","config":{"Cmd":["/srv"],
             "Healthcheck":{"Test":["CMD","/bin/ok"],"Interval":1000000000,"Timeout":2000000000,
-            "StartPeriod":3000000000,"Retries":5}},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+            "StartPeriod":3000000000,"Retries":5,"StartInterval":500000000}},"rootfs":{"type":"layers","diff_ids":[]}}"#;
         let img: ImageConfig = serde_json::from_str(json).expect("image config");
         assert_eq!(
             img.config.healthcheck,
@@ -796,6 +797,7 @@ mod tests {
                 timeout_ns: 2_000_000_000,
                 start_period_ns: 3_000_000_000,
                 retries: 5,
+                start_interval_ns: 500_000_000,
             })
         );
         let without: ImageConfig =

@@ -89,6 +89,7 @@ struct RawHealthcheck {
     interval: Option<toml::Value>,
     timeout: Option<toml::Value>,
     start_period: Option<toml::Value>,
+    start_interval: Option<toml::Value>,
     retries: Option<toml::Value>,
 }
 
@@ -410,6 +411,7 @@ pub fn parse_healthcheck(value: &toml::Value) -> Result<Healthcheck, String> {
         interval_ns: duration("interval", raw.interval)?,
         timeout_ns: duration("timeout", raw.timeout)?,
         start_period_ns: duration("start_period", raw.start_period)?,
+        start_interval_ns: duration("start_interval", raw.start_interval)?,
         retries,
         ..check
     })
@@ -977,7 +979,7 @@ image = "oci:/abs/layout"
     #[test]
     fn supervision_keys_parse() {
         let m = parse_str(&with_containers(&[
-            ("db", "healthcheck = { test = [\"CMD-SHELL\", \"pg_isready\"], interval = \"1m30s\", timeout = \"500ms\", retries = 3, start_period = \"2h\" }"),
+            ("db", "healthcheck = { test = [\"CMD-SHELL\", \"pg_isready\"], interval = \"1m30s\", timeout = \"500ms\", retries = 3, start_period = \"2h\", start_interval = \"250ms\" }"),
             ("migrate", "phase = \"once\"\nrequired = true\nrestart = \"on-failure:2\"\ndepends_on = [\"db\"]"),
             ("cache", "restart = \"unless-stopped\""),
             ("api", "restart = \"always\"\ndepends_on = { db = \"healthy\", migrate = \"service_completed_successfully\", cache = { condition = \"service_started\" } }"),
@@ -994,6 +996,7 @@ image = "oci:/abs/layout"
                 timeout_ns: 500_000_000,
                 start_period_ns: 7_200_000_000_000,
                 retries: 3,
+                start_interval_ns: 250_000_000,
             })
         );
         assert_eq!(

@@ -182,6 +182,10 @@ pub struct Healthcheck {
     /// Consecutive failures that make it unhealthy (default 3).
     #[serde(rename = "Retries", default, skip_serializing_if = "is_zero")]
     pub retries: u32,
+    /// Between checks during the start period, until one passes (docker
+    /// 25's; default 5 s).
+    #[serde(rename = "StartInterval", default, skip_serializing_if = "is_zero")]
+    pub start_interval_ns: u64,
 }
 
 fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
@@ -192,6 +196,7 @@ fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
 const DEFAULT_INTERVAL_NS: u64 = 30_000_000_000;
 const DEFAULT_TIMEOUT_NS: u64 = 30_000_000_000;
 const DEFAULT_RETRIES: u32 = 3;
+const DEFAULT_START_INTERVAL_NS: u64 = 5_000_000_000;
 
 impl Healthcheck {
     /// The command to run, or `None` for `["NONE"]` (checks disabled).
@@ -230,6 +235,11 @@ impl Healthcheck {
     /// Nanoseconds after a start in which failures do not count.
     pub fn start_period(&self) -> u64 {
         self.start_period_ns
+    }
+
+    /// Nanoseconds between checks in the start period.
+    pub fn start_interval(&self) -> u64 {
+        nonzero_or(self.start_interval_ns, DEFAULT_START_INTERVAL_NS)
     }
 
     /// Consecutive failures that make the container unhealthy.

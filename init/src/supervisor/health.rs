@@ -111,8 +111,19 @@ impl Health {
             self.log.pop_front();
         }
         self.log.push_back(result);
-        self.next = Some(now + self.check.interval());
+        self.next = Some(now + self.wait(now));
         (self.status != before).then_some(self.status)
+    }
+
+    /// How long after `now` the next check is due: the start interval
+    /// while in the start period and not yet healthy, else the interval.
+    fn wait(&self, now: u64) -> u64 {
+        let in_start_period = now.saturating_sub(self.started) < self.check.start_period();
+        if in_start_period && self.status == HealthStatus::Starting {
+            self.check.start_interval()
+        } else {
+            self.check.interval()
+        }
     }
 }
 
@@ -124,7 +135,7 @@ impl Supervisor {
             h.status = HealthStatus::Starting;
             h.streak = 0;
             h.started = now;
-            h.next = Some(now + h.check.interval());
+            h.next = Some(now + h.wait(now));
         }
     }
 
@@ -429,6 +440,12 @@ mod tests {
         // Once healthy, a failure counts even within the start period.
         assert_eq!(h.record(result(1), 103 * S), Some(HealthStatus::Unhealthy));
         // After the start period, a failure from `starting` counts too.
+        // (Checks come at the start interval within it, then the interval.)
+        let mut spaced = health(3, 5 * S);
+        spaced.check.start_interval_ns = S / 10;
+        spaced.started = 100 * S;
+        assert_eq!(spaced.wait(100 * S), S / 10);
+        assert_eq!(spaced.wait(105 * S), S);
         let mut late = health(1, 5 * S);
         late.started = 100 * S;
         assert_eq!(
