@@ -504,3 +504,90 @@ command = ["/bin/sh", "-c", "sleep 2; exit 4"]
     assert_eq!(port.ask(2, Body::Shutdown { reboot: false }), Body::Done);
     vm.wait_exit();
 }
+
+/// A container's last lines reach a log follower before its `die` event
+/// (the monitor ends `hafen logs -f` on that event). The window where PID 1
+/// read the last lines and reaped the init in one turn, then sent the event
+/// before the lines, is narrow: this run does not hit it every time, CI's
+/// `hafen stop` of a container echoing from its trap did once.
+#[test]
+fn a_containers_last_lines_come_before_its_die_event() {
+    let scratch = Scratch::new("lastlines");
+    let image = build_image(
+        &scratch,
+        r#"
+name = "lastlines"
+[[container]]
+name = "burst"
+image = "oci:busybox:1"
+command = ["/bin/sh", "-c", "echo ready; until [ -e /dev/shm/go ]; do sleep 0.1; done; seq 1 20000"]
+[[container]]
+name = "idle"
+image = "oci:busybox:1"
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"]
+"#,
+    );
+    let mut vm = Vm::boot_with(&image, &["--no-control"]);
+    vm.wait_for("burst | ready");
+    let mut port = Port::connect(&vm);
+    vm.checked(|| {
+        port.send(1, Body::Events);
+        port.send(
+            2,
+            Body::Logs {
+                container: Some("burst".into()),
+                follow: true,
+                tail: Some(0),
+                since_ns: None,
+                after_seq: None,
+            },
+        );
+        port.send(
+            3,
+            exec_request(
+                "burst",
+                vec!["touch".into(), "/dev/shm/go".into()],
+                false,
+                false,
+                None,
+            ),
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut text = Vec::new();
+        loop {
+            assert!(Instant::now() < deadline, "no die event for burst");
+            let frames = port.read_some();
+            let mut died = false;
+            for envelope in frames {
+                match envelope.body {
+                    Body::Log { entries, .. } if envelope.id == 2 => {
+                        for e in entries {
+                            text.extend_from_slice(&e.line);
+                        }
+                    }
+                    Body::Event(hafen_proto::control::Event {
+                        container,
+                        kind: hafen_proto::control::EventKind::Die(_),
+                        ..
+                    }) if container == "burst" => died = true,
+                    _ => {}
+                }
+                if died {
+                    break;
+                }
+            }
+            if died {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&text);
+        let last = text.lines().last().unwrap_or_default().to_owned();
+        assert_eq!(
+            last, "20000",
+            "lines before the die event end with {last:?}"
+        );
+        assert_eq!(text.lines().count(), 20000);
+        assert_eq!(port.ask(9, Body::Shutdown { reboot: false }), Body::Done);
+    });
+    vm.wait_exit();
+}

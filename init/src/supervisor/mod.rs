@@ -649,6 +649,12 @@ impl Supervisor {
             self.emit(i, EventKind::Oom);
         }
         self.health_stopped(i);
+        // What the init wrote before it died is in its pipes: into the
+        // ring and out to log followers before the `die` event, so a host
+        // that ends `logs -f` on it has seen the last lines.
+        self.pump_output(i, 0);
+        self.pump_output(i, 1);
+        self.pump();
         self.emit(i, EventKind::Die(exit));
         let restarted =
             self.container_stopped(i) || self.restart_by_policy(i, status == ExitStatus::Code(0));
