@@ -653,6 +653,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
         initrd: INITRAMFS.into(),
         cmdline: Vec::new(),
         memory_mib: DEFAULT_MEMORY_MIB,
+        volumes: Vec::new(),
+        data_size: None,
     };
     let info_json = serde_json::to_vec_pretty(&info)
         .map_err(|e| Error::Invalid(format!("cannot encode image.json: {e}")))?;

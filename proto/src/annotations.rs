@@ -43,6 +43,12 @@ pub const HEALTHCHECK: &str = "org.hafen.healthcheck";
 /// powers off with its status.
 pub const REQUIRED: &str = "org.hafen.required";
 
+/// The data-disk volumes the container mounts, comma separated: PID 1
+/// creates `layout::VOLUMES_DIR/NAME` owned by the container's user (as
+/// mapped by its user namespace) before the first start. The bind mounts
+/// themselves are ordinary OCI `mounts` entries.
+pub const VOLUMES: &str = "org.hafen.volumes";
+
 /// Default size of a container's log ring in the guest: 1 MiB.
 pub const DEFAULT_LOG_SIZE: u32 = 1024 * 1024;
 /// The smallest log ring a manifest may ask for.

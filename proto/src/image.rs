@@ -24,4 +24,12 @@ pub struct ImageInfo {
     pub cmdline: Vec<String>,
     /// Guest memory in MiB the image asks for.
     pub memory_mib: u32,
+    /// The volumes on the data disk (declared and anonymous); `hafen run`
+    /// attaches a data disk only when there are some.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Size in bytes of the data disk created on first boot (the manifest's
+    /// `data_size`); `hafen run --data-size` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_size: Option<u64>,
 }

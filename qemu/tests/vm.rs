@@ -323,6 +323,8 @@ impl Image {
             initrd: "initramfs.cpio".into(),
             cmdline: Vec::new(),
             memory_mib: 128,
+            volumes: Vec::new(),
+            data_size: None,
         };
         std::fs::write(
             dir.path().join("image.json"),
