@@ -266,6 +266,14 @@ struct RunArgs {
     /// No control channel (no `hafen ps/logs/exec/...` for this VM).
     #[arg(long, conflicts_with = "detach")]
     no_control: bool,
+    /// Size of the data disk when this run creates it (bytes, or K/M/G;
+    /// default: the manifest's data_size, else 1G). An existing disk keeps its size.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    data_size: Option<u64>,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    hafen_image_build::manifest::parse_bytes(&toml::Value::String(text.to_owned()))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -420,6 +428,7 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 append: args.append,
                 name: args.name,
                 control: !args.no_control,
+                data_size: args.data_size,
             };
             if args.detach {
                 println!("{}", hafen_qemu::run_detached(&opts)?);

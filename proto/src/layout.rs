@@ -25,3 +25,35 @@ pub const DEFAULT_DATA_SIZE: u64 = 1 << 30;
 
 /// Path of the init binary inside the initramfs (the kernel runs `/init`).
 pub const INIT_PATH: &str = "/init";
+
+/// The label of the ext2/3/4 file system whose first bytes (at least its
+/// superblock, which starts at byte 1024) are `start`; `None` when
+/// `start` holds none.
+pub fn ext4_label(start: &[u8]) -> Option<String> {
+    const SUPERBLOCK: usize = 1024;
+    let magic = start.get(SUPERBLOCK + 56..SUPERBLOCK + 58)?;
+    if magic != [0x53, 0xef] {
+        return None;
+    }
+    let name = start.get(SUPERBLOCK + 120..SUPERBLOCK + 136)?;
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ext4_labels_are_read_from_the_superblock() {
+        let mut disk = vec![0u8; 2048];
+        assert_eq!(ext4_label(&disk), None);
+        disk[1024 + 56] = 0x53;
+        disk[1024 + 57] = 0xef;
+        disk[1024 + 120..1024 + 130].copy_from_slice(b"hafen-data");
+        assert_eq!(ext4_label(&disk).as_deref(), Some("hafen-data"));
+        disk[1024 + 120..1024 + 136].copy_from_slice(b"0123456789abcdef");
+        assert_eq!(ext4_label(&disk).as_deref(), Some("0123456789abcdef"));
+        assert_eq!(ext4_label(&disk[..1100]), None);
+    }
+}

@@ -46,6 +46,8 @@ pub struct Machine {
     /// Where QEMU serves the host end of the guest's control port
     /// (virtio-serial port `org.hafen.control`), if it is wanted.
     pub control_socket: Option<PathBuf>,
+    /// The data disk (a raw file), if the image has volumes.
+    pub data_disk: Option<PathBuf>,
 }
 
 /// The kernel command line: console on the first serial port, reboot on
@@ -127,7 +129,34 @@ pub fn arguments(m: &Machine) -> Vec<OsString> {
         args.push("-device".into());
         args.push(format!("virtserialport,chardev=control,name={CONTROL_PORT}").into());
     }
+    if let Some(path) = &m.data_disk {
+        // virtio-blk on virtio-mmio. cache=writeback: the guest sees a
+        // volatile write cache and flushes it (fsync, every journal
+        // commit), and QEMU turns each flush into an fdatasync of the file
+        // before completing it, so what the guest synced is on the host's
+        // disk. QEMU's own lock on the file keeps a second VM off it.
+        let mut drive =
+            OsString::from("if=none,id=data,format=raw,cache=writeback,discard=unmap,file=");
+        drive.push(escape_option(path.as_os_str()));
+        args.push("-drive".into());
+        args.push(drive);
+        args.push("-device".into());
+        args.push("virtio-blk-device,drive=data".into());
+    }
     args
+}
+
+/// A value for QEMU's `key=value,...` options: a comma is written twice.
+fn escape_option(value: &std::ffi::OsStr) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out = Vec::with_capacity(value.len());
+    for &b in value.as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
 }
 
 /// Where `qemu-system-x86_64` is: $HAFEN_QEMU, else found on PATH by the OS.
@@ -151,6 +180,7 @@ mod tests {
             accel,
             qmp_fd: Some(7),
             control_socket: Some("/run/hafen/vms/x-1/control.sock".into()),
+            data_disk: None,
         }
     }
 

@@ -221,6 +221,7 @@ fn probe_after_open(kernel: &Path) -> Result<(), ProbeError> {
         accel: Accelerator::Kvm,
         qmp_fd: None,
         control_socket: None,
+        data_disk: None,
     };
     let program = command::qemu_binary();
     let mut cmd = Command::new(&program);

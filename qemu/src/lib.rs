@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod command;
+pub mod disk;
 pub mod kvm;
 pub mod monitor;
 pub mod qmp;
@@ -68,6 +69,9 @@ pub struct RunOptions {
     /// Talk to the guest's control port (the monitor); without it,
     /// `control.sock` is left to another client.
     pub control: bool,
+    /// Size in bytes of the data disk when this run creates it; the
+    /// image's `data_size` (else 1 GiB) when `None`.
+    pub data_size: Option<u64>,
 }
 
 /// How a run ended.
@@ -239,6 +243,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The VM's data disk could not be made ready.
+    #[error("VM {vm}: {source}")]
+    DataDisk {
+        /// The VM's name.
+        vm: String,
+        /// Why.
+        source: disk::DiskError,
+    },
     /// The VM name is not one path component of letters, digits, `_.-`.
     #[error("{name:?} is not a VM name: use letters, digits, '_', '.' and '-', starting with a letter or digit")]
     BadName {
@@ -359,6 +371,22 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, Error> {
         path: state.path().to_owned(),
         source,
     })?;
+    let data_disk = if info.volumes.is_empty() {
+        None
+    } else {
+        let size = opts
+            .data_size
+            .or(info.data_size)
+            .unwrap_or(hafen_proto::layout::DEFAULT_DATA_SIZE);
+        Some(
+            disk::vm_dir(&name)
+                .and_then(|dir| disk::prepare(&dir, size))
+                .map_err(|source| Error::DataDisk {
+                    vm: name.clone(),
+                    source,
+                })?,
+        )
+    };
     let socket = state.qmp_socket();
     // We listen, QEMU inherits the socket and serves QMP on it: it exists
     // before QEMU starts, so we connect at once instead of polling for it.
@@ -375,6 +403,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, Error> {
         accel,
         qmp_fd: Some(listener.as_raw_fd()),
         control_socket: Some(state.path().join(state::CONTROL_SOCKET)),
+        data_disk,
     };
     let program = command::qemu_binary();
     let mut cmd = Command::new(&program);

@@ -86,6 +86,7 @@ fn child(image: PathBuf) -> ! {
         append: Vec::new(),
         name: None,
         control: true,
+        data_size: None,
     });
     match result {
         Ok(outcome) => {
