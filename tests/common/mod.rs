@@ -56,7 +56,23 @@ pub fn checker_binary() -> PathBuf {
 pub fn busybox_layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("hafen-vmtest-busybox-{}", std::process::id()));
+        const PREFIX: &str = "hafen-vmtest-busybox-";
+        // Layouts of test binaries that are gone (nothing removes a static's
+        // files at exit), and one of an earlier process with our pid.
+        for entry in std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix(PREFIX));
+            if pid.is_some_and(|p| {
+                p == std::process::id().to_string() || !Path::new("/proc").join(p).exists()
+            }) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
         let rootfs = dir.join("rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir rootfs");
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
