@@ -41,6 +41,8 @@ pub struct Bundle {
     pub healthcheck: Option<(Healthcheck, Vec<String>)>,
     /// A `once` container whose failure stops the boot.
     pub required: bool,
+    /// The data-disk volumes it mounts.
+    pub volumes: Vec<String>,
 }
 
 impl Bundle {
@@ -224,6 +226,24 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
         Some("true") => true,
         Some(v) => return Err(bad(annotations::REQUIRED, v, "\"true\" or \"false\"")),
     };
+    let volumes = spec
+        .annotation(annotations::VOLUMES)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|n| {
+                    let valid = !n.starts_with('.')
+                        && n.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+                    valid.then(|| n.to_owned()).ok_or_else(|| {
+                        bad(annotations::VOLUMES, v, "volume names separated by commas")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
     let image = spec
         .annotation(annotations::IMAGE)
         .unwrap_or_default()
@@ -247,6 +267,7 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
         depends_on,
         healthcheck,
         required,
+        volumes,
     })
 }
 

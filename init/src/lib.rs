@@ -17,3 +17,4 @@ pub mod supervisor;
 pub mod sys;
 pub mod system;
 pub mod tiny;
+pub mod volume;

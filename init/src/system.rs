@@ -57,6 +57,9 @@ pub fn main() -> ! {
     }
 
     debug!("hostname, lo and Ctrl-Alt-Del set up");
+    if let Err(e) = crate::volume::mount_data_disk() {
+        error!("{e}");
+    }
     let (bundles, errors) = bundle::discover(Path::new(layout::CONTAINERS_DIR));
     for e in &errors {
         error!("skipping a container: {e}");
@@ -112,6 +115,7 @@ fn power(action: PowerAction) -> ! {
     // Anything still alive outside the containers' own namespaces.
     let _ = sys::kill(-1, libc::SIGKILL);
     while let Ok(Some(_)) = sys::reap_one() {}
+    crate::volume::release();
     sys::sync();
     mount::unmount_all();
     sys::sync();

@@ -191,6 +191,8 @@ pub enum StartError {
         /// The errno.
         source: io::Error,
     },
+    /// A volume it mounts could not be made ready (PID 1's data disk).
+    Volume(String),
 }
 
 impl StartError {
@@ -219,6 +221,7 @@ impl fmt::Display for StartError {
             StartError::Parent { what, source } => write!(f, "{what}: {source}"),
             StartError::Cgroup(e) => write!(f, "{e}"),
             StartError::Hook(e) => write!(f, "{e}"),
+            StartError::Volume(msg) => f.write_str(msg),
             // A hook's failure in the child is fully described by its message.
             StartError::Child {
                 step: Step::Hook,

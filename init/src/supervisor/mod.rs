@@ -456,7 +456,10 @@ impl Supervisor {
             return Err("no such container".into());
         };
         debug!("starting {}", c.bundle.name);
-        match container::start(&c.bundle) {
+        let started = crate::volume::prepare(&c.bundle.name, &c.bundle.spec, &c.bundle.volumes)
+            .map_err(container::StartError::Volume)
+            .and_then(|()| container::start(&c.bundle));
+        match started {
             Ok(Spawned {
                 pid,
                 io,

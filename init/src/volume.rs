@@ -1,0 +1,222 @@
+//! The data disk and the volumes on it. `hafen run` attaches a raw disk
+//! formatted ext4 and labelled [`DATA_LABEL`]; PID 1 finds it by that label
+//! (not by device order), mounts it at [`DATA_DIR`] with ordered data
+//! journaling, makes each volume's directory the first time a container
+//! needs it, and unmounts it cleanly after the last container stopped.
+//!
+//! A disk that was not unmounted cleanly (a killed hypervisor) is not
+//! checked with fsck: the kernel replays ext4's journal when it mounts it,
+//! which restores the file system's consistency with no e2fsck in the
+//! guest; with `data=ordered` no file's metadata points at blocks whose
+//! data never reached the disk, and what a container fsync'ed is there.
+
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use hafen_proto::layout::{self, DATA_DIR, DATA_LABEL, VOLUMES_DIR};
+use hafen_proto::spec::{IdMapping, Spec};
+use rustix::mount::{MountFlags, UnmountFlags};
+
+/// ext4's incompatible feature "the journal needs recovery".
+const INCOMPAT_RECOVER: u32 = 0x4;
+
+/// Finds the data disk and mounts it at [`DATA_DIR`]; `Ok(None)` when the
+/// machine has none.
+pub fn mount_data_disk() -> Result<Option<PathBuf>, String> {
+    let Some((device, superblock)) = find_by_label(DATA_LABEL) else {
+        return Ok(None);
+    };
+    let incompat = u32::from_le_bytes([
+        superblock[1024 + 96],
+        superblock[1024 + 97],
+        superblock[1024 + 98],
+        superblock[1024 + 99],
+    ]);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(DATA_DIR)
+        .map_err(|e| format!("create {DATA_DIR}: {e}"))?;
+    rustix::mount::mount(
+        device.as_path(),
+        DATA_DIR,
+        "ext4",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOATIME,
+        c"data=ordered,errors=remount-ro",
+    )
+    .map_err(|e| {
+        format!(
+            "mount the data disk {} on {DATA_DIR}: {e} (is it corrupt? `e2fsck -f data.img` on the host)",
+            device.display()
+        )
+    })?;
+    if incompat & INCOMPAT_RECOVER != 0 {
+        warn!(
+            "data disk {}: not unmounted cleanly last time; its journal was replayed",
+            device.display()
+        );
+    } else {
+        info!(
+            "data disk {}: clean, mounted on {DATA_DIR}",
+            device.display()
+        );
+    }
+    Ok(Some(device))
+}
+
+/// The block device whose ext4 label is `label`, with its first 2 KiB.
+fn find_by_label(label: &str) -> Option<(PathBuf, [u8; 2048])> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/block")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with("loop") && !n.starts_with("ram"))
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|name| {
+        let device = Path::new("/dev").join(&name);
+        let mut start = [0u8; 2048];
+        let mut file = std::fs::File::open(&device).ok()?;
+        file.read_exact(&mut start).ok()?;
+        (layout::ext4_label(&start).as_deref() == Some(label)).then_some((device, start))
+    })
+}
+
+/// Where volume `name` lives.
+pub fn volume_dir(name: &str) -> PathBuf {
+    Path::new(VOLUMES_DIR).join(name)
+}
+
+/// Makes the directories of the volumes container `container` mounts,
+/// owned by its user as its user namespace maps it; those that exist are
+/// left as they are (their data and owner are the container's business).
+pub fn prepare(container: &str, spec: &Spec, volumes: &[String]) -> Result<(), String> {
+    if volumes.is_empty() {
+        return Ok(());
+    }
+    if !is_mounted(Path::new(DATA_DIR)) {
+        return Err(format!(
+            "container {container} mounts volume {}, but this machine has no data disk \
+             (an ext4 disk labelled {DATA_LABEL}): boot the image with `hafen run`, which attaches one",
+            volumes[0]
+        ));
+    }
+    let user = spec.process.as_ref().map(|p| &p.user);
+    let (uid, gid) = user.map_or((0, 0), |u| (u.uid, u.gid));
+    let linux = spec.linux.as_ref();
+    let host_uid = map_id(uid, linux.map_or(&[][..], |l| &l.uid_mappings));
+    let host_gid = map_id(gid, linux.map_or(&[][..], |l| &l.gid_mappings));
+    for name in volumes {
+        let dir = volume_dir(name);
+        match std::fs::DirBuilder::new()
+            .recursive(false)
+            .mode(0o755)
+            .create(&dir)
+        {
+            Ok(()) => {
+                std::os::unix::fs::chown(&dir, Some(host_uid), Some(host_gid)).map_err(|e| {
+                    format!(
+                        "container {container}: volume {name}: chown {}: {e}",
+                        dir.display()
+                    )
+                })?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(VOLUMES_DIR)
+                    .and_then(|()| std::fs::DirBuilder::new().mode(0o755).create(&dir))
+                    .and_then(|()| std::os::unix::fs::chown(&dir, Some(host_uid), Some(host_gid)))
+                    .map_err(|e| {
+                        format!(
+                            "container {container}: volume {name}: {}: {e}",
+                            dir.display()
+                        )
+                    })?;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "container {container}: volume {name}: create {}: {e}{}",
+                    dir.display(),
+                    if e.raw_os_error() == Some(libc::ENOSPC) {
+                        " (the data disk is full: hafen run --data-size only sizes a new disk)"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `id` inside a user namespace as the host sees it (itself without one).
+fn map_id(id: u32, mappings: &[IdMapping]) -> u32 {
+    if mappings.is_empty() {
+        return id;
+    }
+    mappings
+        .iter()
+        .find(|m| id >= m.container_id && id - m.container_id < m.size)
+        .map_or(id, |m| m.host_id + (id - m.container_id))
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let (Ok(dir), Ok(parent)) = (std::fs::metadata(path), std::fs::metadata(path.join("..")))
+    else {
+        return false;
+    };
+    dir.dev() != parent.dev()
+}
+
+/// Unmounts the data disk after the last container: a clean unmount (no
+/// journal replay at the next boot). While something still holds it (a
+/// mount namespace being torn down), retries briefly, then at least
+/// remounts it read-only, which also writes it out clean.
+pub fn release() {
+    if !is_mounted(Path::new(DATA_DIR)) {
+        return;
+    }
+    crate::sys::sync();
+    for _ in 0..50 {
+        match rustix::mount::unmount(DATA_DIR, UnmountFlags::empty()) {
+            Ok(()) => {
+                info!("data disk unmounted cleanly");
+                return;
+            }
+            Err(rustix::io::Errno::BUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => {
+                warn!("cannot unmount the data disk: {e}");
+                break;
+            }
+        }
+    }
+    match rustix::mount::mount_remount(
+        DATA_DIR,
+        MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+        "",
+    ) {
+        Ok(()) => warn!("the data disk is still in use; remounted read-only"),
+        Err(e) => error!("the data disk is still in use and cannot be remounted read-only: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_map_through_the_user_namespace() {
+        let maps = [IdMapping {
+            container_id: 0,
+            host_id: 100_000,
+            size: 65_536,
+        }];
+        assert_eq!(map_id(0, &maps), 100_000);
+        assert_eq!(map_id(1000, &maps), 101_000);
+        assert_eq!(map_id(70_000, &maps), 70_000);
+        assert_eq!(map_id(1000, &[]), 1000);
+    }
+}
