@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 
 use hafen_proto::annotations;
 use hafen_proto::capability;
+use hafen_proto::layout;
 use hafen_proto::spec::{
     Capabilities, Cpu, DeviceRule, IdMapping, Linux, Memory, Mount, Namespace, Pids, Process,
     Resources, Root, Spec, User, OCI_VERSION,
 };
 use hafen_proto::supervision::{format_depends_on, Healthcheck, RestartPolicy};
 
-use crate::manifest::Container;
+use crate::manifest::{Container, MountSource, VolumeMount};
 use crate::oci::ImageConfig;
 use crate::tree::Tree;
 
@@ -263,6 +264,51 @@ pub fn default_mounts() -> Vec<Mount> {
     ]
 }
 
+/// Adds `mounts` (from [`crate::manifest::resolve_mounts`]) to `spec`:
+/// each data-disk volume bound from `layout::VOLUMES_DIR/NAME`, each tmpfs
+/// a fresh one, after the default mounts (one at a default mount's
+/// destination replaces it), parents before what is mounted inside them;
+/// and the volume names in `org.hafen.volumes` for PID 1 to create.
+pub fn add_mounts(spec: &mut Spec, mounts: &[VolumeMount]) {
+    spec.mounts
+        .retain(|m| !mounts.iter().any(|v| v.destination == m.destination));
+    let mut added: Vec<Mount> = Vec::with_capacity(mounts.len());
+    let mut names: Vec<&str> = Vec::new();
+    for volume in mounts {
+        added.push(match &volume.source {
+            MountSource::Volume { name, read_only } => {
+                names.push(name);
+                let mut options = vec!["rbind", "rprivate"];
+                if *read_only {
+                    options.push("ro");
+                }
+                options.extend(["nosuid", "nodev"]);
+                mount(
+                    &volume.destination,
+                    "bind",
+                    &format!("{}/{name}", layout::VOLUMES_DIR),
+                    &options,
+                )
+            }
+            MountSource::Tmpfs { options } => Mount {
+                destination: volume.destination.clone(),
+                kind: Some("tmpfs".to_owned()),
+                source: Some("tmpfs".to_owned()),
+                options: options.clone(),
+            },
+        });
+    }
+    // Stable: the given order among mounts of the same depth.
+    added.sort_by_key(|m| m.destination.matches('/').count());
+    spec.mounts.extend(added);
+    names.sort_unstable();
+    names.dedup();
+    if !names.is_empty() {
+        spec.annotations
+            .insert(annotations::VOLUMES.to_owned(), names.join(","));
+    }
+}
+
 /// Merges `KEY=value` lists: later entries replace earlier ones with the same key, in place.
 pub fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -506,6 +552,8 @@ mod tests {
             depends_on: Vec::new(),
             healthcheck: None,
             required: false,
+            mounts: Vec::new(),
+            volumes_from: Vec::new(),
         }
     }
 
@@ -518,6 +566,7 @@ mod tests {
                 cmd: Some(vec!["echo hi".into()]),
                 working_dir: Some("/srv".into()),
                 healthcheck: None,
+                volumes: None,
             },
             ..ImageConfig::default()
         }

@@ -186,6 +186,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary, Error> {
             cmd: opts.cmd.clone(),
             working_dir: opts.workdir.clone(),
             healthcheck: None,
+            volumes: None,
         },
         rootfs: RootFs {
             kind: "layers".into(),

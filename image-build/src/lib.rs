@@ -513,6 +513,33 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
         has_check.push(check.is_some());
     }
     manifest::check_healthy_dependencies(&manifest, &has_check)?;
+    // Volumes: the manifest's, those from volumes_from, the images' own.
+    let mut image_volumes = Vec::with_capacity(manifest.containers.len());
+    for c in &manifest.containers {
+        let resolved = images
+            .get(&c.image)
+            .ok_or_else(|| Error::Invalid(format!("container {}: image not resolved", c.name)))?;
+        let paths: Vec<String> = resolved
+            .image
+            .config
+            .config
+            .volumes
+            .iter()
+            .flat_map(|v| v.keys().cloned())
+            .collect();
+        image_volumes.push(paths);
+    }
+    let mounts = manifest::resolve_mounts(&manifest, &image_volumes)?;
+    let mut data_volumes: Vec<String> = mounts
+        .iter()
+        .flatten()
+        .filter_map(|m| match &m.source {
+            manifest::MountSource::Volume { name, .. } => Some(name.clone()),
+            manifest::MountSource::Tmpfs { .. } => None,
+        })
+        .collect();
+    data_volumes.sort();
+    data_volumes.dedup();
 
     let mut items: BTreeMap<String, Item> = BTreeMap::new();
     for dir in [
@@ -577,7 +604,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
             format!("{}-userns", resolved.guest_dir)
         };
         copies.insert((c.image.clone(), shift), lower.clone());
-        let spec = bundle::spec(c, order, &resolved.image.config, &resolved.tree, &lower)?;
+        let mut spec = bundle::spec(c, order, &resolved.image.config, &resolved.tree, &lower)?;
+        bundle::add_mounts(&mut spec, mounts.get(order).map_or(&[], Vec::as_slice));
         let json = serde_json::to_vec_pretty(&spec).map_err(|e| {
             Error::Invalid(format!(
                 "container {}: cannot encode config.json: {e}",
@@ -653,8 +681,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
         initrd: INITRAMFS.into(),
         cmdline: Vec::new(),
         memory_mib: DEFAULT_MEMORY_MIB,
-        volumes: Vec::new(),
-        data_size: None,
+        volumes: data_volumes,
+        data_size: manifest.data_size,
     };
     let info_json = serde_json::to_vec_pretty(&info)
         .map_err(|e| Error::Invalid(format!("cannot encode image.json: {e}")))?;

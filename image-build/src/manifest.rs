@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use hafen_proto::annotations::{self, Phase};
 use hafen_proto::supervision::{self, Condition, Dependency, Healthcheck, RestartPolicy};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 /// A manifest could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +46,17 @@ struct RawManifest {
     name: String,
     hostname: Option<String>,
     main: Option<String>,
+    data_size: Option<toml::Value>,
+    #[serde(default, rename = "volume")]
+    volumes: Vec<RawVolume>,
     #[serde(default, rename = "container")]
     containers: Vec<RawContainer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVolume {
+    name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +89,12 @@ struct RawContainer {
     depends_on: Option<toml::Value>,
     healthcheck: Option<toml::Value>,
     required: Option<toml::Value>,
+    #[serde(default)]
+    volumes: Vec<String>,
+    #[serde(default)]
+    tmpfs: Vec<String>,
+    #[serde(default)]
+    volumes_from: Vec<String>,
 }
 
 /// `healthcheck = { ... }` as written; values are checked by [`parse_healthcheck`].
@@ -107,6 +123,10 @@ pub struct Manifest {
     pub main: Option<String>,
     /// Containers in declared order.
     pub containers: Vec<Container>,
+    /// The `[[volume]]` names, in declared order.
+    pub volumes: Vec<String>,
+    /// Size in bytes of the data disk (`data_size`); `None`: `hafen run`'s default.
+    pub data_size: Option<u64>,
 }
 
 /// One `[[container]]`.
@@ -142,6 +162,46 @@ pub struct Container {
     pub healthcheck: Option<Healthcheck>,
     /// A `once` container whose failure stops the boot.
     pub required: bool,
+    /// Its own mounts: `volumes`, then `tmpfs`, in declared order.
+    pub mounts: Vec<VolumeMount>,
+    /// The containers whose volumes it mounts too (`volumes_from`).
+    pub volumes_from: Vec<VolumesFrom>,
+}
+
+/// Something mounted into a container at `destination` that is not part of
+/// its image: a volume on the data disk or a tmpfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// Absolute path inside the container, normalised (no `.`, `//` or trailing `/`).
+    pub destination: String,
+    /// What is mounted there.
+    pub source: MountSource,
+}
+
+/// What a [`VolumeMount`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// The data-disk volume `name` (declared, or anonymous from an image's `Volumes`).
+    Volume {
+        /// The volume's name.
+        name: String,
+        /// Mounted read-only.
+        read_only: bool,
+    },
+    /// A fresh tmpfs with these options (checked, as written).
+    Tmpfs {
+        /// `size=`, `mode=`, flags such as `noexec`.
+        options: Vec<String>,
+    },
+}
+
+/// One `volumes_from` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumesFrom {
+    /// The container whose volumes are mounted.
+    pub container: String,
+    /// `Some(true)` for `:ro`, `Some(false)` for `:rw`; `None` keeps each volume's own mode.
+    pub read_only: Option<bool>,
 }
 
 /// How a container is confined.
@@ -166,6 +226,9 @@ pub struct Security {
     /// Run in a user namespace, container root mapped to an unprivileged host range.
     pub userns: bool,
 }
+
+/// The smallest data disk a manifest may ask for.
+pub const MIN_DATA_SIZE: u64 = 16 << 20;
 
 /// Parses `268435456`, `"256M"`, `"1G"`, `"512k"` (binary units).
 pub fn parse_bytes(value: &toml::Value) -> Result<u64, String> {
@@ -450,6 +513,238 @@ pub fn parse_image_ref(text: &str, base: &Path) -> Result<ImageRef, String> {
     })
 }
 
+/// Where the runtime mounts the kernel's file systems itself: a volume or
+/// tmpfs may not go at or under these (`/dev/shm` excepted: one there
+/// replaces the default shm tmpfs, as in docker).
+const RESERVED_DESTINATIONS: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// Checks a mount destination and normalises it (`//`, `.` and a trailing
+/// `/` removed), so two spellings of one path are seen as the same.
+pub fn parse_destination(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') {
+        return Err(format!(
+            "{path:?} is not an absolute path: write it from the container's root, such as \"/data\""
+        ));
+    }
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                return Err(format!(
+                    "{path:?} contains \"..\": write the path without it"
+                ))
+            }
+            part => parts.push(part),
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!(
+            "{path:?} is the container's root: mount below it, such as \"/data\""
+        ));
+    }
+    let normal = format!("/{}", parts.join("/"));
+    if normal != "/dev/shm" {
+        for reserved in RESERVED_DESTINATIONS {
+            if normal == *reserved || normal.starts_with(&format!("{reserved}/")) {
+                return Err(format!(
+                    "{path:?} is under {reserved}, which the runtime mounts itself: pick another path"
+                ));
+            }
+        }
+    }
+    Ok(normal)
+}
+
+/// Whether `name` can name a volume: `[a-z0-9][a-z0-9_.-]*`, at most 64 bytes
+/// (it becomes a directory name on the data disk).
+pub fn valid_volume_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|&b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
+}
+
+/// What a `volumes` item looks like.
+const VOLUME_EXPECTED: &str = "expected \"NAME:/path\", \"NAME:/path:ro\" or \"NAME:/path:rw\"";
+
+/// Parses one `volumes` item, `NAME:/path[:ro|:rw]`; `declared` are the
+/// `[[volume]]` names it may use.
+pub fn parse_volume(text: &str, declared: &[String]) -> Result<VolumeMount, String> {
+    let Some((name, rest)) = text.split_once(':') else {
+        return Err(format!("{text:?} has no path: {VOLUME_EXPECTED}"));
+    };
+    if name.starts_with('/') || name.starts_with('.') {
+        return Err(format!(
+            "{text:?}: {name:?} is a host path; a manifest mounts named volumes: declare \
+             [[volume]] name = \"data\" and write \"data:/path\" (hafen run -v HOSTDIR:data \
+             backs it with a host directory)"
+        ));
+    }
+    let (path, mode) = match rest.split_once(':') {
+        Some((path, mode)) => (path, Some(mode)),
+        None => (rest, None),
+    };
+    let read_only = match mode {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(other) => {
+            return Err(format!(
+                "{text:?}: unknown mode {other:?} (only ro or rw): {VOLUME_EXPECTED}"
+            ))
+        }
+    };
+    if !declared.iter().any(|d| d == name) {
+        let list: Vec<String> = declared.iter().map(|d| format!("{d:?}")).collect();
+        return Err(format!(
+            "volume {name:?} is not declared: add [[volume]] name = {name:?} (declared: {})",
+            if list.is_empty() {
+                "none".to_owned()
+            } else {
+                list.join(", ")
+            }
+        ));
+    }
+    let destination = parse_destination(path).map_err(|e| format!("volume {name:?}: {e}"))?;
+    Ok(VolumeMount {
+        destination,
+        source: MountSource::Volume {
+            name: name.to_owned(),
+            read_only,
+        },
+    })
+}
+
+/// What tmpfs options a manifest may give.
+const TMPFS_EXPECTED: &str = "expected \"/path\" or \"/path:OPTIONS\" with comma-separated \
+     options size=N[k|m|g], mode=OCTAL, uid=N, gid=N, nr_inodes=N[k|m|g], noexec, exec, \
+     nosuid, suid, nodev, dev, ro, rw";
+
+/// Docker's options for `--tmpfs`, which a manifest's own replace.
+const TMPFS_DEFAULTS: &[&str] = &["nosuid", "nodev", "noexec", "mode=1777"];
+
+/// The option a tmpfs option replaces or contradicts: its key, or the
+/// flag without `no`.
+fn tmpfs_option_key(option: &str) -> &str {
+    match option.split_once('=') {
+        Some((key, _)) => key,
+        None => match option {
+            "noexec" | "exec" => "exec",
+            "nosuid" | "suid" => "suid",
+            "nodev" | "dev" => "dev",
+            "ro" | "rw" => "ro",
+            other => other,
+        },
+    }
+}
+
+/// `16m`, `1G`, `4096`: a number with an optional k, m or g (either case).
+fn tmpfs_amount(value: &str) -> bool {
+    let digits = value.trim_end_matches(|c: char| "kKmMgG".contains(c));
+    let unit = value.len() - digits.len();
+    let shift = match value[digits.len()..].to_ascii_lowercase().as_str() {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        _ => return false,
+    };
+    unit <= 1
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_shl(shift).filter(|v| v >> shift == n))
+            .is_some()
+}
+
+/// Parses one `tmpfs` item, `/path[:OPTIONS]`. The mount's options are
+/// docker's defaults (nosuid, nodev, noexec, mode=1777) with the given
+/// ones replacing those they contradict.
+pub fn parse_tmpfs(text: &str) -> Result<VolumeMount, String> {
+    let (path, options) = match text.split_once(':') {
+        Some((path, options)) => (path, Some(options)),
+        None => (text, None),
+    };
+    let destination = parse_destination(path)?;
+    let mut given: Vec<&str> = Vec::new();
+    for option in options.into_iter().flat_map(|o| o.split(',')) {
+        let ok = match option.split_once('=') {
+            Some(("size" | "nr_inodes", value)) => tmpfs_amount(value),
+            Some(("mode", value)) => {
+                !value.is_empty()
+                    && value.len() <= 4
+                    && value.bytes().all(|b| (b'0'..=b'7').contains(&b))
+            }
+            Some(("uid" | "gid", value)) => value.parse::<u32>().is_ok(),
+            Some(_) => false,
+            None => matches!(
+                option,
+                "noexec" | "exec" | "nosuid" | "suid" | "nodev" | "dev" | "ro" | "rw"
+            ),
+        };
+        if !ok {
+            return Err(format!(
+                "{text:?}: {option:?} is not a tmpfs option this manifest takes: {TMPFS_EXPECTED}"
+            ));
+        }
+        let key = tmpfs_option_key(option);
+        if let Some(earlier) = given.iter().find(|g| tmpfs_option_key(g) == key) {
+            return Err(format!(
+                "{text:?}: {option:?} repeats or contradicts {earlier:?}: give each option once"
+            ));
+        }
+        given.push(option);
+    }
+    let mut options: Vec<String> = TMPFS_DEFAULTS.iter().map(|o| (*o).to_owned()).collect();
+    for option in given {
+        let key = tmpfs_option_key(option);
+        match options.iter_mut().find(|o| tmpfs_option_key(o) == key) {
+            Some(slot) => *slot = option.to_owned(),
+            None => options.push(option.to_owned()),
+        }
+    }
+    Ok(VolumeMount {
+        destination,
+        source: MountSource::Tmpfs { options },
+    })
+}
+
+/// Parses one `volumes_from` item, `CONTAINER[:ro|:rw]`.
+pub fn parse_volumes_from(text: &str) -> Result<VolumesFrom, String> {
+    let (container, read_only) = match text.split_once(':') {
+        None => (text, None),
+        Some((container, "ro")) => (container, Some(true)),
+        Some((container, "rw")) => (container, Some(false)),
+        Some((_, other)) => {
+            return Err(format!(
+                "{text:?}: unknown mode {other:?}: expected \"CONTAINER\", \"CONTAINER:ro\" or \"CONTAINER:rw\""
+            ))
+        }
+    };
+    if !valid_name(container) {
+        return Err(format!("{text:?} does not name a container"));
+    }
+    Ok(VolumesFrom {
+        container: container.to_owned(),
+        read_only,
+    })
+}
+
+impl MountSource {
+    /// How an error message names it.
+    fn describe(&self) -> String {
+        match self {
+            MountSource::Volume { name, .. } => format!("volume {name:?}"),
+            MountSource::Tmpfs { .. } => "a tmpfs".to_owned(),
+        }
+    }
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
@@ -502,6 +797,43 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
             "container".into(),
             "the manifest declares no container: add a [[container]] table".into(),
         ));
+    }
+    let data_size = raw
+        .data_size
+        .as_ref()
+        .map(parse_bytes)
+        .transpose()
+        .map_err(|m| invalid("data_size".into(), m))?;
+    if data_size.is_some_and(|size| size < MIN_DATA_SIZE) {
+        return Err(invalid(
+            "data_size".into(),
+            format!(
+                "must be at least {} (an ext4 disk needs room for its journal)",
+                human_size(MIN_DATA_SIZE)
+            ),
+        ));
+    }
+    let mut volumes: Vec<String> = Vec::with_capacity(raw.volumes.len());
+    for (k, v) in raw.volumes.into_iter().enumerate() {
+        if !valid_volume_name(&v.name) {
+            return Err(invalid(
+                format!("volume[{k}].name"),
+                format!(
+                    "{:?} must be 1-64 characters of a-z, 0-9, '_', '.' and '-', starting with a letter or digit",
+                    v.name
+                ),
+            ));
+        }
+        if volumes.contains(&v.name) {
+            return Err(invalid(
+                format!("volume[{k}].name"),
+                format!(
+                    "volume {:?} is declared twice; names must be unique",
+                    v.name
+                ),
+            ));
+        }
+        volumes.push(v.name);
     }
     let base = path.parent().unwrap_or(Path::new("."));
     let mut containers = Vec::with_capacity(raw.containers.len());
@@ -671,6 +1003,59 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
                 ))
             }
         };
+        let mut mounts: Vec<(String, VolumeMount)> = Vec::new();
+        let parsed = c
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(j, v)| {
+                (
+                    format!("container[{i}].volumes[{j}]"),
+                    parse_volume(v, &volumes),
+                )
+            })
+            .chain(
+                c.tmpfs
+                    .iter()
+                    .enumerate()
+                    .map(|(j, t)| (format!("container[{i}].tmpfs[{j}]"), parse_tmpfs(t))),
+            );
+        for (at, mount) in parsed {
+            let mount = mount.map_err(|m| invalid(at.clone(), about(m)))?;
+            if let Some((earlier, other)) = mounts
+                .iter()
+                .find(|(_, m)| m.destination == mount.destination)
+            {
+                return Err(invalid(
+                    at,
+                    about(format!(
+                        "{} is mounted twice: {} here and {} at {earlier}",
+                        mount.destination,
+                        mount.source.describe(),
+                        other.source.describe()
+                    )),
+                ));
+            }
+            mounts.push((at, mount));
+        }
+        let mut volumes_from: Vec<VolumesFrom> = Vec::with_capacity(c.volumes_from.len());
+        for (j, text) in c.volumes_from.iter().enumerate() {
+            let at = format!("container[{i}].volumes_from[{j}]");
+            let from = parse_volumes_from(text).map_err(|m| invalid(at.clone(), about(m)))?;
+            if from.container == c.name {
+                return Err(invalid(
+                    at,
+                    about("takes volumes from itself; name another container".into()),
+                ));
+            }
+            if volumes_from.iter().any(|f| f.container == from.container) {
+                return Err(invalid(
+                    at,
+                    about(format!("{:?} is listed twice", from.container)),
+                ));
+            }
+            volumes_from.push(from);
+        }
         let security = Security {
             privileged: c.privileged,
             cap_add: c.cap_add,
@@ -697,8 +1082,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
             depends_on,
             healthcheck,
             required,
+            mounts: mounts.into_iter().map(|(_, m)| m).collect(),
+            volumes_from,
         });
     }
+    check_volumes_from(&containers)
+        .map_err(|(i, j, m)| invalid(format!("container[{i}].volumes_from[{j}]"), m))?;
     check_plan(&containers)
         .map_err(|(i, e)| invalid(format!("container[{i}].depends_on"), e.to_string()))?;
     if let Some(main) = &raw.main {
@@ -723,7 +1112,242 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
         hostname,
         main: raw.main,
         containers,
+        volumes,
+        data_size,
     })
+}
+
+/// The name of the anonymous volume an image's `VOLUME path` gives
+/// `container`: `CONTAINER-` and the first 12 hex digits of the path's
+/// sha256, the same on every build, so its data outlive rebuilds.
+pub fn anonymous_volume_name(container: &str, destination: &str) -> String {
+    let digest = Sha256::digest(destination.as_bytes());
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{container}-{hex}")
+}
+
+/// Everything mounted into each container besides its image and the
+/// default mounts: its own `volumes` and `tmpfs`, the volumes of the
+/// containers in its `volumes_from` (theirs in turn included), then one
+/// anonymous volume for each path of its image's `Volumes`
+/// (`image_volumes[i]` for container `i`, in any order) that nothing else
+/// is mounted at. A destination given twice is an error naming the
+/// container and the entry.
+pub fn resolve_mounts(
+    manifest: &Manifest,
+    image_volumes: &[Vec<String>],
+) -> Result<Vec<Vec<VolumeMount>>, ManifestError> {
+    let mut done: Vec<Option<Vec<VolumeMount>>> = vec![None; manifest.containers.len()];
+    for i in 0..manifest.containers.len() {
+        resolve_container(manifest, image_volumes, i, &mut done, 0)?;
+    }
+    Ok(done.into_iter().map(Option::unwrap_or_default).collect())
+}
+
+fn resolve_container(
+    manifest: &Manifest,
+    image_volumes: &[Vec<String>],
+    i: usize,
+    done: &mut [Option<Vec<VolumeMount>>],
+    depth: usize,
+) -> Result<Vec<VolumeMount>, ManifestError> {
+    if let Some(mounts) = &done[i] {
+        return Ok(mounts.clone());
+    }
+    let c = &manifest.containers[i];
+    let invalid = |field: String, message: String| ManifestError::Invalid {
+        path: manifest.path.clone(),
+        field,
+        message: format!("container {:?}: {message}", c.name),
+    };
+    // parse() refuses cycles; this bound keeps a hand-made Manifest from recursing forever.
+    if depth > manifest.containers.len() {
+        return Err(invalid(
+            format!("container[{i}].volumes_from"),
+            "volumes_from goes round in a cycle".into(),
+        ));
+    }
+    let mut mounts = c.mounts.clone();
+    for (j, from) in c.volumes_from.iter().enumerate() {
+        let at = format!("container[{i}].volumes_from[{j}]");
+        let Some(source) = manifest
+            .containers
+            .iter()
+            .position(|o| o.name == from.container)
+        else {
+            return Err(invalid(
+                at,
+                format!("{:?} is not a declared container", from.container),
+            ));
+        };
+        let theirs = resolve_container(manifest, image_volumes, source, done, depth + 1)?;
+        for mount in theirs {
+            let MountSource::Volume { name, read_only } = mount.source else {
+                continue;
+            };
+            let mount = VolumeMount {
+                destination: mount.destination,
+                source: MountSource::Volume {
+                    name,
+                    read_only: from.read_only.unwrap_or(read_only),
+                },
+            };
+            match mounts.iter().find(|m| m.destination == mount.destination) {
+                Some(same) if *same == mount => {}
+                Some(other) if other.source.describe() == mount.source.describe() => {
+                    return Err(invalid(
+                        at,
+                        format!(
+                            "{} is mounted twice: {} from {:?} comes both read-only and read-write",
+                            mount.destination,
+                            mount.source.describe(),
+                            from.container
+                        ),
+                    ))
+                }
+                Some(other) => {
+                    return Err(invalid(
+                        at,
+                        format!(
+                            "{} is mounted twice: {} from {:?} and {}",
+                            mount.destination,
+                            mount.source.describe(),
+                            from.container,
+                            other.source.describe()
+                        ),
+                    ))
+                }
+                None => mounts.push(mount),
+            }
+        }
+    }
+    let mut anonymous: Vec<String> = Vec::new();
+    for path in image_volumes.get(i).into_iter().flatten() {
+        let destination = parse_destination(path).map_err(|e| {
+            invalid(
+                format!("container[{i}].image"),
+                format!("the image's VOLUME {e}; Hafen cannot mount it"),
+            )
+        })?;
+        anonymous.push(destination);
+    }
+    anonymous.sort();
+    anonymous.dedup();
+    for destination in anonymous {
+        if mounts.iter().any(|m| m.destination == destination) {
+            continue;
+        }
+        let name = anonymous_volume_name(&c.name, &destination);
+        if manifest.volumes.contains(&name) {
+            return Err(invalid(
+                format!("container[{i}].image"),
+                format!(
+                    "the image's VOLUME {destination} gets the anonymous volume {name:?}, \
+                     which a [[volume]] also declares: rename that volume"
+                ),
+            ));
+        }
+        mounts.push(VolumeMount {
+            destination,
+            source: MountSource::Volume {
+                name,
+                read_only: false,
+            },
+        });
+    }
+    done[i] = Some(mounts.clone());
+    Ok(mounts)
+}
+
+/// Refuses `volumes_from` naming an unknown container or going round in a
+/// cycle; the error comes with the container's index and the entry's.
+fn check_volumes_from(containers: &[Container]) -> Result<(), (usize, usize, String)> {
+    let index = |name: &str| containers.iter().position(|c| c.name == name);
+    for (i, c) in containers.iter().enumerate() {
+        for (j, from) in c.volumes_from.iter().enumerate() {
+            if index(&from.container).is_none() {
+                let declared: Vec<String> =
+                    containers.iter().map(|c| format!("{:?}", c.name)).collect();
+                return Err((
+                    i,
+                    j,
+                    format!(
+                        "container {:?} takes volumes from {:?}, which is not a declared container (declared: {})",
+                        c.name,
+                        from.container,
+                        declared.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let mut state = vec![Visit::New; containers.len()];
+    let mut path = Vec::new();
+    for start in 0..containers.len() {
+        if state[start] == Visit::New {
+            visit_volumes_from(containers, start, &mut state, &mut path)?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Visit {
+    New,
+    OnPath,
+    Done,
+}
+
+/// Depth-first walk of the `volumes_from` edges from container `i`; `path`
+/// holds the (container, entry) edges leading to it, so a cycle can be told
+/// in full.
+fn visit_volumes_from(
+    containers: &[Container],
+    i: usize,
+    state: &mut [Visit],
+    path: &mut Vec<(usize, usize)>,
+) -> Result<(), (usize, usize, String)> {
+    state[i] = Visit::OnPath;
+    for (j, from) in containers[i].volumes_from.iter().enumerate() {
+        let Some(target) = containers.iter().position(|c| c.name == from.container) else {
+            continue;
+        };
+        match state[target] {
+            Visit::New => {
+                path.push((i, j));
+                visit_volumes_from(containers, target, state, path)?;
+                path.pop();
+            }
+            Visit::OnPath => {
+                let begin = path
+                    .iter()
+                    .position(|(c, _)| *c == target)
+                    .unwrap_or(path.len());
+                let chain: Vec<String> = path[begin..]
+                    .iter()
+                    .chain(std::iter::once(&(i, j)))
+                    .map(|&(c, k)| {
+                        format!(
+                            "{} takes volumes from {}",
+                            containers[c].name, containers[c].volumes_from[k].container
+                        )
+                    })
+                    .collect();
+                return Err((
+                    i,
+                    j,
+                    format!(
+                        "container {:?}: volumes_from goes round in a cycle: {}",
+                        containers[i].name,
+                        chain.join(", ")
+                    ),
+                ));
+            }
+            Visit::Done => {}
+        }
+    }
+    state[i] = Visit::Done;
+    Ok(())
 }
 
 /// Refuses dependencies on unknown names and cycles, as PID 1's start

@@ -198,6 +198,10 @@ pub struct RunConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub healthcheck: Option<Healthcheck>,
+    /// Paths the image declares as volumes (Dockerfile `VOLUME`): a map
+    /// from path to an empty object. Each becomes an anonymous volume.
+    #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// The image's layer list.
