@@ -855,6 +855,145 @@ mod tests {
     }
 
     #[test]
+    fn an_image_configs_volumes_are_read_from_docker_json() {
+        let json = r#"{"config":{"Cmd":["/srv"],"Volumes":{"/var/lib/db":{},"/data":{}}}}"#;
+        let img: ImageConfig = serde_json::from_str(json).expect("image config");
+        let paths: Vec<&String> = img.config.volumes.iter().flat_map(|v| v.keys()).collect();
+        assert_eq!(paths, ["/data", "/var/lib/db"]);
+        for json in [r#"{"config":{"Volumes":null}}"#, r#"{"config":{}}"#] {
+            let img: ImageConfig = serde_json::from_str(json).expect("image config");
+            assert_eq!(img.config.volumes, None, "{json}");
+        }
+    }
+
+    #[test]
+    fn volumes_become_bind_mounts_from_the_data_disk_and_an_annotation() {
+        use crate::manifest::{anonymous_volume_name, parse_tmpfs, VolumeMount};
+        let volume = |name: &str, destination: &str, read_only: bool| VolumeMount {
+            destination: destination.into(),
+            source: MountSource::Volume {
+                name: name.into(),
+                read_only,
+            },
+        };
+        let anonymous = anonymous_volume_name("web", "/srv");
+        let mounts = [
+            volume("db", "/var/lib/db/sub", false),
+            volume("config", "/etc/app", true),
+            parse_tmpfs("/run:size=16m,mode=0755").expect("tmpfs"),
+            parse_tmpfs("/dev/shm:size=1g").expect("tmpfs"),
+            volume("db", "/var/lib", false),
+            volume(&anonymous, "/srv", false),
+        ];
+        let mut c = container(None, vec![]);
+        c.security.read_only = true;
+        let mut made = spec(&c, 0, &image(None), &Tree::new(), "/l").expect("spec");
+        add_mounts(&mut made, &mounts);
+        let found: Vec<(&str, &str, &str, Vec<&str>)> = made
+            .mounts
+            .iter()
+            .map(|m| {
+                (
+                    m.destination.as_str(),
+                    m.kind.as_deref().unwrap_or(""),
+                    m.source.as_deref().unwrap_or(""),
+                    m.options.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        let bind = ["rbind", "rprivate", "nosuid", "nodev"];
+        let source = format!("/run/hafen/data/volumes/{anonymous}");
+        assert_eq!(
+            found,
+            [
+                ("/proc", "proc", "proc", vec!["nosuid", "noexec", "nodev"]),
+                (
+                    "/dev",
+                    "tmpfs",
+                    "tmpfs",
+                    vec!["nosuid", "strictatime", "mode=755", "size=65536k"]
+                ),
+                (
+                    "/dev/pts",
+                    "devpts",
+                    "devpts",
+                    vec![
+                        "nosuid",
+                        "noexec",
+                        "newinstance",
+                        "ptmxmode=0666",
+                        "mode=0620"
+                    ]
+                ),
+                (
+                    "/dev/mqueue",
+                    "mqueue",
+                    "mqueue",
+                    vec!["nosuid", "noexec", "nodev"]
+                ),
+                (
+                    "/sys",
+                    "sysfs",
+                    "sysfs",
+                    vec!["nosuid", "noexec", "nodev", "ro"]
+                ),
+                (
+                    "/sys/fs/cgroup",
+                    "cgroup",
+                    "cgroup",
+                    vec!["nosuid", "noexec", "nodev", "relatime", "ro"]
+                ),
+                (
+                    "/run",
+                    "tmpfs",
+                    "tmpfs",
+                    vec!["nosuid", "nodev", "noexec", "mode=0755", "size=16m"]
+                ),
+                ("/srv", "bind", source.as_str(), bind.to_vec()),
+                (
+                    "/etc/app",
+                    "bind",
+                    "/run/hafen/data/volumes/config",
+                    vec!["rbind", "rprivate", "ro", "nosuid", "nodev"]
+                ),
+                (
+                    "/dev/shm",
+                    "tmpfs",
+                    "tmpfs",
+                    vec!["nosuid", "nodev", "noexec", "mode=1777", "size=1g"]
+                ),
+                (
+                    "/var/lib",
+                    "bind",
+                    "/run/hafen/data/volumes/db",
+                    bind.to_vec()
+                ),
+                (
+                    "/var/lib/db/sub",
+                    "bind",
+                    "/run/hafen/data/volumes/db",
+                    bind.to_vec()
+                ),
+            ],
+            "after the defaults (the manifest's /dev/shm replacing the default one), \
+             parents first, otherwise in the given order"
+        );
+        let mut names = vec!["config", "db", anonymous.as_str()];
+        names.sort_unstable();
+        assert_eq!(made.annotations[annotations::VOLUMES], names.join(","));
+        assert!(
+            made.root.as_ref().expect("root").readonly,
+            "a read-only root keeps its rw volumes: mounts are separate"
+        );
+
+        // Only tmpfs: no data-disk volumes, no annotation.
+        let mut made = spec(&c, 0, &image(None), &Tree::new(), "/l").expect("spec");
+        add_mounts(&mut made, &[parse_tmpfs("/run").expect("tmpfs")]);
+        assert!(!made.annotations.contains_key(annotations::VOLUMES));
+        assert_eq!(made.mounts.len(), default_mounts().len() + 1);
+    }
+
+    #[test]
     fn command_replaces_entrypoint_and_cmd_and_path_gets_a_default() {
         let tree = Tree::new();
         let mut img = image(None);

@@ -1860,6 +1860,428 @@ image = "oci:/abs/layout"
         check_healthy_dependencies(&started, &[false, false]).expect("started needs no check");
     }
 
+    /// A manifest with `data_size`-like top-level lines, the volumes `db`
+    /// and `config`, and the containers given.
+    fn with_volumes(top: &str, containers: &[(&str, &str)]) -> String {
+        let mut text = format!("{top}\n[[volume]]\nname = \"db\"\n[[volume]]\nname = \"config\"\n");
+        text.push_str(&with_containers(containers).replacen("name = \"x\"\n", "", 1));
+        format!("name = \"x\"\n{text}")
+    }
+
+    fn volume(name: &str, destination: &str, read_only: bool) -> VolumeMount {
+        VolumeMount {
+            destination: destination.into(),
+            source: MountSource::Volume {
+                name: name.into(),
+                read_only,
+            },
+        }
+    }
+
+    fn tmpfs(destination: &str, options: &[&str]) -> VolumeMount {
+        VolumeMount {
+            destination: destination.into(),
+            source: MountSource::Tmpfs {
+                options: options.iter().map(|o| (*o).to_owned()).collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn volume_keys_parse() {
+        let m = parse_str(&with_volumes(
+            "data_size = \"2G\"",
+            &[
+                ("seed", "volumes = [\"db:/seed\"]"),
+                (
+                    "postgres",
+                    "volumes = [\"db:/var/lib/postgresql/data/\", \"config:/etc//app:ro\", \"db:/backup:rw\"]\n\
+                     tmpfs = [\"/run:size=16m,mode=0755\", \"/tmp\", \"/cache:exec,uid=70,gid=70,nr_inodes=1k,ro,size=1G\"]\n\
+                     volumes_from = [\"seed:ro\"]",
+                ),
+                ("reader", "volumes_from = [\"postgres\", \"seed:rw\"]"),
+            ],
+        ))
+        .expect("valid");
+        assert_eq!(m.data_size, Some(2 << 30));
+        assert_eq!(m.volumes, ["db", "config"]);
+        let pg = &m.containers[1];
+        assert_eq!(
+            pg.mounts,
+            [
+                volume("db", "/var/lib/postgresql/data", false),
+                volume("config", "/etc/app", true),
+                volume("db", "/backup", false),
+                tmpfs(
+                    "/run",
+                    &["nosuid", "nodev", "noexec", "mode=0755", "size=16m"]
+                ),
+                tmpfs("/tmp", &["nosuid", "nodev", "noexec", "mode=1777"]),
+                tmpfs(
+                    "/cache",
+                    &[
+                        "nosuid",
+                        "nodev",
+                        "exec",
+                        "mode=1777",
+                        "uid=70",
+                        "gid=70",
+                        "nr_inodes=1k",
+                        "ro",
+                        "size=1G"
+                    ]
+                ),
+            ],
+            "paths normalised, docker's tmpfs defaults replaced by what is given"
+        );
+        assert_eq!(
+            pg.volumes_from,
+            [VolumesFrom {
+                container: "seed".into(),
+                read_only: Some(true)
+            }]
+        );
+        assert_eq!(
+            m.containers[2].volumes_from,
+            [
+                VolumesFrom {
+                    container: "postgres".into(),
+                    read_only: None
+                },
+                VolumesFrom {
+                    container: "seed".into(),
+                    read_only: Some(false)
+                }
+            ]
+        );
+        // Nothing given: no data disk size, no volumes; a declared volume nobody mounts is fine.
+        let m = parse_str(&with_volumes("", &[("a", "")])).expect("valid");
+        assert_eq!(m.data_size, None);
+        assert!(m.containers[0].mounts.is_empty() && m.containers[0].volumes_from.is_empty());
+        let m = parse_str(GOOD).expect("valid");
+        assert!(m.volumes.is_empty());
+        let m = parse_str(&with_volumes("data_size = 33554432", &[("a", "")])).expect("valid");
+        assert_eq!(m.data_size, Some(32 << 20));
+    }
+
+    #[test]
+    fn bad_volumes_name_the_file_the_container_the_field_and_the_volume() {
+        for (extra, field, says) in [
+            ("volumes = [\"logs:/logs\"]", "volumes[0]", "volume \"logs\" is not declared: add [[volume]] name = \"logs\" (declared: \"db\", \"config\")"),
+            ("volumes = [\"db:data\"]", "volumes[0]", "volume \"db\": \"data\" is not an absolute path"),
+            ("volumes = [\"db:/data/../etc\"]", "volumes[0]", "volume \"db\": \"/data/../etc\" contains \"..\""),
+            ("volumes = [\"db:/\"]", "volumes[0]", "the container's root"),
+            ("volumes = [\"db:/proc/x\"]", "volumes[0]", "under /proc"),
+            ("volumes = [\"db\"]", "volumes[0]", "has no path"),
+            ("volumes = [\"db:/data:rx\"]", "volumes[0]", "unknown mode \"rx\""),
+            ("volumes = [\"/srv/data:/data\"]", "volumes[0]", "host path"),
+            (
+                "volumes = [\"db:/data\", \"config:/data/\"]",
+                "volumes[1]",
+                "/data is mounted twice: volume \"config\" here and volume \"db\" at container[1].volumes[0]",
+            ),
+            (
+                "volumes = [\"db:/data\"]\ntmpfs = [\"/data\"]",
+                "tmpfs[0]",
+                "/data is mounted twice: a tmpfs here and volume \"db\" at container[1].volumes[0]",
+            ),
+            ("tmpfs = [\"run\"]", "tmpfs[0]", "not an absolute path"),
+            ("tmpfs = [\"/run/..\"]", "tmpfs[0]", "contains \"..\""),
+            ("tmpfs = [\"/run:size=lots\"]", "tmpfs[0]", "\"size=lots\" is not a tmpfs option"),
+            ("tmpfs = [\"/run:size=1t\"]", "tmpfs[0]", "\"size=1t\""),
+            ("tmpfs = [\"/run:mode=0999\"]", "tmpfs[0]", "\"mode=0999\""),
+            ("tmpfs = [\"/run:uid=-1\"]", "tmpfs[0]", "\"uid=-1\""),
+            ("tmpfs = [\"/run:mpol=local\"]", "tmpfs[0]", "\"mpol=local\""),
+            ("tmpfs = [\"/run:suid,\"]", "tmpfs[0]", "\"\" is not a tmpfs option"),
+            ("tmpfs = [\"/run:exec,noexec\"]", "tmpfs[0]", "\"noexec\" repeats or contradicts \"exec\""),
+            ("tmpfs = [\"/run:size=1m,size=2m\"]", "tmpfs[0]", "repeats"),
+            ("tmpfs = [\"/run\", \"/run\"]", "tmpfs[1]", "/run is mounted twice"),
+            ("volumes_from = [\"web\"]", "volumes_from[0]", "takes volumes from itself"),
+            ("volumes_from = [\"ghost\"]", "volumes_from[0]", "takes volumes from \"ghost\", which is not a declared container (declared: \"seed\", \"web\")"),
+            ("volumes_from = [\"seed:rx\"]", "volumes_from[0]", "unknown mode \"rx\""),
+            ("volumes_from = [\"seed\", \"seed:ro\"]", "volumes_from[1]", "listed twice"),
+        ] {
+            let e = error_of(&with_volumes("", &[("seed", ""), ("web", extra)]));
+            assert!(
+                e.starts_with("/m/hafen.toml: ")
+                    && e.contains(&format!("container[1].{field}"))
+                    && e.contains("container \"web\"")
+                    && e.contains(says),
+                "{extra}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn volume_lists_of_the_wrong_type_are_toml_errors_naming_the_key() {
+        for key in ["volumes", "tmpfs", "volumes_from"] {
+            let e = error_of(&with_volumes(
+                "",
+                &[("web", &format!("{key} = \"db:/data\""))],
+            ));
+            assert!(
+                e.contains(&format!("{key} = \"db:/data\"")) && e.contains("expected a sequence"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_declared_volumes_and_data_sizes_name_their_field() {
+        for (top, field, says) in [
+            ("data_size = \"lots\"", "data_size:", "not a size"),
+            ("data_size = \"1M\"", "data_size:", "at least 16M"),
+            ("data_size = 0", "data_size:", "not a size"),
+            ("data_size = true", "data_size:", "not a size"),
+            (
+                "[[volume]]\nname = \"Bad\"",
+                "volume[0].name:",
+                "\"Bad\" must be",
+            ),
+            (
+                "[[volume]]\nname = \"-x\"",
+                "volume[0].name:",
+                "starting with a letter or digit",
+            ),
+            (
+                "[[volume]]\nname = \"db\"\n[[volume]]\nname = \"db\"",
+                "volume[1].name:",
+                "declared twice",
+            ),
+            (
+                "[[volume]]\nname = \"db\"\nsize = 1",
+                "size",
+                "unknown field",
+            ),
+        ] {
+            let e = error_of(&format!(
+                "name = \"x\"\n{top}\n[[container]]\nname = \"a\"\nimage = \"oci:i\"\n"
+            ));
+            assert!(
+                e.starts_with("/m/hafen.toml: ") && e.contains(field) && e.contains(says),
+                "{top}: {e}"
+            );
+        }
+        assert!(valid_volume_name("pg_data.v2-1") && valid_volume_name("0"));
+        assert!(
+            !valid_volume_name("")
+                && !valid_volume_name("_x")
+                && !valid_volume_name(&"a".repeat(65))
+        );
+    }
+
+    #[test]
+    fn volumes_from_cycles_are_refused_naming_every_step() {
+        let e = error_of(&with_volumes(
+            "",
+            &[
+                ("a", "volumes_from = [\"b\"]"),
+                ("b", "volumes_from = [\"c:ro\"]"),
+                ("c", "volumes_from = [\"a\"]"),
+            ],
+        ));
+        assert!(
+            e.starts_with("/m/hafen.toml: container[2].volumes_from[0]:")
+                && e.contains("container \"c\": volumes_from goes round in a cycle: a takes volumes from b, b takes volumes from c, c takes volumes from a"),
+            "{e}"
+        );
+        let e = error_of(&with_volumes(
+            "",
+            &[
+                ("a", ""),
+                ("b", "volumes_from = [\"a\", \"c\"]"),
+                ("c", "volumes_from = [\"b\"]"),
+            ],
+        ));
+        assert!(
+            e.contains("container[2].volumes_from[0]")
+                && e.contains("b takes volumes from c, c takes volumes from b"),
+            "{e}"
+        );
+        // A diamond is no cycle.
+        parse_str(&with_volumes(
+            "",
+            &[
+                ("a", ""),
+                ("b", "volumes_from = [\"a\"]"),
+                ("c", "volumes_from = [\"a\"]"),
+                ("d", "volumes_from = [\"b\", \"c\"]"),
+            ],
+        ))
+        .expect("a diamond is fine");
+    }
+
+    #[test]
+    fn mounts_resolve_through_volumes_from_and_image_volumes_become_anonymous() {
+        let m = parse_str(&with_volumes(
+            "",
+            &[
+                (
+                    "seed",
+                    "volumes = [\"db:/data\", \"config:/etc/app:ro\"]\ntmpfs = [\"/scratch\"]",
+                ),
+                ("mid", "volumes_from = [\"seed:ro\"]"),
+                (
+                    "last",
+                    "volumes_from = [\"mid\"]\nvolumes = [\"db:/var/lib/x\"]\ntmpfs = [\"/cache\"]",
+                ),
+                ("rw", "volumes_from = [\"mid:rw\"]"),
+            ],
+        ))
+        .expect("valid");
+        let images = vec![
+            vec!["/data".to_owned(), "/var/log/".to_owned()],
+            vec![],
+            vec![
+                "/var/lib/x".to_owned(),
+                "/cache".to_owned(),
+                "/srv".to_owned(),
+                "/data".to_owned(),
+                "/etc".to_owned(),
+            ],
+            vec![],
+        ];
+        let all = resolve_mounts(&m, &images).expect("resolves");
+        let log = anonymous_volume_name("seed", "/var/log");
+        assert_eq!(
+            all[0],
+            [
+                volume("db", "/data", false),
+                volume("config", "/etc/app", true),
+                tmpfs("/scratch", &["nosuid", "nodev", "noexec", "mode=1777"]),
+                volume(&log, "/var/log", false),
+            ],
+            "an image VOLUME the manifest mounts something at is replaced; the others are anonymous"
+        );
+        assert_eq!(
+            all[1],
+            [
+                volume("db", "/data", true),
+                volume("config", "/etc/app", true),
+                volume(&log, "/var/log", true),
+            ],
+            "every volume of seed, read-only; not its tmpfs"
+        );
+        assert_eq!(
+            all[2],
+            [
+                volume("db", "/var/lib/x", false),
+                tmpfs("/cache", &["nosuid", "nodev", "noexec", "mode=1777"]),
+                volume("db", "/data", true),
+                volume("config", "/etc/app", true),
+                volume(&log, "/var/log", true),
+                volume(&anonymous_volume_name("last", "/etc"), "/etc", false),
+                volume(&anonymous_volume_name("last", "/srv"), "/srv", false),
+            ],
+            "its own, then volumes_from (transitively, keeping their mode), then anonymous sorted by path"
+        );
+        assert_eq!(
+            all[3].iter().map(|v| v.source.clone()).collect::<Vec<_>>(),
+            [
+                MountSource::Volume {
+                    name: "db".into(),
+                    read_only: false
+                },
+                MountSource::Volume {
+                    name: "config".into(),
+                    read_only: false
+                },
+                MountSource::Volume {
+                    name: log.clone(),
+                    read_only: false
+                },
+            ],
+            ":rw makes them writable"
+        );
+        // Stable across builds and distinct per container and path.
+        assert_eq!(log, anonymous_volume_name("seed", "/var/log"));
+        assert_eq!(log.len(), "seed-".len() + 12);
+        assert!(log.starts_with("seed-") && valid_volume_name(&log), "{log}");
+        assert_ne!(log, anonymous_volume_name("mid", "/var/log"));
+        assert_ne!(log, anonymous_volume_name("seed", "/var/logs"));
+    }
+
+    #[test]
+    fn a_destination_given_twice_through_volumes_from_or_a_bad_image_volume_is_named() {
+        let m = parse_str(&with_volumes(
+            "",
+            &[
+                ("a", "volumes = [\"db:/data\"]"),
+                ("b", "volumes = [\"config:/data\"]"),
+                ("c", "volumes_from = [\"a\", \"b\"]"),
+            ],
+        ))
+        .expect("parses: the clash shows when mounts are resolved");
+        let e = resolve_mounts(&m, &[vec![], vec![], vec![]])
+            .expect_err("clash")
+            .to_string();
+        assert!(
+            e.starts_with("/m/hafen.toml: container[2].volumes_from[1]: container \"c\": /data is mounted twice: volume \"config\" from \"b\" and volume \"db\""),
+            "{e}"
+        );
+        let m = parse_str(&with_volumes(
+            "",
+            &[
+                ("a", "volumes = [\"db:/data\"]"),
+                ("b", "volumes = [\"db:/data:ro\"]"),
+                ("c", "volumes_from = [\"a\", \"b\"]"),
+            ],
+        ))
+        .expect("valid");
+        let e = resolve_mounts(&m, &[vec![], vec![], vec![]])
+            .expect_err("modes")
+            .to_string();
+        assert!(
+            e.contains("container[2].volumes_from[1]")
+                && e.contains("both read-only and read-write"),
+            "{e}"
+        );
+        // The same volume at the same path from two sources is mounted once.
+        let m = parse_str(&with_volumes(
+            "",
+            &[
+                ("a", "volumes = [\"db:/data\"]"),
+                ("b", "volumes_from = [\"a\"]"),
+                ("c", "volumes_from = [\"a\", \"b\"]"),
+            ],
+        ))
+        .expect("valid");
+        let all = resolve_mounts(&m, &[vec![], vec![], vec![]]).expect("resolves");
+        assert_eq!(all[2], [volume("db", "/data", false)]);
+        // volumes_from's mount at an image VOLUME's path replaces the anonymous one too.
+        let all = resolve_mounts(&m, &[vec![], vec!["/data".into()], vec![]]).expect("resolves");
+        assert_eq!(all[1], [volume("db", "/data", false)]);
+        for (path, says) in [
+            ("data", "not an absolute path"),
+            ("/a/../b", "\"..\""),
+            ("/proc/x", "under /proc"),
+        ] {
+            let e = resolve_mounts(&m, &[vec![], vec![], vec![path.into()]])
+                .expect_err(path)
+                .to_string();
+            assert!(
+                e.starts_with(
+                    "/m/hafen.toml: container[2].image: container \"c\": the image's VOLUME"
+                ) && e.contains(says),
+                "{path}: {e}"
+            );
+        }
+        // An anonymous name that a [[volume]] also declares.
+        let taken = anonymous_volume_name("c", "/srv");
+        let m = parse_str(&with_volumes(
+            &format!("[[volume]]\nname = \"{taken}\""),
+            &[("c", "")],
+        ))
+        .expect("valid");
+        let e = resolve_mounts(&m, &[vec!["/srv".into()]])
+            .expect_err("taken")
+            .to_string();
+        assert!(
+            e.contains("container[0].image") && e.contains(&taken),
+            "{e}"
+        );
+    }
+
     #[test]
     fn image_refs_split_tags_only_after_the_last_slash() {
         let base = Path::new("/b");
