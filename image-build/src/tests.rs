@@ -1,6 +1,7 @@
 //! Builds from real (small) OCI layouts made by `import`, on temp dirs.
 
 use super::*;
+use hafen_proto::annotations;
 
 /// A minimal 64-bit ELF header with no program headers: "static".
 fn fake_static_init() -> Vec<u8> {
@@ -170,6 +171,14 @@ fn builds_are_byte_identical_and_hold_what_the_guest_needs() {
         serde_json::from_slice(&std::fs::read(f.dir.join("a/image.json")).expect("read"))
             .expect("image.json");
     assert_eq!(info.name, "t");
+    // Without volumes or data_size, image.json says nothing about a data disk.
+    assert_eq!((info.volumes.len(), info.data_size), (0, None));
+    let text = std::fs::read_to_string(f.dir.join("a/image.json")).expect("read");
+    assert!(
+        !text.contains("volumes") && !text.contains("data_size"),
+        "{text}"
+    );
+    assert!(!config.annotations.contains_key(annotations::VOLUMES));
 }
 
 #[test]
@@ -370,4 +379,147 @@ depends_on = { db = "healthy" }
         ]
     );
     assert!(!migrate.contains_key(HEALTHCHECK), "{migrate:?}");
+}
+
+/// Gives the image in `layout` (its only one) `Volumes`, as a Dockerfile's
+/// `VOLUME` lines would: a new config blob, manifest blob and index entry.
+fn add_image_volumes(layout: &Path, paths: &[&str]) {
+    let blob = |digest: &str| {
+        let hex = oci::digest_hex(digest).expect("digest");
+        std::fs::read(layout.join("blobs/sha256").join(hex)).expect("blob")
+    };
+    let mut index: oci::Index =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index"))
+            .expect("index json");
+    let entry = &mut index.manifests[0];
+    let mut manifest: oci::ImageManifest =
+        serde_json::from_slice(&blob(&entry.digest)).expect("manifest");
+    let mut config: oci::ImageConfig =
+        serde_json::from_slice(&blob(&manifest.config.digest)).expect("config");
+    config.config.volumes = Some(
+        paths
+            .iter()
+            .map(|p| ((*p).to_owned(), serde_json::json!({})))
+            .collect(),
+    );
+    let config = serde_json::to_vec(&config).expect("encode config");
+    manifest.config = oci::write_blob(layout, oci::media::CONFIG, &config).expect("config blob");
+    let manifest = serde_json::to_vec(&manifest).expect("encode manifest");
+    let written = oci::write_blob(layout, oci::media::MANIFEST, &manifest).expect("manifest blob");
+    (entry.digest, entry.size) = (written.digest, written.size);
+    let index = serde_json::to_vec(&index).expect("encode index");
+    oci::write_atomic(&layout.join("index.json"), &index).expect("index");
+}
+
+#[test]
+fn volumes_tmpfs_and_image_volumes_reach_the_bundles_and_image_json() {
+    let f = Fixture::new("volumes");
+    add_image_volumes(
+        &f.dir.join("images/base"),
+        &["/var/log", "/data", "/cache/"],
+    );
+    let m = f.manifest(
+        r#"
+name = "t"
+data_size = "2G"
+[[volume]]
+name = "db"
+[[volume]]
+name = "config"
+[[volume]]
+name = "unused"
+[[container]]
+name = "seed"
+image = "oci:images/base:1"
+volumes = ["db:/data", "config:/etc/app:ro"]
+tmpfs = ["/cache:size=16m,mode=0755"]
+[[container]]
+name = "reader"
+image = "oci:images/base:1"
+read_only = true
+volumes_from = ["seed:ro"]
+"#,
+    );
+    f.build(&m, "a").expect("build a");
+    f.build(&m, "b").expect("build b");
+    for file in [INITRAMFS, IMAGE_INFO_FILE] {
+        assert_eq!(
+            std::fs::read(f.dir.join("a").join(file)).expect("a"),
+            std::fs::read(f.dir.join("b").join(file)).expect("b"),
+            "{file} differs between two builds"
+        );
+    }
+    let entries = unpack(&f.dir.join("a"));
+    let spec = |name: &str| {
+        let path = format!("etc/hafen/containers/{name}/config.json");
+        let entry = entries
+            .iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("{path} missing"));
+        serde_json::from_slice::<hafen_proto::spec::Spec>(&entry.data).expect("spec")
+    };
+    let added = |spec: &hafen_proto::spec::Spec| -> Vec<String> {
+        spec.mounts[bundle::default_mounts().len()..]
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} {} {} {}",
+                    m.destination,
+                    m.kind.as_deref().unwrap_or("-"),
+                    m.source.as_deref().unwrap_or("-"),
+                    m.options.join(",")
+                )
+            })
+            .collect()
+    };
+    let log = manifest::anonymous_volume_name("seed", "/var/log");
+    let reader_log = manifest::anonymous_volume_name("reader", "/var/log");
+    let reader_cache = manifest::anonymous_volume_name("reader", "/cache");
+    let seed = spec("seed");
+    assert_eq!(
+        added(&seed),
+        [
+            "/data bind /run/hafen/data/volumes/db rbind,rprivate,nosuid,nodev".to_owned(),
+            "/cache tmpfs tmpfs nosuid,nodev,noexec,mode=0755,size=16m".to_owned(),
+            "/etc/app bind /run/hafen/data/volumes/config rbind,rprivate,ro,nosuid,nodev"
+                .to_owned(),
+            format!("/var/log bind /run/hafen/data/volumes/{log} rbind,rprivate,nosuid,nodev"),
+        ],
+        "the image's /data and /cache are replaced by the manifest's mounts; shallower paths first"
+    );
+    let mut names = vec!["config".to_owned(), "db".to_owned(), log.clone()];
+    names.sort();
+    assert_eq!(seed.annotations[annotations::VOLUMES], names.join(","));
+    let reader = spec("reader");
+    assert_eq!(
+        added(&reader),
+        [
+            "/data bind /run/hafen/data/volumes/db rbind,rprivate,ro,nosuid,nodev".to_owned(),
+            format!(
+                "/cache bind /run/hafen/data/volumes/{reader_cache} rbind,rprivate,nosuid,nodev"
+            ),
+            "/etc/app bind /run/hafen/data/volumes/config rbind,rprivate,ro,nosuid,nodev"
+                .to_owned(),
+            format!("/var/log bind /run/hafen/data/volumes/{log} rbind,rprivate,ro,nosuid,nodev"),
+        ],
+        "seed's volumes read-only, not its tmpfs: the image's /cache stays an anonymous volume"
+    );
+    assert!(!added(&reader).iter().any(|m| m.contains(&reader_log)));
+    assert!(reader.root.as_ref().expect("root").readonly);
+
+    let info: ImageInfo =
+        serde_json::from_slice(&std::fs::read(f.dir.join("a/image.json")).expect("read"))
+            .expect("image.json");
+    let mut all = vec![
+        "config".to_owned(),
+        "db".to_owned(),
+        log.clone(),
+        reader_cache.clone(),
+    ];
+    all.sort();
+    assert_eq!(
+        info.volumes, all,
+        "every mounted data-disk volume, not the unused one"
+    );
+    assert_eq!(info.data_size, Some(2 << 30));
 }
