@@ -978,7 +978,7 @@ mod tests {
             "after the defaults (the manifest's /dev/shm replacing the default one), \
              parents first, otherwise in the given order"
         );
-        let mut names = vec!["config", "db", anonymous.as_str()];
+        let mut names = ["config", "db", anonymous.as_str()];
         names.sort_unstable();
         assert_eq!(made.annotations[annotations::VOLUMES], names.join(","));
         assert!(

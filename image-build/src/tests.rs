@@ -487,7 +487,7 @@ volumes_from = ["seed:ro"]
         ],
         "the image's /data and /cache are replaced by the manifest's mounts; shallower paths first"
     );
-    let mut names = vec!["config".to_owned(), "db".to_owned(), log.clone()];
+    let mut names = ["config".to_owned(), "db".to_owned(), log.clone()];
     names.sort();
     assert_eq!(seed.annotations[annotations::VOLUMES], names.join(","));
     let reader = spec("reader");
