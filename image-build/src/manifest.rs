@@ -641,25 +641,20 @@ fn tmpfs_option_key(option: &str) -> &str {
     }
 }
 
-/// `16m`, `1G`, `4096`: a number with an optional k, m or g (either case).
+/// `16m`, `1G`, `4096`: a number with an optional k, m or g (either case)
+/// that fits in 64 bits.
 fn tmpfs_amount(value: &str) -> bool {
-    let digits = value.trim_end_matches(|c: char| "kKmMgG".contains(c));
-    let unit = value.len() - digits.len();
-    let shift = match value[digits.len()..].to_ascii_lowercase().as_str() {
-        "" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        _ => return false,
+    let (digits, shift) = match value.as_bytes().last().map(u8::to_ascii_lowercase) {
+        Some(b'k') => (&value[..value.len() - 1], 10),
+        Some(b'm') => (&value[..value.len() - 1], 20),
+        Some(b'g') => (&value[..value.len() - 1], 30),
+        _ => (value, 0),
     };
-    unit <= 1
-        && !digits.is_empty()
+    !digits.is_empty()
         && digits.bytes().all(|b| b.is_ascii_digit())
         && digits
             .parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_shl(shift).filter(|v| v >> shift == n))
-            .is_some()
+            .is_ok_and(|n| n.checked_shl(shift).is_some_and(|v| v >> shift == n))
 }
 
 /// Parses one `tmpfs` item, `/path[:OPTIONS]`. The mount's options are
@@ -1989,6 +1984,13 @@ image = "oci:/abs/layout"
             ("tmpfs = [\"/run/..\"]", "tmpfs[0]", "contains \"..\""),
             ("tmpfs = [\"/run:size=lots\"]", "tmpfs[0]", "\"size=lots\" is not a tmpfs option"),
             ("tmpfs = [\"/run:size=1t\"]", "tmpfs[0]", "\"size=1t\""),
+            ("tmpfs = [\"/run:size=16mm\"]", "tmpfs[0]", "\"size=16mm\""),
+            ("tmpfs = [\"/run:size=m\"]", "tmpfs[0]", "\"size=m\""),
+            (
+                "tmpfs = [\"/run:nr_inodes=99999999999g\"]",
+                "tmpfs[0]",
+                "\"nr_inodes=99999999999g\"",
+            ),
             ("tmpfs = [\"/run:mode=0999\"]", "tmpfs[0]", "\"mode=0999\""),
             ("tmpfs = [\"/run:uid=-1\"]", "tmpfs[0]", "\"uid=-1\""),
             ("tmpfs = [\"/run:mpol=local\"]", "tmpfs[0]", "\"mpol=local\""),
