@@ -1,0 +1,308 @@
+//! Volumes: a named volume on the VM's data disk keeps its data across a
+//! power-off and the next boot (which mounts the disk clean, no journal
+//! replay), `volumes_from` shares another container's volumes, a
+//! read-only volume refuses writes, a tmpfs has its size limit, and the
+//! disk image on the host passes `e2fsck -n` afterwards.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{build_image, Scratch, Vm};
+
+/// The VM's persistent directory, removed when dropped.
+struct VmData(PathBuf);
+
+impl VmData {
+    fn new(name: &str) -> VmData {
+        let dir = hafen_qemu::disk::data_home()
+            .expect("data home")
+            .join("vms")
+            .join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        VmData(dir)
+    }
+}
+
+impl Drop for VmData {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const MANIFEST: &str = r#"
+name = "volumes"
+data_size = "64M"
+
+[[volume]]
+name = "db"
+
+[[volume]]
+name = "shared"
+
+[[container]]
+name = "writer"
+image = "oci:busybox:1"
+phase = "once"
+volumes = ["db:/data", "shared:/shared"]
+command = ["/bin/sh", "-c", """
+if [ -e /data/value ]; then echo "found $(cat /data/value)"; else echo "first boot $$" > /data/value; sync; echo wrote; fi
+echo "from the writer" > /shared/note
+"""]
+
+[[container]]
+name = "reader"
+image = "oci:busybox:1"
+phase = "once"
+volumes_from = ["writer:ro"]
+tmpfs = ["/scratch:size=1m"]
+command = ["/bin/sh", "-c", """
+echo "reader sees: $(cat /shared/note)"
+touch /data/nope 2>/dev/null && echo "ro volume WRITABLE" || echo "ro volume refused a write"
+dd if=/dev/zero of=/scratch/big bs=1k count=2048 2>/dev/null && echo "tmpfs UNLIMITED" || echo "tmpfs full at $(du -k /scratch/big | cut -f1)k"
+"""]
+"#;
+
+#[test]
+fn a_named_volume_survives_a_power_off_and_is_shared_read_only_and_tmpfs_is_bounded() {
+    let scratch = Scratch::new("volumes");
+    let image = build_image(&scratch, MANIFEST);
+    let name = format!("volumes-{}", std::process::id());
+    let data = VmData::new(&name);
+
+    let mut first = Vm::boot_with(&image, &["--name", &name]);
+    first.checked(|| {
+        first.wait_for("writer | wrote");
+        first.wait_for("reader | reader sees: from the writer");
+        first.wait_for("reader | ro volume refused a write");
+        let full = first.wait_for("reader | tmpfs full at");
+        let kib: u32 = full
+            .rsplit("at ")
+            .next()
+            .and_then(|k| k.trim_end_matches('k').parse().ok())
+            .unwrap_or(u32::MAX);
+        assert!(kib <= 1024, "{full}");
+    });
+    assert_eq!(first.wait_exit().code(), Some(0), "{}", first.console());
+    first.assert_console("data disk unmounted cleanly");
+    let disk = data.0.join("data.img");
+    assert!(disk.is_file(), "no {}", disk.display());
+    let fsck = Command::new("/usr/sbin/e2fsck")
+        .args(["-f", "-n"])
+        .arg(&disk)
+        .output()
+        .expect("run e2fsck");
+    assert!(
+        fsck.status.success(),
+        "e2fsck -n after a clean power-off: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+
+    let mut second = Vm::boot_with(&image, &["--name", &name]);
+    second.checked(|| {
+        let found = second.wait_for("writer | found");
+        assert!(found.contains("found first boot"), "{found}");
+        second.assert_console("clean, mounted on");
+    });
+    assert_eq!(second.wait_exit().code(), Some(0), "{}", second.console());
+    assert!(!second.console().contains("journal was replayed"));
+}
+
+#[test]
+fn bad_volume_declarations_are_build_errors_naming_the_container() {
+    let scratch = Scratch::new("badvolumes");
+    for (manifest, words) in [
+        (
+            "[[container]]\nname = \"a\"\nimage = \"oci:busybox:1\"\nvolumes = [\"ghost:/data\"]\n",
+            &["ghost", "a"][..],
+        ),
+        (
+            "[[volume]]\nname = \"v\"\n[[container]]\nname = \"a\"\nimage = \"oci:busybox:1\"\nvolumes = [\"v:data\"]\n",
+            &["absolute", "a"][..],
+        ),
+        (
+            "[[volume]]\nname = \"v\"\n[[container]]\nname = \"a\"\nimage = \"oci:busybox:1\"\nvolumes = [\"v:/d\"]\ntmpfs = [\"/d\"]\n",
+            &["/d", "a"][..],
+        ),
+        (
+            "[[container]]\nname = \"a\"\nimage = \"oci:busybox:1\"\nvolumes_from = [\"b\"]\n[[container]]\nname = \"b\"\nimage = \"oci:busybox:1\"\nvolumes_from = [\"a\"]\n",
+            &["cycle", "a", "b"][..],
+        ),
+    ] {
+        let path = scratch.0.join("hafen.toml");
+        std::fs::write(&path, format!("name = \"bad\"\n{manifest}")).expect("write manifest");
+        let _ = std::os::unix::fs::symlink(common::busybox_layout(), scratch.0.join("busybox"));
+        let out = Command::new(common::hafen())
+            .arg("build")
+            .arg(&path)
+            .arg("-o")
+            .arg(scratch.0.join("out"))
+            .arg("--init")
+            .arg(common::init_binary())
+            .output()
+            .expect("run hafen build");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{manifest} built");
+        for word in words {
+            assert!(stderr.contains(word), "{manifest}: {stderr} lacks {word}");
+        }
+        assert!(!scratch.0.join("out").exists(), "no half-written output");
+    }
+}
+
+/// The crash test: a container appends numbered records to a file on a
+/// volume, fsyncs each and only then prints its number; the host kills
+/// QEMU with SIGKILL at a random moment; the next boot's first container
+/// checks that the file holds every record up to the last number the host
+/// saw printed, contiguous and none torn, and the appending goes on until
+/// the next kill. Twenty kills, then a clean power-off and `e2fsck -f -n`
+/// of the disk on the host.
+#[test]
+fn fsynced_records_survive_a_killed_hypervisor() {
+    const TRIALS: usize = 20;
+    let scratch = Scratch::new("crash");
+    let image = build_image(
+        &scratch,
+        r#"
+name = "crash"
+data_size = "64M"
+
+[[volume]]
+name = "log"
+
+[[container]]
+name = "check"
+image = "oci:busybox:1"
+phase = "once"
+volumes = ["log:/log"]
+command = ["/bin/sh", "-c", """
+touch /log/records
+bad=$(grep -cv '^rec [0-9]\\{8\\} xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx$' /log/records)
+gap=$(awk '$2 != sprintf("%08d", NR) { print NR; exit }' /log/records)
+echo "check lines=$(wc -l < /log/records) last=$(tail -n 1 /log/records | cut -d ' ' -f 2) bad=$bad gap=${gap:-none}"
+"""]
+
+[[container]]
+name = "append"
+image = "oci:busybox:1"
+volumes = ["log:/log"]
+command = ["/bin/sh", "-c", """
+trap 'exit 0' TERM
+n=$(wc -l < /log/records)
+while true; do
+  n=$((n + 1))
+  printf 'rec %08d %s\\n' $n xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx >> /log/records
+  sync -d /log/records
+  echo "synced $n"
+  [ -e /log/stop ] && exit 0
+done
+"""]
+"#,
+    );
+    let name = format!("crash-{}", std::process::id());
+    let data = VmData::new(&name);
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    let mut random = move |below: u64| {
+        // xorshift64: enough to spread the kills.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    let synced =
+        |line: &str| -> Option<u64> { line.split_once("append | synced ")?.1.trim().parse().ok() };
+    let mut last_seen = 0u64;
+    let mut report: Vec<(usize, u64, u64, u64)> = Vec::new();
+    for trial in 0..=TRIALS {
+        let vm = Vm::boot_with(&image, &["--name", &name]);
+        let check = vm.wait_for("check | check lines=");
+        vm.checked(|| {
+            let field = |key: &str| {
+                check
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix(key))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let lines: u64 = field("lines=").parse().expect("a line count");
+            assert_eq!(
+                field("bad="),
+                "0",
+                "torn records after trial {trial}: {check}"
+            );
+            assert_eq!(field("gap="), "none", "a gap after trial {trial}: {check}");
+            assert!(
+                lines >= last_seen,
+                "trial {trial}: the host saw record {last_seen} synced, the file has {lines}"
+            );
+            if trial > 0 {
+                vm.assert_console("its journal was replayed");
+            }
+            if let Some(last) = report.last_mut() {
+                last.3 = lines;
+            }
+        });
+        vm.wait_for("append | synced");
+        if trial == TRIALS {
+            // The last boot powers off cleanly; then the disk is checked.
+            let mut vm = vm;
+            vm.signal(libc::SIGTERM);
+            assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.console());
+            vm.assert_console("data disk unmounted cleanly");
+            break;
+        }
+        // Kill QEMU 0 to 1500 ms into the appending.
+        let delay = random(1500);
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let qemu = qemu_pid(&vm);
+        // SAFETY: kill takes plain integers; the pid is the QEMU our
+        // `hafen run` child started.
+        assert_eq!(unsafe { libc::kill(qemu, libc::SIGKILL) }, 0, "kill QEMU");
+        let mut vm = vm;
+        vm.wait_exit();
+        last_seen = vm
+            .console()
+            .lines()
+            .filter_map(synced)
+            .max()
+            .unwrap_or(last_seen);
+        report.push((trial + 1, delay, last_seen, 0));
+    }
+    eprintln!(
+        "crash trials: trial, QEMU killed after ms of appending, last record the host saw synced, records in the file at the next boot"
+    );
+    for (trial, delay, seen, lines) in &report {
+        eprintln!("  {trial:2}  {delay:4} ms  {seen:6}  {lines:6}");
+    }
+    let disk = data.0.join("data.img");
+    let fsck = Command::new("/usr/sbin/e2fsck")
+        .args(["-f", "-n"])
+        .arg(&disk)
+        .output()
+        .expect("run e2fsck");
+    assert!(
+        fsck.status.success(),
+        "e2fsck -f -n after {TRIALS} kills: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}
+
+/// The QEMU of the `hafen run` child `vm`, from its state directory.
+fn qemu_pid(vm: &Vm) -> libc::pid_t {
+    let vms = hafen_qemu::state::vms_dir(&hafen_qemu::state::runtime_dir());
+    let dir = hafen_qemu::state::list_vms(&vms)
+        .into_iter()
+        .find(|v| v.pid == vm.pid() as u32)
+        .expect("the VM's state directory");
+    std::fs::read_to_string(dir.path.join(hafen_qemu::state::QEMU_PID))
+        .expect("qemu.pid")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
