@@ -250,8 +250,9 @@ struct RunArgs {
     /// Accelerator: `auto` uses KVM when a probe boot works, TCG otherwise.
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     accel: AccelArg,
-    /// Show the kernel's own messages (the default is quiet).
-    #[arg(short, long)]
+    /// Show the kernel's own messages (the default is quiet). (`-v` is
+    /// docker's volume flag.)
+    #[arg(long)]
     verbose: bool,
     /// Extra kernel command-line words.
     #[arg(long = "append", value_name = "WORD")]
@@ -270,6 +271,27 @@ struct RunArgs {
     /// default: the manifest's data_size, else 1G). An existing disk keeps its size.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     data_size: Option<u64>,
+    /// Back volume VOLUME with host directory HOSTDIR (virtio-9p) instead
+    /// of the data disk; `:ro` makes it read-only. Repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "HOSTDIR:VOLUME[:ro]", value_parser = parse_host_volume)]
+    volumes: Vec<hafen_qemu::HostVolume>,
+}
+
+fn parse_host_volume(text: &str) -> Result<hafen_qemu::HostVolume, String> {
+    let (rest, readonly) = match text.rsplit_once(':') {
+        Some((rest, "ro")) => (rest, true),
+        Some((rest, "rw")) => (rest, false),
+        _ => (text, false),
+    };
+    let (dir, name) = rest
+        .rsplit_once(':')
+        .filter(|(d, n)| !d.is_empty() && !n.is_empty())
+        .ok_or_else(|| format!("{text:?}: expected HOSTDIR:VOLUME or HOSTDIR:VOLUME:ro"))?;
+    Ok(hafen_qemu::HostVolume {
+        dir: dir.into(),
+        name: name.to_owned(),
+        readonly,
+    })
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -311,6 +333,10 @@ struct ImportArgs {
     /// Working directory.
     #[arg(long)]
     workdir: Option<String>,
+    /// A path the image declares as a volume, as Dockerfile's VOLUME does
+    /// (repeatable): each container of it gets an anonymous volume there.
+    #[arg(long = "volume", value_name = "PATH")]
+    volumes: Vec<String>,
 }
 
 /// How long `hafen stop VM` waits for the guest to shut down before forcing it.
@@ -429,6 +455,7 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 name: args.name,
                 control: !args.no_control,
                 data_size: args.data_size,
+                host_volumes: args.volumes,
             };
             if args.detach {
                 println!("{}", hafen_qemu::run_detached(&opts)?);
@@ -447,6 +474,7 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 cmd: (!args.cmd.is_empty()).then_some(args.cmd),
                 env: args.env,
                 workdir: args.workdir,
+                volumes: args.volumes,
             })?;
             println!("{summary}");
             Ok(ExitCode::SUCCESS)

@@ -52,6 +52,12 @@ echo "from the writer" > /shared/note
 """]
 
 [[container]]
+name = "anon"
+image = "oci:withvol:1"
+phase = "once"
+command = ["/bin/sh", "-c", "if [ -e /data/kept ]; then echo \"image volume kept $(cat /data/kept)\"; else echo first > /data/kept; echo 'image volume written'; fi"]
+
+[[container]]
 name = "reader"
 image = "oci:busybox:1"
 phase = "once"
@@ -67,6 +73,24 @@ dd if=/dev/zero of=/scratch/big bs=1k count=2048 2>/dev/null && echo "tmpfs UNLI
 #[test]
 fn a_named_volume_survives_a_power_off_and_is_shared_read_only_and_tmpfs_is_bounded() {
     let scratch = Scratch::new("volumes");
+    // An image that declares a volume (Dockerfile's VOLUME /data).
+    let rootfs = common::busybox_layout()
+        .parent()
+        .expect("layout dir")
+        .join("rootfs");
+    let import = Command::new(common::hafen())
+        .args(["image", "import"])
+        .arg(&rootfs)
+        .arg("-o")
+        .arg(scratch.0.join("withvol"))
+        .args(["--tag", "1", "--env", "PATH=/bin", "--volume", "/data"])
+        .output()
+        .expect("hafen image import");
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
     let image = build_image(&scratch, MANIFEST);
     let name = format!("volumes-{}", std::process::id());
     let data = VmData::new(&name);
@@ -74,6 +98,7 @@ fn a_named_volume_survives_a_power_off_and_is_shared_read_only_and_tmpfs_is_boun
     let mut first = Vm::boot_with(&image, &["--name", &name]);
     first.checked(|| {
         first.wait_for("writer | wrote");
+        first.wait_for("anon | image volume written");
         first.wait_for("reader | reader sees: from the writer");
         first.wait_for("reader | ro volume refused a write");
         let full = first.wait_for("reader | tmpfs full at");
@@ -104,6 +129,7 @@ fn a_named_volume_survives_a_power_off_and_is_shared_read_only_and_tmpfs_is_boun
     second.checked(|| {
         let found = second.wait_for("writer | found");
         assert!(found.contains("found first boot"), "{found}");
+        second.wait_for("anon | image volume kept first");
         second.assert_console("clean, mounted on");
     });
     assert_eq!(second.wait_exit().code(), Some(0), "{}", second.console());
@@ -305,4 +331,94 @@ fn qemu_pid(vm: &Vm) -> libc::pid_t {
         .trim()
         .parse()
         .expect("a pid")
+}
+
+/// `hafen run -v HOSTDIR:VOLUME` as an ordinary user (nobody): the guest
+/// reads what the host put there and what it writes appears on the host,
+/// owned by that user; the data disk is made in the user's own data
+/// directory, and a read-only one refuses writes.
+#[test]
+fn a_host_directory_backs_a_volume_for_an_ordinary_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const NOBODY: u32 = 65534;
+    let scratch = Scratch::new("hostdir");
+    let image = build_image(
+        &scratch,
+        r#"
+name = "hostdir"
+
+[[volume]]
+name = "share"
+
+[[volume]]
+name = "docs"
+
+[[volume]]
+name = "db"
+
+[[container]]
+name = "guest"
+image = "oci:busybox:1"
+phase = "once"
+volumes = ["share:/share", "docs:/docs", "db:/db"]
+command = ["/bin/sh", "-c", """
+echo "host says: $(cat /share/from-host)"
+echo "written in the guest" > /share/from-guest
+echo "docs say: $(cat /docs/readme)"
+touch /docs/nope 2>/dev/null && echo "docs WRITABLE" || echo "docs refused a write"
+echo kept > /db/kept && echo "db written"
+"""]
+"#,
+    );
+    let home = scratch.0.join("home");
+    let share = scratch.0.join("share");
+    let docs = scratch.0.join("docs");
+    for dir in [&home, &share, &docs] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
+    std::fs::write(share.join("from-host"), "hello from the host\n").expect("write");
+    std::fs::write(docs.join("readme"), "read only\n").expect("write");
+    for path in [&home, &share] {
+        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).expect("chown");
+    }
+    // nobody must reach the image and the directories.
+    for dir in [&scratch.0, &image] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let name = format!("hostdir-{}", std::process::id());
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(common::hafen())
+        .args(["run", "--accel", "tcg", "--name", &name, "-v"])
+        .arg(format!("{}:share", share.display()))
+        .arg("-v")
+        .arg(format!("{}:docs:ro", docs.display()))
+        .arg(&image)
+        .env("HOME", &home)
+        .env("XDG_RUNTIME_DIR", home.join("run"))
+        .env("XDG_DATA_HOME", home.join("data"));
+    let mut vm = Vm::spawn(command);
+    vm.checked(|| {
+        vm.wait_for("guest | host says: hello from the host");
+        vm.wait_for("guest | docs say: read only");
+        vm.wait_for("guest | docs refused a write");
+        vm.wait_for("guest | db written");
+    });
+    assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.console());
+    let written = share.join("from-guest");
+    assert_eq!(
+        std::fs::read_to_string(&written).expect("the guest's file on the host"),
+        "written in the guest\n"
+    );
+    let meta = std::fs::metadata(&written).expect("stat");
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (NOBODY, NOBODY),
+        "owned by the user"
+    );
+    assert!(!docs.join("nope").exists());
+    let disk = home.join("data/hafen/vms").join(&name).join("data.img");
+    let meta = std::fs::metadata(&disk).expect("the data disk in the user's data directory");
+    assert_eq!(meta.uid(), NOBODY);
 }

@@ -165,6 +165,11 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary, Error> {
             )));
         }
     }
+    if let Some(bad) = opts.volumes.iter().find(|v| !v.starts_with('/')) {
+        return Err(Error::Invalid(format!(
+            "--volume {bad:?} is not an absolute path"
+        )));
+    }
     let layout = &opts.layout;
     std::fs::create_dir_all(layout).map_err(|source| Error::Output {
         path: layout.clone(),
@@ -186,7 +191,12 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary, Error> {
             cmd: opts.cmd.clone(),
             working_dir: opts.workdir.clone(),
             healthcheck: None,
-            volumes: None,
+            volumes: (!opts.volumes.is_empty()).then(|| {
+                opts.volumes
+                    .iter()
+                    .map(|v| (v.clone(), serde_json::json!({})))
+                    .collect()
+            }),
         },
         rootfs: RootFs {
             kind: "layers".into(),

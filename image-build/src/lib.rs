@@ -100,6 +100,8 @@ pub struct ImportOptions {
     pub env: Vec<String>,
     /// Working directory.
     pub workdir: Option<String>,
+    /// Paths the image declares as volumes (a Dockerfile's `VOLUME`).
+    pub volumes: Vec<String>,
 }
 
 /// What an import produced.

@@ -35,6 +35,7 @@ impl Fixture {
             cmd: Some(vec!["/bin/sh".into()]),
             env: vec!["PATH=/bin".into()],
             workdir: None,
+            volumes: Vec::new(),
         })
         .expect("import");
         Fixture { dir }
@@ -285,6 +286,7 @@ fn import_refuses_hostile_tars_and_bad_arguments() {
         cmd: None,
         env,
         workdir: None,
+        volumes: Vec::new(),
     };
     let err = import(&opts(f.dir.join("evil.tar"), vec![])).expect_err("hostile");
     let chain = format!(

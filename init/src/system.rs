@@ -60,6 +60,7 @@ pub fn main() -> ! {
     if let Err(e) = crate::volume::mount_data_disk() {
         error!("{e}");
     }
+    crate::volume::mount_host_volumes();
     let (bundles, errors) = bundle::discover(Path::new(layout::CONTAINERS_DIR));
     for e in &errors {
         error!("skipping a container: {e}");

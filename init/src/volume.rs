@@ -14,7 +14,9 @@ use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use hafen_proto::layout::{self, DATA_DIR, DATA_LABEL, VOLUMES_DIR};
+use hafen_proto::layout::{
+    self, DATA_DIR, DATA_LABEL, HOST_VOLUME_RO_TAG, HOST_VOLUME_TAG, VOLUMES_DIR,
+};
 use hafen_proto::spec::{IdMapping, Spec};
 use rustix::mount::{MountFlags, UnmountFlags};
 
@@ -63,6 +65,53 @@ pub fn mount_data_disk() -> Result<Option<PathBuf>, String> {
         );
     }
     Ok(Some(device))
+}
+
+/// Mounts each volume the host backs with one of its directories (a
+/// virtio-9p device tagged [`HOST_VOLUME_TAG`]`NAME`) over that volume's
+/// directory, so the containers' bind mounts pick it up.
+pub fn mount_host_volumes() {
+    let Ok(devices) = std::fs::read_dir("/sys/bus/virtio/drivers/9pnet_virtio") else {
+        return;
+    };
+    for device in devices.flatten() {
+        let Ok(tag) = std::fs::read_to_string(device.path().join("mount_tag")) else {
+            continue;
+        };
+        let tag = tag.trim_end_matches(['\0', '\n']);
+        let (name, readonly) = match (
+            tag.strip_prefix(HOST_VOLUME_RO_TAG),
+            tag.strip_prefix(HOST_VOLUME_TAG),
+        ) {
+            (Some(name), _) => (name, true),
+            (None, Some(name)) => (name, false),
+            (None, None) => continue,
+        };
+        let dir = volume_dir(name);
+        let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+        if readonly {
+            flags |= MountFlags::RDONLY;
+        }
+        let mounted = std::fs::create_dir_all(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                rustix::mount::mount(
+                    tag,
+                    &dir,
+                    "9p",
+                    flags,
+                    c"trans=virtio,version=9p2000.L,msize=524288,cache=none",
+                )
+                .map_err(|e| e.to_string())
+            });
+        match mounted {
+            Ok(()) => info!(
+                "volume {name}: a host directory{}",
+                if readonly { ", read-only" } else { "" }
+            ),
+            Err(e) => error!("volume {name}: cannot mount the host directory ({tag}): {e}"),
+        }
+    }
 }
 
 /// The block device whose ext4 label is `label`, with its first 2 KiB.
@@ -178,6 +227,19 @@ pub fn release() {
         return;
     }
     crate::sys::sync();
+    // Host directories mounted over volumes first.
+    let inner = format!("{DATA_DIR}/");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let nested: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|t| t.starts_with(&inner))
+        .collect();
+    for target in nested.iter().rev() {
+        if rustix::mount::unmount(*target, UnmountFlags::empty()).is_err() {
+            let _ = rustix::mount::unmount(*target, UnmountFlags::DETACH);
+        }
+    }
     for _ in 0..50 {
         match rustix::mount::unmount(DATA_DIR, UnmountFlags::empty()) {
             Ok(()) => {

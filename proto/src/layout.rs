@@ -17,6 +17,14 @@ pub const DATA_DIR: &str = "/run/hafen/data";
 /// bind mounts `hafen build` writes into the bundles.
 pub const VOLUMES_DIR: &str = "/run/hafen/data/volumes";
 
+/// The virtio-9p mount tag of a volume backed by a host directory
+/// (`hafen run -v DIR:NAME`) is this prefix then NAME; read-only ones use
+/// [`HOST_VOLUME_RO_TAG`].
+pub const HOST_VOLUME_TAG: &str = "hafen-vol:";
+
+/// The mount tag prefix of a read-only host directory volume.
+pub const HOST_VOLUME_RO_TAG: &str = "hafen-vol-ro:";
+
 /// The ext4 label of the data disk.
 pub const DATA_LABEL: &str = "hafen-data";
 

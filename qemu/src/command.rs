@@ -4,6 +4,8 @@ use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
+use hafen_proto::layout::{HOST_VOLUME_RO_TAG, HOST_VOLUME_TAG};
+
 /// The name of the guest's control port (what hafen-init looks for).
 pub const CONTROL_PORT: &str = "org.hafen.control";
 
@@ -48,6 +50,19 @@ pub struct Machine {
     pub control_socket: Option<PathBuf>,
     /// The data disk (a raw file), if the image has volumes.
     pub data_disk: Option<PathBuf>,
+    /// Volumes backed by host directories (`hafen run -v`).
+    pub host_volumes: Vec<HostVolume>,
+}
+
+/// A volume backed by a host directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostVolume {
+    /// The host directory (absolute).
+    pub dir: PathBuf,
+    /// The volume's name in the image.
+    pub name: String,
+    /// The guest may not write to it.
+    pub readonly: bool,
 }
 
 /// The kernel command line: console on the first serial port, reboot on
@@ -143,6 +158,26 @@ pub fn arguments(m: &Machine) -> Vec<OsString> {
         args.push("-device".into());
         args.push("virtio-blk-device,drive=data".into());
     }
+    for (i, v) in m.host_volumes.iter().enumerate() {
+        // virtio-9p: no daemon on the host. security_model=none: files
+        // are made with QEMU's own credentials (the user's, for an
+        // ordinary user) and the guest's chown attempts are ignored.
+        let mut fsdev = OsString::from(format!("local,id=hv{i},security_model=none,"));
+        if v.readonly {
+            fsdev.push("readonly=on,");
+        }
+        fsdev.push("path=");
+        fsdev.push(escape_option(v.dir.as_os_str()));
+        args.push("-fsdev".into());
+        args.push(fsdev);
+        let tag = if v.readonly {
+            HOST_VOLUME_RO_TAG
+        } else {
+            HOST_VOLUME_TAG
+        };
+        args.push("-device".into());
+        args.push(format!("virtio-9p-device,fsdev=hv{i},mount_tag={tag}{}", v.name).into());
+    }
     args
 }
 
@@ -181,6 +216,7 @@ mod tests {
             qmp_fd: Some(7),
             control_socket: Some("/run/hafen/vms/x-1/control.sock".into()),
             data_disk: None,
+            host_volumes: Vec::new(),
         }
     }
 

@@ -222,6 +222,7 @@ fn probe_after_open(kernel: &Path) -> Result<(), ProbeError> {
         qmp_fd: None,
         control_socket: None,
         data_disk: None,
+        host_volumes: Vec::new(),
     };
     let program = command::qemu_binary();
     let mut cmd = Command::new(&program);

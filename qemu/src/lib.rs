@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use hafen_proto::image::{ImageInfo, IMAGE_INFO_FILE};
 
-pub use command::Accelerator;
 use command::Machine;
+pub use command::{Accelerator, HostVolume};
 pub use kvm::ProbeError;
 use qmp::{Message, Qmp, ShutdownReason};
 use state::StateDir;
@@ -72,6 +72,8 @@ pub struct RunOptions {
     /// Size in bytes of the data disk when this run creates it; the
     /// image's `data_size` (else 1 GiB) when `None`.
     pub data_size: Option<u64>,
+    /// Volumes backed by host directories instead of the data disk.
+    pub host_volumes: Vec<HostVolume>,
 }
 
 /// How a run ended.
@@ -243,6 +245,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A `-v HOSTDIR:VOLUME` cannot be used.
+    #[error("-v ...:{volume}: {why}")]
+    HostVolume {
+        /// The volume.
+        volume: String,
+        /// Why.
+        why: String,
+    },
     /// The VM's data disk could not be made ready.
     #[error("VM {vm}: {source}")]
     DataDisk {
@@ -387,6 +397,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, Error> {
                 })?,
         )
     };
+    let host_volumes = check_host_volumes(&opts.host_volumes, &info)?;
     let socket = state.qmp_socket();
     // We listen, QEMU inherits the socket and serves QMP on it: it exists
     // before QEMU starts, so we connect at once instead of polling for it.
@@ -404,6 +415,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, Error> {
         qmp_fd: Some(listener.as_raw_fd()),
         control_socket: Some(state.path().join(state::CONTROL_SOCKET)),
         data_disk,
+        host_volumes,
     };
     let program = command::qemu_binary();
     let mut cmd = Command::new(&program);
@@ -538,6 +550,43 @@ fn detached_child(opts: &RunOptions, name: &str, vms: &Path) -> i32 {
 }
 
 /// The VM's name: `--name`, or the image's; one a running VM has is refused.
+/// Each `-v` names a volume of the image and an existing host directory
+/// (made absolute, as QEMU resolves it from its own directory).
+fn check_host_volumes(given: &[HostVolume], info: &ImageInfo) -> Result<Vec<HostVolume>, Error> {
+    let mut out: Vec<HostVolume> = Vec::new();
+    for v in given {
+        let bad = |why: String| Error::HostVolume {
+            volume: v.name.clone(),
+            why,
+        };
+        if !info.volumes.contains(&v.name) {
+            return Err(bad(format!(
+                "image {} has no such volume (its volumes: {})",
+                info.name,
+                if info.volumes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    info.volumes.join(", ")
+                }
+            )));
+        }
+        if out.iter().any(|o| o.name == v.name) {
+            return Err(bad("given twice".to_owned()));
+        }
+        let dir =
+            std::fs::canonicalize(&v.dir).map_err(|e| bad(format!("{}: {e}", v.dir.display())))?;
+        if !dir.is_dir() {
+            return Err(bad(format!("{} is not a directory", dir.display())));
+        }
+        out.push(HostVolume {
+            dir,
+            name: v.name.clone(),
+            readonly: v.readonly,
+        });
+    }
+    Ok(out)
+}
+
 fn vm_name(opts: &RunOptions, info: &ImageInfo) -> Result<String, Error> {
     let name = opts.name.clone().unwrap_or_else(|| info.name.clone());
     let valid = name

@@ -87,6 +87,7 @@ fn child(image: PathBuf) -> ! {
         name: None,
         control: true,
         data_size: None,
+        host_volumes: Vec::new(),
     });
     match result {
         Ok(outcome) => {

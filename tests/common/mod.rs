@@ -259,10 +259,15 @@ impl Drop for Vm {
 impl Vm {
     /// Boots `image` with extra `hafen run` arguments (`--name N`, ...).
     pub fn boot_with(image: &Path, args: &[&str]) -> Vm {
-        let mut child = Command::new(hafen())
-            .arg("run")
-            .args(args)
-            .arg(image)
+        let mut command = Command::new(hafen());
+        command.arg("run").args(args).arg(image);
+        Vm::spawn(command)
+    }
+
+    /// Starts `command` (a `hafen run`, perhaps wrapped) with its output
+    /// captured as the console.
+    pub fn spawn(mut command: Command) -> Vm {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
