@@ -285,4 +285,38 @@ mod tests {
         assert!(!args.contains("-mon"), "{args}");
         assert!(!args.contains("-initrd"), "{args}");
     }
+
+    #[test]
+    fn a_data_disk_honours_flushes_and_host_volumes_are_tagged_by_name() {
+        let mut m = machine(Accelerator::Tcg);
+        assert!(!joined(&m).contains("-drive"));
+        m.data_disk = Some("/var/lib/hafen/vms/a,b/data.img".into());
+        m.host_volumes = vec![
+            HostVolume {
+                dir: "/home/me/site".into(),
+                name: "site".into(),
+                readonly: false,
+            },
+            HostVolume {
+                dir: "/etc/conf".into(),
+                name: "conf".into(),
+                readonly: true,
+            },
+        ];
+        let args = joined(&m);
+        assert!(
+            args.contains(
+                "-drive if=none,id=data,format=raw,cache=writeback,discard=unmap,file=/var/lib/hafen/vms/a,,b/data.img -device virtio-blk-device,drive=data"
+            ),
+            "{args}"
+        );
+        assert!(
+            args.contains("-fsdev local,id=hv0,security_model=none,path=/home/me/site -device virtio-9p-device,fsdev=hv0,mount_tag=hafen-vol:site"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-fsdev local,id=hv1,security_model=none,readonly=on,path=/etc/conf -device virtio-9p-device,fsdev=hv1,mount_tag=hafen-vol-ro:conf"),
+            "{args}"
+        );
+    }
 }
