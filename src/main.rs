@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use hafen_qemu::client::{containers, events, exec, format, logs, stats, vm};
+use hafen_qemu::client::{containers, events, exec, format, logs, stats, vm, volumes};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,6 +67,25 @@ enum Control {
     Stats(StatsArgs),
     /// Print what happens to a VM's containers as it happens, until Ctrl-C.
     Events(EventsArgs),
+    /// A VM's volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCommand {
+    /// List a VM's volumes: where they live, what they use, who mounts them.
+    Ls {
+        /// The VM's name.
+        vm: String,
+    },
+    /// Show one volume in detail (JSON).
+    Inspect {
+        /// The VM's name.
+        vm: String,
+        /// The volume's name.
+        name: String,
+    },
 }
 
 /// Output formats of the listing verbs.
@@ -416,6 +435,8 @@ fn control(verb: Control) -> ExitCode {
             stream: !a.no_stream,
         }),
         Control::Events(a) => events::events(&a.vm, a.format == Format::Json),
+        Control::Volume(VolumeCommand::Ls { vm }) => volumes::ls(&vm),
+        Control::Volume(VolumeCommand::Inspect { vm, name }) => volumes::inspect(&vm, &name),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),

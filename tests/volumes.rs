@@ -11,6 +11,9 @@ use std::process::Command;
 
 use common::{build_image, Scratch, Vm};
 
+/// How long a `hafen` verb may take.
+const CLI: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The VM's persistent directory, removed when dropped.
 struct VmData(PathBuf);
 
@@ -275,7 +278,33 @@ done
         });
         vm.wait_for("append | synced");
         if trial == TRIALS {
-            // The last boot powers off cleanly; then the disk is checked.
+            // What `hafen volume` says of it, then the last boot powers
+            // off cleanly and the disk is checked.
+            vm.checked(|| {
+                let ls = common::eventually("hafen volume ls", common::BOOT_TIMEOUT, || {
+                    let ran = common::hafen_cli(&["volume", "ls", &name], None, CLI);
+                    match ran.code() {
+                        Some(0) => Ok(ran.stdout()),
+                        _ => Err(ran.stderr),
+                    }
+                });
+                let row = ls
+                    .lines()
+                    .find(|l| l.starts_with("log "))
+                    .unwrap_or_default();
+                assert!(row.contains("disk") && row.contains("check,append"), "{ls}");
+                let inspect = common::hafen_cli(&["volume", "inspect", &name, "log"], None, CLI)
+                    .ok("volume inspect");
+                let v: serde_json::Value = serde_json::from_str(&inspect).expect("JSON");
+                assert!(v["used_bytes"].as_u64().unwrap_or(0) > 0, "{inspect}");
+                let missing = common::hafen_cli(&["volume", "inspect", &name, "nope"], None, CLI);
+                assert_eq!(missing.code(), Some(1));
+                assert!(
+                    missing.stderr.contains("no volume \"nope\""),
+                    "{}",
+                    missing.stderr
+                );
+            });
             let mut vm = vm;
             vm.signal(libc::SIGTERM);
             assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.console());

@@ -199,6 +199,94 @@ pub fn prepare(container: &str, spec: &Spec, volumes: &[String]) -> Result<(), S
     Ok(())
 }
 
+/// Files a volume's size count visits at most: a listing must not stall
+/// PID 1's loop on a huge tree.
+const SIZE_WALK_LIMIT: usize = 100_000;
+
+/// Every volume: those the containers mount (`(container, volumes)`) and
+/// any other directory on the data disk, with what they use.
+pub fn list(mounts: &[(String, Vec<String>)]) -> Vec<hafen_proto::control::VolumeInfo> {
+    let mut names: Vec<String> = mounts.iter().flat_map(|(_, v)| v.iter().cloned()).collect();
+    if let Ok(entries) = std::fs::read_dir(VOLUMES_DIR) {
+        names.extend(
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok()),
+        );
+    }
+    names.sort();
+    names.dedup();
+    let host_mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    names
+        .into_iter()
+        .map(|name| {
+            let dir = volume_dir(&name);
+            let target = dir.to_string_lossy().into_owned();
+            let mount = host_mounts.lines().find(|l| {
+                let mut fields = l.split(' ');
+                fields.nth(1) == Some(target.as_str()) && fields.next() == Some("9p")
+            });
+            let readonly = mount.is_some_and(|l| {
+                l.split(' ')
+                    .nth(3)
+                    .is_some_and(|o| o.split(',').any(|o| o == "ro"))
+            });
+            let (used_bytes, used_partial) = match dir.is_dir() {
+                true => {
+                    let (bytes, partial) = disk_usage(&dir);
+                    (Some(bytes), partial)
+                }
+                false => (None, false),
+            };
+            hafen_proto::control::VolumeInfo {
+                containers: mounts
+                    .iter()
+                    .filter(|(_, v)| v.contains(&name))
+                    .map(|(c, _)| c.clone())
+                    .collect(),
+                name,
+                host_dir: mount.is_some(),
+                readonly,
+                used_bytes,
+                used_partial,
+            }
+        })
+        .collect()
+}
+
+/// Bytes the files under `dir` take on disk (blocks, like du), and whether
+/// the walk stopped at its bound. Does not cross into other file systems.
+fn disk_usage(dir: &Path) -> (u64, bool) {
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return (0, false);
+    };
+    let mut total = 0;
+    let mut visited = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            visited += 1;
+            if visited > SIZE_WALK_LIMIT {
+                return (total, true);
+            }
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.dev() != top.dev() {
+                continue;
+            }
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    (total, false)
+}
+
 /// `id` inside a user namespace as the host sees it (itself without one).
 fn map_id(id: u32, mappings: &[IdMapping]) -> u32 {
     if mappings.is_empty() {

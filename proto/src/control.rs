@@ -219,6 +219,10 @@ pub enum Body {
     GetGuest,
     /// Answer to [`Body::GetGuest`].
     Guest(GuestInfo),
+    /// The volumes: [`Body::Volumes`].
+    GetVolumes,
+    /// Answer to [`Body::GetVolumes`].
+    Volumes(Vec<VolumeInfo>),
 }
 
 /// The guest machine and its PID 1.
@@ -236,6 +240,23 @@ pub struct GuestInfo {
     pub boottime_ns: u64,
     /// CPU time PID 1 has used (user and system), in nanoseconds.
     pub init_cpu_ns: u64,
+}
+
+/// A volume as the guest sees it (`hafen volume ls|inspect`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    /// Its name.
+    pub name: String,
+    /// Backed by a host directory (`hafen run -v`) rather than the data disk.
+    pub host_dir: bool,
+    /// Mounted read-only (a read-only host directory).
+    pub readonly: bool,
+    /// Bytes its files use; `None` before first use.
+    pub used_bytes: Option<u64>,
+    /// The count stopped at its bound: `used_bytes` is a lower bound.
+    pub used_partial: bool,
+    /// The containers that mount it.
+    pub containers: Vec<String>,
 }
 
 /// A request to run a process in a container.
@@ -609,7 +630,7 @@ pub enum ErrorCode {
 /// The verbs a guest of this version serves, as listed in [`Body::Hello`].
 pub const CAPABILITIES: &[&str] = &[
     "list", "inspect", "logs", "kill", "stop", "start", "restart", "wait", "top", "stats",
-    "events", "exec", "shutdown", "guest",
+    "events", "exec", "shutdown", "guest", "volumes",
 ];
 
 /// A message that could not be turned into a frame or back.

@@ -241,6 +241,14 @@ impl Supervisor {
                 None
             }
             Body::GetGuest => Some(Body::Guest(self.guest_info())),
+            Body::GetVolumes => {
+                let mounts: Vec<(String, Vec<String>)> = self
+                    .containers
+                    .iter()
+                    .map(|c| (c.bundle.name.clone(), c.bundle.volumes.clone()))
+                    .collect();
+                Some(Body::Volumes(crate::volume::list(&mounts)))
+            }
             Body::Shutdown { reboot } => {
                 self.request_shutdown(if reboot {
                     PowerAction::Reboot

@@ -21,6 +21,7 @@ pub mod logs;
 pub mod stats;
 mod terminal;
 pub mod vm;
+pub mod volumes;
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -316,7 +317,7 @@ impl Client {
     }
 
     /// An unexpected answer to `request`.
-    fn unexpected(&self, request: &'static str, answer: &Body) -> Error {
+    pub(crate) fn unexpected(&self, request: &'static str, answer: &Body) -> Error {
         Error::Unexpected {
             vm: self.vm.clone(),
             request,
