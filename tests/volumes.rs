@@ -451,3 +451,45 @@ echo kept > /db/kept && echo "db written"
     let meta = std::fs::metadata(&disk).expect("the data disk in the user's data directory");
     assert_eq!(meta.uid(), NOBODY);
 }
+
+/// A full data disk fails the container that writes, not PID 1: the
+/// writer sees ENOSPC, a service using the same volume runs on, and the
+/// machine still powers off with the disk unmounted cleanly.
+#[test]
+fn a_full_data_disk_fails_the_writer_not_pid_1() {
+    let scratch = Scratch::new("fulldisk");
+    let image = build_image(
+        &scratch,
+        r#"
+name = "fulldisk"
+data_size = "16M"
+
+[[volume]]
+name = "d"
+
+[[container]]
+name = "filler"
+image = "oci:busybox:1"
+phase = "once"
+volumes = ["d:/d"]
+command = ["/bin/sh", "-c", "dd if=/dev/zero of=/d/fill bs=1M count=64 2>/dev/null && echo 'disk NEVER full' || echo \"write refused: $(df -k /d | tail -1)\""]
+
+[[container]]
+name = "steady"
+image = "oci:busybox:1"
+volumes = ["d:/d"]
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo steady up; while true; do sleep 1 & wait $!; done"]
+"#,
+    );
+    let name = format!("fulldisk-{}", std::process::id());
+    let _data = VmData::new(&name);
+    let mut vm = Vm::boot_with(&image, &["--name", &name]);
+    vm.checked(|| {
+        vm.wait_for("filler | write refused");
+        vm.wait_for("steady | steady up");
+    });
+    vm.signal(libc::SIGTERM);
+    assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.console());
+    vm.assert_console("data disk unmounted cleanly");
+    assert!(!vm.console().contains("filler | disk NEVER full"));
+}
