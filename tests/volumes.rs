@@ -54,6 +54,28 @@ if [ -e /data/value ]; then echo "found $(cat /data/value)"; else echo "first bo
 echo "from the writer" > /shared/note
 """]
 
+[[volume]]
+name = "mapped"
+
+[[volume]]
+name = "owned"
+
+[[container]]
+name = "mapped"
+image = "oci:busybox:1"
+phase = "once"
+userns = true
+volumes = ["mapped:/m"]
+command = ["/bin/sh", "-c", "echo x > /m/f && echo \"userns root wrote as $(stat -c %u /m/f)\""]
+
+[[container]]
+name = "owned"
+image = "oci:busybox:1"
+phase = "once"
+user = "1000:1000"
+volumes = ["owned:/o"]
+command = ["/bin/sh", "-c", "echo x > /o/f && echo \"user wrote as $(stat -c %u:%g /o/f)\""]
+
 [[container]]
 name = "anon"
 image = "oci:withvol:1"
@@ -102,6 +124,9 @@ fn a_named_volume_survives_a_power_off_and_is_shared_read_only_and_tmpfs_is_boun
     first.checked(|| {
         first.wait_for("writer | wrote");
         first.wait_for("anon | image volume written");
+        // New volumes belong to the container's user, as its userns maps it.
+        first.wait_for("mapped | userns root wrote as 0");
+        first.wait_for("owned | user wrote as 1000:1000");
         first.wait_for("reader | reader sees: from the writer");
         first.wait_for("reader | ro volume refused a write");
         let full = first.wait_for("reader | tmpfs full at");
