@@ -314,7 +314,15 @@ fn parse_host_volume(text: &str) -> Result<hafen_qemu::HostVolume, String> {
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
-    hafen_image_build::manifest::parse_bytes(&toml::Value::String(text.to_owned()))
+    use hafen_image_build::manifest::{parse_bytes, MIN_DATA_SIZE};
+    let size = parse_bytes(&toml::Value::String(text.to_owned()))?;
+    if size < MIN_DATA_SIZE {
+        return Err(format!(
+            "{text:?} is too small for a data disk: at least {} MiB",
+            MIN_DATA_SIZE >> 20
+        ));
+    }
+    Ok(size)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
