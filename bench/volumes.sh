@@ -60,7 +60,7 @@ boot() { # IMAGE [ARGS...]
          END { print r, b }'
 }
 rates() { # "t0 t1 t2" -> "MB/s fsyncs/s"
-  awk -v m="$mib" -v n="$fsyncs" '{ printf "%.1f %.0f", m * 1.048576 / ($2 - $1), n / ($3 - $2) }' <<<"$1"
+  awk -v m="$mib" -v n="$fsyncs" '{ printf "%.1f %.0f\n", m * 1.048576 / ($2 - $1), n / ($3 - $2) }' <<<"$1"
 }
 
 read -r a b c disk_boot < <(boot "$work/vol")
