@@ -374,7 +374,8 @@ command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo ready; while true; do slee
         assert_eq!(
             kinds.last(),
             Some(&&hafen_proto::control::EventKind::Shutdown {
-                main_exit: Some(expected)
+                main_exit: Some(expected),
+                held: Vec::new(),
             })
         );
         vm.wait_exit();

@@ -403,3 +403,72 @@ command = ["/bin/sh", "-c", "echo web must not run"]
     );
     assert_eq!(status.code(), Some(4), "{}", vm.console());
 }
+
+/// Docker keeps an `unless-stopped` container stopped across a daemon
+/// restart and starts an `always` one again; a VM's next run is that
+/// restart here: the first stays down (until `hafen start`), the second
+/// runs.
+#[test]
+fn unless_stopped_remembers_a_stop_into_the_next_run_and_always_does_not() {
+    let scratch = Scratch::new("held");
+    let image = build_image(
+        &scratch,
+        r#"
+name = "held"
+[[container]]
+name = "a"
+image = "oci:busybox:1"
+restart = "unless-stopped"
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo up; while true; do sleep 1 & wait $!; done"]
+[[container]]
+name = "b"
+image = "oci:busybox:1"
+restart = "always"
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo up; while true; do sleep 1 & wait $!; done"]
+"#,
+    );
+    let name = format!("held-{}", std::process::id());
+    let persistent = hafen_qemu::disk::data_home()
+        .expect("data home")
+        .join("vms")
+        .join(&name);
+    let _ = std::fs::remove_dir_all(&persistent);
+    let cli = |args: &[&str]| {
+        common::eventually("the monitor answers", common::BOOT_TIMEOUT, || {
+            let ran = common::hafen_cli(args, None, Duration::from_secs(60));
+            match ran.code() {
+                Some(0) => Ok(()),
+                _ => Err(ran.stderr),
+            }
+        })
+    };
+
+    let mut first = Vm::boot_with(&image, &["--name", &name]);
+    first.checked(|| {
+        first.wait_for("a | up");
+        first.wait_for("b | up");
+        cli(&["stop", &name, "a"]);
+        cli(&["stop", &name, "b"]);
+    });
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit().code(), Some(0), "{}", first.console());
+    let held = persistent.join(hafen_qemu::disk::HELD_FILE);
+    assert_eq!(
+        std::fs::read_to_string(&held).unwrap_or_default(),
+        "a\n",
+        "only the unless-stopped one is recorded"
+    );
+
+    let mut second = Vm::boot_with(&image, &["--name", &name]);
+    second.checked(|| {
+        second.wait_for("a stays stopped");
+        second.wait_for("b | up");
+        assert!(!second.console().contains("a | up"), "{}", second.console());
+        cli(&["start", &name, "a"]);
+        second.wait_for("a | up");
+    });
+    second.signal(libc::SIGTERM);
+    assert_eq!(second.wait_exit().code(), Some(0), "{}", second.console());
+    assert!(!held.exists(), "a ran again: nothing is held any more");
+    let _ = std::fs::remove_dir_all(&persistent);
+}

@@ -73,7 +73,10 @@ pub fn main() -> ! {
     );
 
     let action = match signals.map(|fd| Supervisor::new(bundles, fd, BootClock { init_start_ns })) {
-        Some(Ok(supervisor)) => supervisor.run(),
+        Some(Ok(mut supervisor)) => {
+            supervisor.hold_from_last_run(&held_from_cmdline());
+            supervisor.run()
+        }
         Some(Err(e)) => {
             error!("cannot start the supervisor: {e}");
             idle_forever()
@@ -97,6 +100,19 @@ fn apply_kernel_cmdline() {
             }
         }
     }
+}
+
+/// `hafen.held=a,b`: the `unless-stopped` containers `hafen stop` held
+/// down when this VM last ran (`hafen run` passes them on).
+fn held_from_cmdline() -> Vec<String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("hafen.held="))
+        .flat_map(|list| list.split(','))
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn set_hostname() {

@@ -546,6 +546,10 @@ pub enum EventKind {
     Shutdown {
         /// The main container's status when its end is why.
         main_exit: Option<ExitStatus>,
+        /// `unless-stopped` containers `hafen stop` holds down: the next
+        /// boot of this VM keeps them stopped (docker keeps such a stop
+        /// across a daemon restart).
+        held: Vec<String>,
     },
     /// Its restart policy (or its failed health) started it again.
     Restart {

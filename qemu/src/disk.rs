@@ -44,6 +44,52 @@ pub fn vm_dir(name: &str) -> Result<PathBuf, DiskError> {
     Ok(dir)
 }
 
+/// File in a VM's persistent directory naming the `unless-stopped`
+/// containers `hafen stop` held down when it last shut down, one a line.
+pub const HELD_FILE: &str = "held-containers";
+
+/// Records `held` for VM `name`'s next boot (removes the record when empty).
+pub fn record_held(name: &str, held: &[String]) -> Result<(), DiskError> {
+    let path = match held.is_empty() {
+        // Nothing to keep: do not create a directory just to say so.
+        true => data_home()?.join("vms").join(name).join(HELD_FILE),
+        false => vm_dir(name)?.join(HELD_FILE),
+    };
+    let io = |what: String| move |source| DiskError::Io { what, source };
+    if held.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(io(format!("remove {}", path.display()))(e))
+            }
+            _ => Ok(()),
+        };
+    }
+    let tmp = path.with_extension("new");
+    let text: String = held.iter().map(|n| format!("{n}\n")).collect();
+    std::fs::write(&tmp, text).map_err(io(format!("write {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(io(format!("rename {}", tmp.display())))
+}
+
+/// The containers recorded by [`record_held`] for VM `name`.
+pub fn held(name: &str) -> Vec<String> {
+    let Ok(home) = data_home() else {
+        return Vec::new();
+    };
+    std::fs::read_to_string(home.join("vms").join(name).join(HELD_FILE))
+        .map(|text| {
+            text.lines()
+                .map(str::trim)
+                .filter(|n| {
+                    !n.is_empty()
+                        && n.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                })
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Why the data disk could not be made ready.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {

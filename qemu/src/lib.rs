@@ -359,6 +359,11 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, Error> {
 
     let vms = state::vms_dir(&runtime);
     let name = vm_name(opts, &info)?;
+    // `unless-stopped` containers stopped by hand when it last ran stay down.
+    let held = disk::held(&name);
+    if !held.is_empty() {
+        extra.push(format!("hafen.held={}", held.join(",")));
+    }
     let state = StateDir::create(&vms, &name, std::process::id())
         .map_err(|source| Error::StateDir { path: vms, source })?;
     let started_unix_ns = std::time::SystemTime::now()

@@ -420,9 +420,16 @@ fn dispatch(shared: &Shared, envelope: Envelope, last_seq: &mut u64) {
         (EVENTS_ID, Body::Event(event)) => {
             if let EventKind::Shutdown {
                 main_exit: Some(status),
+                ..
             } = &event.kind
             {
                 *lock(&shared.main_exit) = Some(*status);
+            }
+            if let EventKind::Shutdown { held, .. } = &event.kind {
+                let name = lock(&shared.info).name.clone();
+                if let Err(e) = crate::disk::record_held(&name, held) {
+                    eprintln!("hafen: cannot record the containers hafen stop holds: {e}");
+                }
             }
             if let EventKind::Die(_) = &event.kind {
                 // Followers of a container that stopped are done.

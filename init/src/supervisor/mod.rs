@@ -753,9 +753,33 @@ impl Supervisor {
             container: String::new(),
             kind: EventKind::Shutdown {
                 main_exit: self.main_exit,
+                held: self.held_unless_stopped(),
             },
         });
         self.stop_in_order();
+    }
+
+    /// The `unless-stopped` containers a `hafen stop` holds down.
+    fn held_unless_stopped(&self) -> Vec<String> {
+        self.containers
+            .iter()
+            .filter(|c| c.held && c.bundle.restart == RestartPolicy::UnlessStopped)
+            .map(|c| c.bundle.name.clone())
+            .collect()
+    }
+
+    /// Holds the `unless-stopped` containers among `names` down from the
+    /// start: they were stopped with `hafen stop` when this VM last ran.
+    pub fn hold_from_last_run(&mut self, names: &[String]) {
+        for c in &mut self.containers {
+            if names.contains(&c.bundle.name) && c.bundle.restart == RestartPolicy::UnlessStopped {
+                info!(
+                    "{} stays stopped: it was stopped with hafen stop when this VM last ran (hafen start {} runs it)",
+                    c.bundle.name, c.bundle.name
+                );
+                c.held = true;
+            }
+        }
     }
 
     /// Sends container `i` its stop signal with a deadline for SIGKILL

@@ -224,6 +224,7 @@ impl Supervisor {
                             container: String::new(),
                             kind: proto::EventKind::Shutdown {
                                 main_exit: self.main_exit,
+                                held: self.held_unless_stopped(),
                             },
                         };
                         self.reply(id, Body::Event(event));

@@ -42,10 +42,16 @@ fn details(kind: &EventKind) -> Vec<(&'static str, Value)> {
             d.extend(status(s));
             d
         }
-        EventKind::Shutdown { main_exit } => match main_exit {
-            Some(s) => vec![("mainExitCode", json!(s.code()))],
-            None => Vec::new(),
-        },
+        EventKind::Shutdown { main_exit, held } => {
+            let mut d = Vec::new();
+            if let Some(s) = main_exit {
+                d.push(("mainExitCode", json!(s.code())));
+            }
+            if !held.is_empty() {
+                d.push(("held", json!(held.join(","))));
+            }
+            d
+        }
         EventKind::Restart { count, delay_ms } => {
             vec![("count", json!(count)), ("delayMs", json!(delay_ms))]
         }
@@ -161,7 +167,13 @@ mod tests {
             },
         );
         assert!(event_line(&exec, &clock).ends_with("web exec_start (pid=7, command=\"ls -l\")"));
-        let stop = event("", EventKind::Shutdown { main_exit: None });
+        let stop = event(
+            "",
+            EventKind::Shutdown {
+                main_exit: None,
+                held: Vec::new(),
+            },
+        );
         assert!(event_line(&stop, &clock).ends_with(" - shutdown"));
     }
 
