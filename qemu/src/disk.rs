@@ -50,10 +50,12 @@ pub const HELD_FILE: &str = "held-containers";
 
 /// Records `held` for VM `name`'s next boot (removes the record when empty).
 pub fn record_held(name: &str, held: &[String]) -> Result<(), DiskError> {
-    let path = match held.is_empty() {
-        // Nothing to keep: do not create a directory just to say so.
-        true => data_home()?.join("vms").join(name).join(HELD_FILE),
-        false => vm_dir(name)?.join(HELD_FILE),
+    let path = match (held.is_empty(), data_home()) {
+        // Nothing to keep: no directory made just to say so, and nowhere
+        // to look is nothing to remove.
+        (true, Ok(home)) => home.join("vms").join(name).join(HELD_FILE),
+        (true, Err(_)) => return Ok(()),
+        (false, _) => vm_dir(name)?.join(HELD_FILE),
     };
     let io = |what: String| move |source| DiskError::Io { what, source };
     if held.is_empty() {
