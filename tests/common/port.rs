@@ -27,7 +27,17 @@ impl Port {
     /// (retrying the Sync while the guest boots).
     pub fn connect(vm: &Vm) -> Port {
         let socket = control_socket(vm);
-        let stream = UnixStream::connect(&socket).expect("connect control.sock");
+        // QEMU binds the socket a moment before it listens on it.
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let stream = loop {
+            match UnixStream::connect(&socket) {
+                Ok(stream) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("connect {}: {e}", socket.display()),
+            }
+        };
         stream
             .set_read_timeout(Some(Duration::from_millis(200)))
             .expect("timeout");
