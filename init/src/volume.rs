@@ -156,42 +156,27 @@ pub fn prepare(container: &str, spec: &Spec, volumes: &[String]) -> Result<(), S
     let linux = spec.linux.as_ref();
     let host_uid = map_id(uid, linux.map_or(&[][..], |l| &l.uid_mappings));
     let host_gid = map_id(gid, linux.map_or(&[][..], |l| &l.gid_mappings));
+    std::fs::create_dir_all(VOLUMES_DIR).map_err(|e| {
+        format!(
+            "container {container}: create {VOLUMES_DIR}: {e}{}",
+            full_hint(&e)
+        )
+    })?;
     for name in volumes {
         let dir = volume_dir(name);
-        match std::fs::DirBuilder::new()
-            .recursive(false)
+        let made = std::fs::DirBuilder::new()
             .mode(0o755)
             .create(&dir)
-        {
-            Ok(()) => {
-                std::os::unix::fs::chown(&dir, Some(host_uid), Some(host_gid)).map_err(|e| {
-                    format!(
-                        "container {container}: volume {name}: chown {}: {e}",
-                        dir.display()
-                    )
-                })?;
-            }
+            .and_then(|()| std::os::unix::fs::chown(&dir, Some(host_uid), Some(host_gid)));
+        match made {
+            Ok(()) => {}
+            // Its data and owner are the containers' business from now on.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(VOLUMES_DIR)
-                    .and_then(|()| std::fs::DirBuilder::new().mode(0o755).create(&dir))
-                    .and_then(|()| std::os::unix::fs::chown(&dir, Some(host_uid), Some(host_gid)))
-                    .map_err(|e| {
-                        format!(
-                            "container {container}: volume {name}: {}: {e}",
-                            dir.display()
-                        )
-                    })?;
-            }
             Err(e) => {
                 return Err(format!(
                     "container {container}: volume {name}: create {}: {e}{}",
                     dir.display(),
-                    if e.raw_os_error() == Some(libc::ENOSPC) {
-                        " (the data disk is full: hafen run --data-size only sizes a new disk)"
-                    } else {
-                        ""
-                    }
+                    full_hint(&e)
                 ))
             }
         }
@@ -285,6 +270,15 @@ fn disk_usage(dir: &Path) -> (u64, bool) {
         }
     }
     (total, false)
+}
+
+/// What to do about a full data disk, when that is the error.
+fn full_hint(e: &io::Error) -> &'static str {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        " (the data disk is full: free space in a volume; hafen run --data-size only sizes a new disk)"
+    } else {
+        ""
+    }
 }
 
 /// `id` inside a user namespace as the host sees it (itself without one).

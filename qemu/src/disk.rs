@@ -209,16 +209,11 @@ fn format(path: &Path) -> Result<(), DiskError> {
 /// The label of the ext2/3/4 file system in `path`, `None` when there is none.
 pub fn read_label(path: &Path) -> io::Result<Option<String>> {
     use std::io::Read;
-    let mut superblock = [0u8; 2048];
-    let mut file = std::fs::File::open(path)?;
-    let mut got = 0;
-    while got < superblock.len() {
-        match file.read(&mut superblock[got..])? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    Ok(hafen_proto::layout::ext4_label(&superblock[..got]))
+    let mut start = Vec::with_capacity(2048);
+    std::fs::File::open(path)?
+        .take(2048)
+        .read_to_end(&mut start)?;
+    Ok(hafen_proto::layout::ext4_label(&start))
 }
 
 #[cfg(test)]
