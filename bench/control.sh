@@ -10,11 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-30}
 flood_mib=${2:-64}
-command -v hyperfine >/dev/null || { echo "bench: hyperfine is missing; run scripts/setup.sh" >&2; exit 1; }
-cargo build --release --quiet -p hafen
-hafen=$PWD/target/release/hafen
-HAFEN_INIT=${HAFEN_INIT:-$(scripts/build-init.sh)}
-export HAFEN_INIT
+. bench/common.sh
+need hyperfine
 work=$(mktemp -d)
 vm=bench-$$
 rings=bench-rings-$$

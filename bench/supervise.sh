@@ -11,11 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 window=${1:-40}
-command -v jq >/dev/null || { echo "bench: jq is missing; run scripts/setup.sh" >&2; exit 1; }
-cargo build --release --quiet -p hafen
-hafen=$PWD/target/release/hafen
-HAFEN_INIT=${HAFEN_INIT:-$(scripts/build-init.sh)}
-export HAFEN_INIT
+. bench/common.sh
+need jq
 work=$(mktemp -d)
 loop=bench-crash-$$
 calm=bench-calm-$$

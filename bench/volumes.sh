@@ -12,10 +12,7 @@ cd "$(dirname "$0")/.."
 mib=${1:-64}
 fsyncs=${2:-200}
 runs=${3:-3}
-cargo build --release --quiet -p hafen
-hafen=$PWD/target/release/hafen
-HAFEN_INIT=${HAFEN_INIT:-$(scripts/build-init.sh)}
-export HAFEN_INIT
+. bench/common.sh
 work=$(mktemp -d)
 vm=bench-vol-$$
 cleanup() {
