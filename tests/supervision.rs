@@ -428,11 +428,8 @@ command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo up; while true; do sleep 1
 "#,
     );
     let name = format!("held-{}", std::process::id());
-    let persistent = hafen_qemu::disk::data_home()
-        .expect("data home")
-        .join("vms")
-        .join(&name);
-    let _ = std::fs::remove_dir_all(&persistent);
+    let data = common::VmData::new(&name);
+    let persistent = &data.0;
     let cli = |args: &[&str]| {
         common::eventually("the monitor answers", common::BOOT_TIMEOUT, || {
             let ran = common::hafen_cli(args, None, Duration::from_secs(60));
@@ -470,5 +467,4 @@ command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo up; while true; do sleep 1
     second.signal(libc::SIGTERM);
     assert_eq!(second.wait_exit().code(), Some(0), "{}", second.console());
     assert!(!held.exists(), "a ran again: nothing is held any more");
-    let _ = std::fs::remove_dir_all(&persistent);
 }

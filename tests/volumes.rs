@@ -6,33 +6,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use common::{build_image, Scratch, Vm};
+use common::{build_image, Scratch, Vm, VmData};
 
 /// How long a `hafen` verb may take.
 const CLI: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// The VM's persistent directory, removed when dropped.
-struct VmData(PathBuf);
-
-impl VmData {
-    fn new(name: &str) -> VmData {
-        let dir = hafen_qemu::disk::data_home()
-            .expect("data home")
-            .join("vms")
-            .join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        VmData(dir)
-    }
-}
-
-impl Drop for VmData {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const MANIFEST: &str = r#"
 name = "volumes"

@@ -426,3 +426,23 @@ pub fn eventually<T>(
         }
     }
 }
+
+/// The VM's persistent directory, removed when dropped.
+pub struct VmData(pub PathBuf);
+
+impl VmData {
+    pub fn new(name: &str) -> VmData {
+        let dir = hafen_qemu::disk::data_home()
+            .expect("data home")
+            .join("vms")
+            .join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        VmData(dir)
+    }
+}
+
+impl Drop for VmData {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
