@@ -35,7 +35,7 @@ pub fn main() -> ! {
     for e in mount::early_mounts() {
         error!("{e}");
     }
-    apply_kernel_cmdline();
+    let held = apply_kernel_cmdline();
     debug!(
         "early mounts done (hafen-init started at {} ms)",
         init_start_ns / 1_000_000
@@ -74,7 +74,7 @@ pub fn main() -> ! {
 
     let action = match signals.map(|fd| Supervisor::new(bundles, fd, BootClock { init_start_ns })) {
         Some(Ok(mut supervisor)) => {
-            supervisor.hold_from_last_run(&held_from_cmdline());
+            supervisor.hold_from_last_run(&held);
             supervisor.run()
         }
         Some(Err(e)) => {
@@ -86,9 +86,13 @@ pub fn main() -> ! {
     power(action)
 }
 
-fn apply_kernel_cmdline() {
+/// Applies the kernel command line's `hafen.*` options; returns
+/// `hafen.held=a,b`: the `unless-stopped` containers `hafen stop` held down
+/// when this VM last ran (`hafen run` passes them on).
+fn apply_kernel_cmdline() -> Vec<String> {
+    let mut held = Vec::new();
     let Ok(cmdline) = std::fs::read_to_string("/proc/cmdline") else {
-        return;
+        return held;
     };
     for word in cmdline.split_whitespace() {
         if let Some(level) = word.strip_prefix("hafen.log=") {
@@ -98,21 +102,11 @@ fn apply_kernel_cmdline() {
                     warn!("unknown hafen.log level {level:?}: expected error, warn, info or debug")
                 }
             }
+        } else if let Some(list) = word.strip_prefix("hafen.held=") {
+            held.extend(list.split(',').filter(|n| !n.is_empty()).map(str::to_owned));
         }
     }
-}
-
-/// `hafen.held=a,b`: the `unless-stopped` containers `hafen stop` held
-/// down when this VM last ran (`hafen run` passes them on).
-fn held_from_cmdline() -> Vec<String> {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    cmdline
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("hafen.held="))
-        .flat_map(|list| list.split(','))
-        .filter(|n| !n.is_empty())
-        .map(str::to_owned)
-        .collect()
+    held
 }
 
 fn set_hostname() {
