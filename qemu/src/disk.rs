@@ -145,20 +145,26 @@ pub fn prepare(dir: &Path, size: u64) -> Result<PathBuf, DiskError> {
     }
     let tmp = dir.join(format!("{DATA_IMAGE}.new"));
     let io = |what: String| move |source| DiskError::Io { what, source };
-    let file = std::fs::File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
-    file.set_len(size)
-        .map_err(io(format!("size {} to {size} bytes", tmp.display())))?;
-    drop(file);
-    let made = format(&tmp);
+    let made = std::fs::File::create(&tmp)
+        .map_err(io(format!("create {}", tmp.display())))
+        .and_then(|file| {
+            file.set_len(size)
+                .map_err(io(format!("size {} to {size} bytes", tmp.display())))
+        })
+        .and_then(|()| format(&tmp))
+        .and_then(|()| {
+            std::fs::rename(&tmp, &path).map_err(io(format!(
+                "rename {} to {}",
+                tmp.display(),
+                path.display()
+            )))
+        });
     if let Err(e) = made {
+        // Never a half-made disk left behind (a set_len on a full disk, a
+        // failed mkfs or rename).
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, &path).map_err(io(format!(
-        "rename {} to {}",
-        tmp.display(),
-        path.display()
-    )))?;
     Ok(path)
 }
 
