@@ -12,6 +12,7 @@ pub mod control;
 pub mod input;
 pub mod logs;
 pub mod mount;
+pub mod net;
 pub mod runtime;
 pub mod supervisor;
 pub mod sys;

@@ -156,6 +156,16 @@ pub fn setns(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::setns(fd, nstype) } as libc::c_long).map(drop)
 }
 
+/// Moves the calling thread into a new network namespace of its own (the
+/// rest of the process stays where it was).
+pub fn unshare_netns() -> io::Result<()> {
+    // SAFETY: CLONE_NEWNET only changes the calling thread's network
+    // namespace; no memory or descriptor table is split from other threads,
+    // which is what makes unshare unsafe in general.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }?;
+    Ok(())
+}
+
 /// Sets a resource limit of the calling process.
 pub fn setrlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
     let limit = libc::rlimit {

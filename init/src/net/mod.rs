@@ -1,0 +1,498 @@
+//! The guest's networking: the VM's NIC (the uplink to QEMU's user
+//! networking) and each container's network namespace, made by PID 1
+//! before the container starts and kept at [`NETNS_DIR`]`/NAME` across its
+//! restarts, plus the `hosts`, `resolv.conf` and `hostname` files it sees.
+//!
+//! There is no bridge and no netfilter: containers have addresses in the
+//! NIC's own subnet, the VM routes each one's /32 to its veth and answers
+//! ARP for the others on both sides (proxy ARP), and forwards between them.
+//!
+//! Everything here works on the calling thread's namespaces (PID 1 has one
+//! thread; tests have many), which is why namespace files are reached
+//! through `/proc/thread-self`.
+
+mod netlink;
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use hafen_proto::net::{hosts_file, resolv_conf};
+pub use hafen_proto::net::{ContainerNet, NetworkConfig, NetworkMode, NETNS_DIR, NET_DIR};
+use rustix::mount::{self, UnmountFlags};
+use rustix::thread::{self as rthread, LinkNameSpaceType};
+
+pub use self::netlink::{Netlink, Route};
+use crate::sys;
+
+/// The calling thread's own network namespace.
+const OWN_NETNS: &str = "/proc/thread-self/ns/net";
+/// The container's end of its veth pair.
+const CONTAINER_IFACE: &str = "eth0";
+/// `lo` has this index in every network namespace (`LOOPBACK_IFINDEX`).
+const LOOPBACK_INDEX: u32 = 1;
+/// `ARPHRD_ETHER`, an ethernet interface's `type` in sysfs.
+const ARPHRD_ETHER: &str = "1";
+
+/// A network setup step failed.
+#[derive(Debug)]
+pub struct NetError {
+    /// The container it was for; `None` for the VM's own NIC.
+    pub container: Option<String>,
+    /// The operation, with the interface and values it concerned
+    /// (`RTM_NEWADDR 10.0.2.15/24 on eth0`).
+    pub what: String,
+    /// The system call's error.
+    pub source: io::Error,
+}
+
+impl fmt::Display for NetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.container {
+            Some(name) => write!(f, "network of container {name}: ")?,
+            None => f.write_str("network uplink: ")?,
+        }
+        write!(f, "{}: {}", self.what, self.source)
+    }
+}
+
+impl std::error::Error for NetError {}
+
+/// Builds the `map_err` closure for one step of `container`'s setup.
+fn step<'a>(
+    container: Option<&'a str>,
+    what: impl Into<String> + 'a,
+) -> impl FnOnce(io::Error) -> NetError + 'a {
+    move |source| NetError {
+        container: container.map(str::to_owned),
+        what: what.into(),
+        source,
+    }
+}
+
+/// Configures the VM's NIC: up with the MTU, the guest's address, the
+/// default route via the gateway, forwarding on and proxy ARP on it (so the
+/// gateway's ARP for a container's address is answered). Returns the
+/// interface's name.
+pub fn configure_uplink(config: &NetworkConfig) -> Result<String, NetError> {
+    let iface = find_uplink(Path::new("/sys/class/net"))
+        .map_err(step(None, "find an ethernet interface in /sys/class/net"))?;
+    let at = |what: &str| format!("{what} on {iface}");
+    let mut nl = Netlink::open().map_err(step(None, "open a NETLINK_ROUTE socket"))?;
+    let index = nl.index(&iface).map_err(step(None, at("SIOCGIFINDEX")))?;
+    nl.set_link(index, true, Some(config.mtu)).map_err(step(
+        None,
+        at(&format!("RTM_SETLINK up mtu {}", config.mtu)),
+    ))?;
+    nl.add_address(index, config.guest, config.prefix)
+        .map_err(step(
+            None,
+            at(&format!("RTM_NEWADDR {}/{}", config.guest, config.prefix)),
+        ))?;
+    nl.add_route(&default_route(config, index)).map_err(step(
+        None,
+        at(&format!("RTM_NEWROUTE default via {}", config.gateway)),
+    ))?;
+    sysctl("ipv4/ip_forward", "1").map_err(step(None, "write ipv4/ip_forward"))?;
+    proxy_arp(&iface).map_err(step(None, at("proxy ARP")))?;
+    Ok(iface)
+}
+
+/// The first ethernet interface (by name) among `class_net`'s entries.
+fn find_uplink(class_net: &Path) -> io::Result<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(class_net)? {
+        let entry = entry?;
+        let kind = fs::read_to_string(entry.path().join("type")).unwrap_or_default();
+        if kind.trim() == ARPHRD_ETHER {
+            if let Ok(name) = entry.file_name().into_string() {
+                found.push(name);
+            }
+        }
+    }
+    found.sort();
+    found
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
+}
+
+fn default_route(config: &NetworkConfig, oif: u32) -> Route {
+    Route {
+        dst: Ipv4Addr::UNSPECIFIED,
+        prefix: 0,
+        gateway: Some(config.gateway),
+        oif,
+    }
+}
+
+/// Writes `value` to `/proc/sys/net/NAME` of the calling thread's namespace.
+fn sysctl(name: &str, value: &str) -> io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/sys/net/{name}"))?
+        .write_all(value.as_bytes())
+}
+
+/// Answers ARP on `iface` for addresses routed through other interfaces,
+/// at once (the kernel otherwise delays proxy answers by up to 0.8 s).
+fn proxy_arp(iface: &str) -> io::Result<()> {
+    sysctl(&format!("ipv4/conf/{iface}/proxy_arp"), "1")?;
+    sysctl(&format!("ipv4/neigh/{iface}/proxy_delay"), "0")
+}
+
+/// The VM's end of a bridge container's veth pair: `vh-NAME`, or, for a
+/// name too long for an interface (15 bytes), `vh-`, its first four
+/// characters and a hash of the whole name.
+pub fn peer_name(container: &str) -> String {
+    if container.len() <= 12 {
+        return format!("vh-{container}");
+    }
+    let hash = container.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let head: String = container
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(4)
+        .collect();
+    format!("vh-{head}{hash:08x}")
+}
+
+/// The path of `container`'s network namespace.
+pub fn netns_path(container: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(container)
+}
+
+/// Makes `container`'s network namespace before its first start: for
+/// `bridge`, a veth pair (`eth0` inside, [`peer_name`] in the VM) with its
+/// address, MTU and default route, and the VM's route and proxy ARP for
+/// it; for `none`, only `lo`. Returns the namespace's path for the
+/// container to join, `None` for `host` (it shares the VM's). On any
+/// failure the calling thread is back in its own namespace and nothing
+/// half-made is left.
+pub fn prepare_container(
+    config: &NetworkConfig,
+    container: &ContainerNet,
+) -> Result<Option<PathBuf>, NetError> {
+    let name = Some(container.name.as_str());
+    let address = match (container.mode, container.address) {
+        (NetworkMode::Host, _) => return Ok(None),
+        (NetworkMode::None, _) => None,
+        (NetworkMode::Bridge, Some(address)) => Some(address),
+        (NetworkMode::Bridge, None) => {
+            return Err(step(name, "bridge network")(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the network plan gives the container no address",
+            )))
+        }
+    };
+
+    // 1. The file the namespace is bound to; its existence is the claim.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(NETNS_DIR)
+        .map_err(step(name, format!("create {NETNS_DIR}")))?;
+    let path = netns_path(&container.name);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&path)
+        .map_err(step(name, format!("create {}", path.display())))?;
+    let mut made = HalfMade {
+        path: path.clone(),
+        mounted: false,
+        peer: None,
+    };
+
+    // 2. A handle on our own namespace, to return to and to put the
+    //    veth's peer in; a socket of our own namespace for the VM's side.
+    let own = File::open(OWN_NETNS).map_err(step(name, format!("open {OWN_NETNS}")))?;
+    let own = OwnedFd::from(own);
+    let mut vm = Netlink::open().map_err(step(name, "open a NETLINK_ROUTE socket"))?;
+
+    // 3. Inside the new namespace.
+    let peer = peer_name(&container.name);
+    {
+        sys::unshare_netns().map_err(step(name, "unshare(CLONE_NEWNET)"))?;
+        let back = Return(Some(own.as_fd()));
+        made.build(config, name, address, &peer, own.as_fd())?;
+        back.restore()
+            .map_err(step(name, "setns back to PID 1's network namespace"))?;
+    }
+
+    // 4. The VM's side: the /32 route to the container and proxy ARP.
+    if let Some(address) = address {
+        let at = |what: String| format!("{what} on {peer}");
+        let index = vm
+            .index(&peer)
+            .map_err(step(name, at("SIOCGIFINDEX".into())))?;
+        vm.set_link(index, true, None)
+            .map_err(step(name, at("RTM_SETLINK up".into())))?;
+        proxy_arp(&peer).map_err(step(name, at("proxy ARP".into())))?;
+        let route = Route {
+            dst: address,
+            prefix: 32,
+            gateway: None,
+            oif: index,
+        };
+        vm.add_route(&route)
+            .map_err(step(name, at(format!("RTM_NEWROUTE {address}/32"))))?;
+    }
+    made.keep();
+    Ok(Some(path))
+}
+
+/// What [`prepare_container`] has made so far, undone when dropped (after
+/// the thread is back in its own namespace).
+struct HalfMade {
+    path: PathBuf,
+    mounted: bool,
+    peer: Option<String>,
+}
+
+impl HalfMade {
+    /// Everything is made: nothing to undo.
+    fn keep(&mut self) {
+        self.path = PathBuf::new();
+        self.mounted = false;
+        self.peer = None;
+    }
+
+    /// Inside the new namespace: binds it to `self.path`, brings `lo` up
+    /// and, with an `address`, makes the veth pair and configures `eth0`.
+    fn build(
+        &mut self,
+        config: &NetworkConfig,
+        name: Option<&str>,
+        address: Option<Ipv4Addr>,
+        peer: &str,
+        own: BorrowedFd<'_>,
+    ) -> Result<(), NetError> {
+        mount::mount_bind(OWN_NETNS, &self.path).map_err(|e| {
+            step(
+                name,
+                format!("bind-mount {OWN_NETNS} on {}", self.path.display()),
+            )(e.into())
+        })?;
+        self.mounted = true;
+        // This socket holds a reference to the namespace: it is dropped on
+        // return, so the mount is then the only one.
+        let mut nl = Netlink::open().map_err(step(name, "open a NETLINK_ROUTE socket"))?;
+        nl.set_link(LOOPBACK_INDEX, true, None)
+            .map_err(step(name, "RTM_SETLINK up on lo"))?;
+        let Some(address) = address else {
+            return Ok(());
+        };
+        nl.new_veth(CONTAINER_IFACE, peer, own, config.mtu)
+            .map_err(step(
+                name,
+                format!("RTM_NEWLINK veth {CONTAINER_IFACE} and {peer}"),
+            ))?;
+        self.peer = Some(peer.to_owned());
+        let at = |what: String| format!("{what} on {CONTAINER_IFACE}");
+        let index = nl
+            .index(CONTAINER_IFACE)
+            .map_err(step(name, at("SIOCGIFINDEX".into())))?;
+        nl.set_link(index, true, None)
+            .map_err(step(name, at("RTM_SETLINK up".into())))?;
+        nl.add_address(index, address, config.prefix).map_err(step(
+            name,
+            at(format!("RTM_NEWADDR {address}/{}", config.prefix)),
+        ))?;
+        nl.add_route(&default_route(config, index)).map_err(step(
+            name,
+            at(format!("RTM_NEWROUTE default via {}", config.gateway)),
+        ))
+    }
+}
+
+impl Drop for HalfMade {
+    fn drop(&mut self) {
+        if let Some(peer) = &self.peer {
+            if let Err(e) = Netlink::open().and_then(|mut nl| nl.delete_link(peer)) {
+                warn!("undo a half-made network: RTM_DELLINK {peer}: {e}");
+            }
+        }
+        if self.mounted {
+            if let Err(e) = mount::unmount(&self.path, UnmountFlags::DETACH) {
+                warn!(
+                    "undo a half-made network: unmount {}: {e}",
+                    self.path.display()
+                );
+            }
+        }
+        if !self.path.as_os_str().is_empty() {
+            if let Err(e) = fs::remove_file(&self.path) {
+                warn!(
+                    "undo a half-made network: remove {}: {e}",
+                    self.path.display()
+                );
+            }
+        }
+    }
+}
+
+/// Puts the calling thread back into the network namespace it holds, on
+/// [`Return::restore`] or, on an early return, when dropped.
+struct Return<'a>(Option<BorrowedFd<'a>>);
+
+impl Return<'_> {
+    fn restore(mut self) -> io::Result<()> {
+        match self.0.take() {
+            Some(fd) => Ok(rthread::move_into_link_name_space(
+                fd,
+                Some(LinkNameSpaceType::Network),
+            )?),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Return<'_> {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0.take() {
+            if let Err(e) = rthread::move_into_link_name_space(fd, Some(LinkNameSpaceType::Network))
+            {
+                error!("cannot return to PID 1's network namespace: {e}");
+            }
+        }
+    }
+}
+
+/// Removes `container`'s network namespace and the VM's end of its veth
+/// pair (which takes the container's end with it). What is already gone is
+/// no error, so it is safe for `host` containers and twice.
+pub fn release_container(container: &str) -> Result<(), NetError> {
+    let name = Some(container);
+    let peer = peer_name(container);
+    match Netlink::open().and_then(|mut nl| nl.delete_link(&peer)) {
+        Err(e) if e.raw_os_error() != Some(libc::ENODEV) => {
+            return Err(step(name, format!("RTM_DELLINK {peer}"))(e));
+        }
+        _ => {}
+    }
+    let path = netns_path(container);
+    match mount::unmount(&path, UnmountFlags::DETACH) {
+        Err(e) if e != rustix::io::Errno::INVAL && e != rustix::io::Errno::NOENT => {
+            return Err(step(name, format!("unmount {}", path.display()))(e.into()));
+        }
+        _ => {}
+    }
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(step(name, format!("remove {}", path.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes `container`'s `hosts`, `resolv.conf` and `hostname` into
+/// [`NET_DIR`]`/NAME`, each replaced atomically.
+pub fn write_files(config: &NetworkConfig, container: &ContainerNet) -> Result<(), NetError> {
+    write_files_in(Path::new(NET_DIR), config, container)
+}
+
+/// [`write_files`] under another directory than [`NET_DIR`].
+pub fn write_files_in(
+    root: &Path,
+    config: &NetworkConfig,
+    container: &ContainerNet,
+) -> Result<(), NetError> {
+    let name = Some(container.name.as_str());
+    let dir = root.join(&container.name);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&dir)
+        .map_err(step(name, format!("create {}", dir.display())))?;
+    let files = [
+        ("hosts", hosts_file(config, &container.name)),
+        ("resolv.conf", resolv_conf(config)),
+        ("hostname", format!("{}\n", container.hostname)),
+    ];
+    for (file, text) in files {
+        let path = dir.join(file);
+        replace(&dir, file, text.as_bytes())
+            .map_err(step(name, format!("write {}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Replaces `dir/file` with `bytes` through a temporary file and a rename.
+fn replace(dir: &Path, file: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| fs::rename(&tmp, dir.join(file)));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_names_fit_an_interface_name_and_stay_distinct() {
+        assert_eq!(peer_name("web"), "vh-web");
+        assert_eq!(peer_name("twelve-chars"), "vh-twelve-chars");
+        let long = peer_name("database-primary");
+        let other = peer_name("database-replica");
+        assert_eq!(long.len(), 15, "{long}");
+        assert!(long.starts_with("vh-data"), "{long}");
+        assert_ne!(long, other);
+        // Fixed by the name alone (release_container recomputes it).
+        assert_eq!(peer_name("database-primary"), long);
+    }
+
+    #[test]
+    fn uplink_is_the_first_ethernet_interface_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, kind) in [
+            ("lo", "772"),
+            ("eth1", "1"),
+            ("eth0", "1\n"),
+            ("sit0", "776"),
+        ] {
+            fs::create_dir(dir.path().join(name)).expect("mkdir");
+            fs::write(dir.path().join(name).join("type"), kind).expect("write");
+        }
+        assert_eq!(find_uplink(dir.path()).expect("found"), "eth0");
+        fs::remove_dir_all(dir.path().join("eth0")).expect("rm");
+        fs::remove_dir_all(dir.path().join("eth1")).expect("rm");
+        let err = find_uplink(dir.path()).expect_err("no ethernet");
+        assert_eq!(err.raw_os_error(), Some(libc::ENODEV));
+    }
+
+    #[test]
+    fn errors_name_the_container_and_the_operation() {
+        let e = step(Some("web"), "RTM_NEWADDR 10.0.2.31/24 on eth0")(
+            io::Error::from_raw_os_error(libc::EEXIST),
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "network of container web: RTM_NEWADDR 10.0.2.31/24 on eth0: File exists"
+            ),
+            "{text}"
+        );
+        let e = step(None, "SIOCGIFINDEX on eth0")(io::Error::from_raw_os_error(libc::ENODEV));
+        assert!(e
+            .to_string()
+            .starts_with("network uplink: SIOCGIFINDEX on eth0: No such device"));
+    }
+}
