@@ -17,8 +17,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hafen_proto::image::{ImageInfo, IMAGE_INFO_FILE};
-use hafen_proto::layout;
+use hafen_proto::image::{ImageInfo, ImageNetwork, IMAGE_INFO_FILE};
+use hafen_proto::{layout, net};
 
 pub use import::import;
 use manifest::ImageRef;
@@ -585,6 +585,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
         layout::HOSTNAME_FILE.trim_start_matches('/').to_owned(),
         Item::file(0o644, format!("{}\n", manifest.hostname).into_bytes()),
     );
+    // Every image gets it: every VM has a NIC, and PID 1 sets up each
+    // container's network from it.
+    let mut network_json = serde_json::to_vec_pretty(&manifest.network)
+        .map_err(|e| Error::Invalid(format!("cannot encode {}: {e}", net::NETWORK_CONFIG)))?;
+    network_json.push(b'\n');
+    items.insert(
+        net::NETWORK_CONFIG.trim_start_matches('/').to_owned(),
+        Item::file(0o644, network_json),
+    );
 
     let containers_dir = layout::CONTAINERS_DIR.trim_start_matches('/');
     items.insert(containers_dir.to_owned(), Item::dir(0o755));
@@ -685,6 +694,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
         memory_mib: DEFAULT_MEMORY_MIB,
         volumes: data_volumes,
         data_size: manifest.data_size,
+        network: ImageNetwork {
+            subnet: manifest.network.subnet,
+            prefix: manifest.network.prefix,
+            outbound: manifest.network.outbound,
+            ports: manifest.network.published(),
+        },
     };
     let info_json = serde_json::to_vec_pretty(&info)
         .map_err(|e| Error::Invalid(format!("cannot encode image.json: {e}")))?;

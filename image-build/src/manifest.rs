@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use hafen_proto::annotations::{self, Phase};
+use hafen_proto::net::{self, ContainerNet, NetworkConfig, NetworkMode, PortMapping, Subnet};
 use hafen_proto::supervision::{self, Condition, Dependency, Healthcheck, RestartPolicy};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -47,10 +48,21 @@ struct RawManifest {
     hostname: Option<String>,
     main: Option<String>,
     data_size: Option<toml::Value>,
+    network: Option<RawNetwork>,
     #[serde(default, rename = "volume")]
     volumes: Vec<RawVolume>,
     #[serde(default, rename = "container")]
     containers: Vec<RawContainer>,
+}
+
+/// The top-level `[network]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    #[serde(default)]
+    outbound: bool,
+    subnet: Option<String>,
+    mtu: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +107,12 @@ struct RawContainer {
     tmpfs: Vec<String>,
     #[serde(default)]
     volumes_from: Vec<String>,
+    network: Option<String>,
+    #[serde(default)]
+    ports: Vec<String>,
+    hostname: Option<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
 }
 
 /// `healthcheck = { ... }` as written; values are checked by [`parse_healthcheck`].
@@ -127,6 +145,10 @@ pub struct Manifest {
     pub volumes: Vec<String>,
     /// Size in bytes of the data disk (`data_size`); `None`: `hafen run`'s default.
     pub data_size: Option<u64>,
+    /// The `[network]` table and each container's `network`, `ports`,
+    /// `hostname` and `aliases`, with every bridge container's address
+    /// assigned: what PID 1 reads from [`net::NETWORK_CONFIG`].
+    pub network: NetworkConfig,
 }
 
 /// One `[[container]]`.
@@ -830,8 +852,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
         }
         volumes.push(v.name);
     }
+    let (subnet, outbound, mtu) =
+        parse_network(raw.network.as_ref()).map_err(|(field, m)| invalid(field.into(), m))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut containers = Vec::with_capacity(raw.containers.len());
+    let mut nets: Vec<ContainerNet> = Vec::with_capacity(raw.containers.len());
     for (i, c) in raw.containers.into_iter().enumerate() {
         let field = |name: &str| format!("container[{i}].{name}");
         if !valid_name(&c.name) {
@@ -1051,6 +1076,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
             }
             volumes_from.push(from);
         }
+        let container_net = parse_container_net(i, &c).map_err(|(at, m)| invalid(at, about(m)))?;
+        nets.push(container_net);
         let security = Security {
             privileged: c.privileged,
             cap_add: c.cap_add,
@@ -1083,6 +1110,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
     }
     check_volumes_from(&containers)
         .map_err(|(i, j, m)| invalid(format!("container[{i}].volumes_from[{j}]"), m))?;
+    check_network_names(&nets).map_err(|(i, at, m)| {
+        invalid(
+            format!("container[{i}].{at}"),
+            format!("container {:?}: {m}", nets[i].name),
+        )
+    })?;
+    let network = NetworkConfig::new(subnet, outbound, mtu, nets)
+        .map_err(|m| invalid("network.subnet".into(), m))?;
     check_plan(&containers)
         .map_err(|(i, e)| invalid(format!("container[{i}].depends_on"), e.to_string()))?;
     if let Some(main) = &raw.main {
@@ -1109,7 +1144,162 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
         containers,
         volumes,
         data_size,
+        network,
     })
+}
+
+/// The `[network]` table: subnet, outbound and MTU, defaults filled in;
+/// an error names its field.
+fn parse_network(raw: Option<&RawNetwork>) -> Result<(Subnet, bool, u32), (&'static str, String)> {
+    let Some(raw) = raw else {
+        return Ok((Subnet::default(), false, net::DEFAULT_MTU));
+    };
+    let subnet = match &raw.subnet {
+        Some(text) => text.parse::<Subnet>().map_err(|m| ("network.subnet", m))?,
+        None => Subnet::default(),
+    };
+    let mtu = raw.mtu.unwrap_or(net::DEFAULT_MTU);
+    if !(net::MIN_MTU..=net::MAX_MTU).contains(&mtu) {
+        return Err((
+            "network.mtu",
+            format!(
+                "{mtu} is out of range ({} to {}: QEMU's user networking takes no larger frames)",
+                net::MIN_MTU,
+                net::MAX_MTU
+            ),
+        ));
+    }
+    Ok((subnet, raw.outbound, mtu))
+}
+
+/// What a hostname is expected to look like.
+const HOSTNAME_EXPECTED: &str = "1-64 characters of letters, digits, '-' and '.', each \
+     dot-separated part starting and ending with a letter or digit";
+
+/// One container's `network`, `ports`, `hostname` and `aliases`, each
+/// checked on its own (clashes between containers are
+/// [`check_network_names`]'s); an error is (field, message). The address is
+/// assigned later, with everyone else's.
+fn parse_container_net(i: usize, c: &RawContainer) -> Result<ContainerNet, (String, String)> {
+    let field = |name: &str| format!("container[{i}].{name}");
+    let mode = match c.network.as_deref() {
+        None => NetworkMode::default(),
+        Some(text) => text.parse().map_err(|m| (field("network"), m))?,
+    };
+    let hostname = c.hostname.clone().unwrap_or_else(|| c.name.clone());
+    if !net::valid_hostname(&hostname) || hostname.len() > 64 {
+        return Err((
+            field("hostname"),
+            format!("{hostname:?} is not a valid hostname: {HOSTNAME_EXPECTED}"),
+        ));
+    }
+    if mode == NetworkMode::None && !c.ports.is_empty() {
+        return Err((
+            field("ports"),
+            "a container with network = \"none\" has only loopback, so nothing could reach \
+             a published port: remove ports or use network = \"bridge\""
+                .into(),
+        ));
+    }
+    if mode == NetworkMode::None && !c.aliases.is_empty() {
+        return Err((
+            field("aliases"),
+            "a container with network = \"none\" cannot be reached by other containers, so \
+             an alias would name nothing: remove aliases or use network = \"bridge\""
+                .into(),
+        ));
+    }
+    let mut ports = Vec::with_capacity(c.ports.len());
+    for (j, spec) in c.ports.iter().enumerate() {
+        ports.push(
+            spec.parse::<PortMapping>()
+                .map_err(|m| (format!("container[{i}].ports[{j}]"), m))?,
+        );
+    }
+    for (k, alias) in c.aliases.iter().enumerate() {
+        if !net::valid_hostname(alias) {
+            return Err((
+                format!("container[{i}].aliases[{k}]"),
+                format!("{alias:?} is not a valid host name: {HOSTNAME_EXPECTED}"),
+            ));
+        }
+    }
+    Ok(ContainerNet {
+        name: c.name.clone(),
+        mode,
+        address: None,
+        hostname,
+        aliases: c.aliases.clone(),
+        ports,
+    })
+}
+
+/// Refuses what only shows across containers: an alias that is a
+/// container's name or another alias, and a host address, port and
+/// protocol published twice (0.0.0.0 overlapping every address). An error
+/// is (container index, field under it, message).
+fn check_network_names(nets: &[ContainerNet]) -> Result<(), (usize, String, String)> {
+    for (i, c) in nets.iter().enumerate() {
+        for (k, alias) in c.aliases.iter().enumerate() {
+            let at = format!("aliases[{k}]");
+            if let Some(owner) = nets.iter().find(|o| &o.name == alias) {
+                let whose = if owner.name == c.name {
+                    "the container's own name".to_owned()
+                } else {
+                    format!("the name of container {:?}", owner.name)
+                };
+                return Err((i, at, format!("alias {alias:?} is {whose}")));
+            }
+            let earlier = nets[..=i].iter().enumerate().find_map(|(i2, o)| {
+                let limit = if i2 == i { k } else { o.aliases.len() };
+                o.aliases[..limit]
+                    .iter()
+                    .position(|a| a == alias)
+                    .map(|k2| (i2, k2))
+            });
+            if let Some((i2, k2)) = earlier {
+                let what = if i2 == i {
+                    format!("alias {alias:?} is listed twice (aliases[{k2}])")
+                } else {
+                    format!(
+                        "alias {alias:?} is also an alias of container {:?} (container[{i2}].aliases[{k2}])",
+                        nets[i2].name
+                    )
+                };
+                return Err((i, at, what));
+            }
+        }
+        for (j, port) in c.ports.iter().enumerate() {
+            let earlier = nets[..=i].iter().enumerate().find_map(|(i2, o)| {
+                let limit = if i2 == i { j } else { o.ports.len() };
+                o.ports[..limit]
+                    .iter()
+                    .position(|p| p.clashes_with(port))
+                    .map(|j2| (i2, j2))
+            });
+            if let Some((i2, j2)) = earlier {
+                let other = nets[i2].ports[j2];
+                let whose = if i2 == i {
+                    format!("this container's ports[{j2}]")
+                } else {
+                    format!(
+                        "container {:?} (container[{i2}].ports[{j2}])",
+                        nets[i2].name
+                    )
+                };
+                return Err((
+                    i,
+                    format!("ports[{j}]"),
+                    format!(
+                        "host port {}:{}/{} is already published as {other} by {whose}; \
+                         each host address, port and protocol can be published once",
+                        port.host_ip, port.host_port, port.protocol
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The name of the anonymous volume an image's `VOLUME path` gives
@@ -2296,5 +2486,169 @@ image = "oci:/abs/layout"
         assert_eq!((r.layout, r.tag), (PathBuf::from("/b/weird:dir/x"), None));
         assert!(parse_image_ref("oci:", base).is_err());
         assert!(parse_image_ref("oci:x:", base).is_err());
+    }
+
+    fn with_network(network: &str, containers: &[(&str, &str)]) -> String {
+        format!("{}\n{network}\n", with_containers(containers))
+    }
+
+    #[test]
+    fn network_defaults_give_every_container_its_own_stack_and_no_outbound_traffic() {
+        let m = parse_str(&with_containers(&[("web", ""), ("db", "")])).expect("valid");
+        let n = &m.network;
+        assert_eq!(
+            (n.subnet, n.prefix, n.gateway, n.dns, n.guest),
+            (
+                "10.0.2.0".parse().expect("ip"),
+                24,
+                "10.0.2.2".parse().expect("ip"),
+                "10.0.2.3".parse().expect("ip"),
+                "10.0.2.15".parse().expect("ip")
+            )
+        );
+        assert!(!n.outbound, "outbound traffic is off unless asked for");
+        assert_eq!(n.mtu, 1500);
+        for (c, name) in n.containers.iter().zip(["web", "db"]) {
+            assert_eq!((c.name.as_str(), c.hostname.as_str()), (name, name));
+            assert_eq!(c.mode, NetworkMode::Bridge);
+            assert!(c.ports.is_empty() && c.aliases.is_empty());
+            let addr = c.address.expect("a bridge container has an address");
+            assert!(Subnet::default().is_container_address(addr), "{addr}");
+        }
+        assert_ne!(n.containers[0].address, n.containers[1].address);
+    }
+
+    #[test]
+    fn network_keys_parse() {
+        let m = parse_str(&with_network(
+            "[network]\noutbound = true\nsubnet = \"192.168.50.0/24\"\nmtu = 1400",
+            &[
+                (
+                    "web",
+                    "ports = [\"8080:80\", \"127.0.0.1:5353:53/udp\", \"0.0.0.0:8443:443/tcp\"]\nhostname = \"www.example.org\"\naliases = [\"www\", \"frontend\"]",
+                ),
+                ("proxy", "network = \"host\"\nports = [\"9000:9000\"]\naliases = [\"edge\"]"),
+                ("batch", "network = \"none\"\nhostname = \"cruncher\""),
+            ],
+        ))
+        .expect("valid");
+        let n = &m.network;
+        assert!(n.outbound);
+        assert_eq!((n.mtu, n.prefix), (1400, 24));
+        assert_eq!(
+            n.guest,
+            "192.168.50.15".parse::<std::net::Ipv4Addr>().expect("ip")
+        );
+        let [web, proxy, batch] = &n.containers[..] else {
+            panic!("three containers: {n:?}")
+        };
+        assert_eq!(
+            web.ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            [
+                "127.0.0.1:8080->80/tcp",
+                "127.0.0.1:5353->53/udp",
+                "0.0.0.0:8443->443/tcp"
+            ]
+        );
+        assert_eq!(web.hostname, "www.example.org");
+        assert_eq!(web.aliases, ["www", "frontend"]);
+        assert!(web
+            .address
+            .is_some_and(|a| a.octets()[..3] == [192, 168, 50]));
+        assert_eq!((proxy.mode, proxy.address), (NetworkMode::Host, None));
+        assert_eq!(proxy.aliases, ["edge"], "a host container may have aliases");
+        assert_eq!((batch.mode, batch.address), (NetworkMode::None, None));
+        assert_eq!(batch.hostname, "cruncher");
+    }
+
+    #[test]
+    fn bad_network_settings_name_the_file_the_container_and_the_field() {
+        for (network, second, field, says) in [
+            ("", "ports = [\"80\"]", "container[1].ports[0]", "\"80\" gives no host port"),
+            ("", "ports = [\"8080:80/sctp\"]", "container[1].ports[0]", "unknown protocol \"sctp\""),
+            ("", "ports = [\"8080:http\"]", "container[1].ports[0]", "not a number"),
+            ("", "ports = [\"0:80\"]", "container[1].ports[0]", "not 0"),
+            ("", "ports = [\"8000-8001:80-81\"]", "container[1].ports[0]", "ranges"),
+            ("", "ports = [\"[::1]:8080:80\"]", "container[1].ports[0]", "IPv6"),
+            (
+                "",
+                "ports = [\"8081:81\", \"8080:80\"]",
+                "container[1].ports[1]",
+                "host port 127.0.0.1:8080/tcp is already published as 127.0.0.1:8080->80/tcp by container \"a\" (container[0].ports[0])",
+            ),
+            (
+                "",
+                "ports = [\"0.0.0.0:8080:80\"]",
+                "container[1].ports[0]",
+                "host port 0.0.0.0:8080/tcp is already published as 127.0.0.1:8080->80/tcp by container \"a\"",
+            ),
+            (
+                "",
+                "ports = [\"9090:90\", \"127.0.0.1:9090:91\"]",
+                "container[1].ports[1]",
+                "already published as 127.0.0.1:9090->90/tcp by this container's ports[0]",
+            ),
+            ("", "network = \"none\"\nports = [\"9090:90\"]", "container[1].ports", "network = \"none\" has only loopback"),
+            ("", "network = \"none\"\naliases = [\"x\"]", "container[1].aliases", "cannot be reached"),
+            ("", "network = \"bridged\"", "container[1].network", "unknown network mode \"bridged\""),
+            ("", "aliases = [\"a\"]", "container[1].aliases[0]", "alias \"a\" is the name of container \"a\""),
+            ("", "aliases = [\"b\"]", "container[1].aliases[0]", "alias \"b\" is the container's own name"),
+            ("", "aliases = [\"www\"]", "container[1].aliases[0]", "alias \"www\" is also an alias of container \"a\" (container[0].aliases[0])"),
+            ("", "aliases = [\"api\", \"api\"]", "container[1].aliases[1]", "alias \"api\" is listed twice (aliases[0])"),
+            ("", "aliases = [\"no_underscores\"]", "container[1].aliases[0]", "not a valid host name"),
+            ("", "hostname = \"-bad\"", "container[1].hostname", "\"-bad\" is not a valid hostname"),
+            ("", "hostname = \"\"", "container[1].hostname", "not a valid hostname"),
+            ("[network]\nsubnet = \"10.0.2.0/25\"", "", "network.subnet", "prefix"),
+            ("[network]\nsubnet = \"10.0.2.7/24\"", "", "network.subnet", "did you mean 10.0.2.0/24"),
+            ("[network]\nsubnet = \"ten\"", "", "network.subnet", "not a subnet"),
+            ("[network]\nmtu = 9000", "", "network.mtu", "out of range"),
+            ("[network]\nmtu = 40", "", "network.mtu", "out of range"),
+        ] {
+            let e = error_of(&with_network(
+                network,
+                &[("a", "ports = [\"8080:80\"]\naliases = [\"www\"]"), ("b", second)],
+            ));
+            let container = field.starts_with("container").then_some("container \"b\"");
+            assert!(
+                e.starts_with(&format!("/m/hafen.toml: {field}: "))
+                    && container.map_or(true, |c| e.contains(c))
+                    && e.contains(says),
+                "{second}{network}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn network_keys_of_the_wrong_type_or_unknown_are_toml_errors() {
+        for (network, container, key) in [
+            ("[network]\noutbound = \"yes\"", "", "outbound"),
+            ("[network]\nsubnets = \"10.0.2.0/24\"", "", "subnets"),
+            ("", "ports = \"8080:80\"", "ports"),
+            ("", "ports = [8080]", "ports"),
+            ("", "port = [\"8080:80\"]", "port"),
+        ] {
+            let e = error_of(&with_network(network, &[("a", container)]));
+            assert!(e.starts_with("/m/hafen.toml: ") && e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn more_bridge_containers_than_the_subnet_holds_are_refused() {
+        let names: Vec<String> = (0..225).map(|i| format!("c{i}")).collect();
+        let containers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "")).collect();
+        let e = error_of(&with_containers(&containers));
+        assert!(
+            e.contains("network.subnet") && e.contains("room for 224"),
+            "{e}"
+        );
+        let with_host = with_containers(&containers).replacen(
+            "name = \"c0\"\nimage = \"oci:i\"\n",
+            "name = \"c0\"\nimage = \"oci:i\"\nnetwork = \"host\"\n",
+            1,
+        );
+        parse_str(&with_host).expect("a host container needs no address");
     }
 }

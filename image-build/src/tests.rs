@@ -176,9 +176,21 @@ fn builds_are_byte_identical_and_hold_what_the_guest_needs() {
     assert_eq!((info.volumes.len(), info.data_size), (0, None));
     let text = std::fs::read_to_string(f.dir.join("a/image.json")).expect("read");
     assert!(
-        !text.contains("volumes") && !text.contains("data_size"),
+        !text.contains("volumes") && !text.contains("data_size") && !text.contains("network"),
         "{text}"
     );
+    // Every image tells PID 1 about its network, defaults included.
+    let network: hafen_proto::net::NetworkConfig =
+        serde_json::from_slice(&get("etc/hafen/network.json").data).expect("network.json");
+    assert_eq!(
+        network
+            .containers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["one", "two"]
+    );
+    assert!(!network.outbound);
     assert!(!config.annotations.contains_key(annotations::VOLUMES));
 }
 
@@ -524,4 +536,59 @@ volumes_from = ["seed:ro"]
         "every mounted data-disk volume, not the unused one"
     );
     assert_eq!(info.data_size, Some(2 << 30));
+}
+
+#[test]
+fn published_ports_reach_image_json_and_the_network_plan_reaches_the_guest() {
+    let f = Fixture::new("network");
+    let m = f.manifest(
+        r#"
+name = "t"
+[network]
+outbound = true
+subnet = "10.9.0.0/16"
+[[container]]
+name = "web"
+image = "oci:images/base:1"
+ports = ["8080:80", "0.0.0.0:5353:53/udp"]
+aliases = ["www"]
+[[container]]
+name = "proxy"
+image = "oci:images/base:1"
+network = "host"
+ports = ["9000:90"]
+"#,
+    );
+    f.build(&m, "out").expect("build");
+    let manifest = manifest::load(&m).expect("manifest");
+    let entries = unpack(&f.dir.join("out"));
+    let json = &entries
+        .iter()
+        .find(|e| e.path == "etc/hafen/network.json")
+        .expect("network.json")
+        .data;
+    let network: hafen_proto::net::NetworkConfig = serde_json::from_slice(json).expect("parse");
+    assert_eq!(network, manifest.network);
+    let web = network.containers[0].address.expect("web's address");
+    assert_eq!(web.octets()[..2], [10, 9]);
+
+    let info: ImageInfo =
+        serde_json::from_slice(&std::fs::read(f.dir.join("out/image.json")).expect("read"))
+            .expect("image.json");
+    let n = &info.network;
+    assert_eq!(
+        (n.subnet.to_string(), n.prefix, n.outbound),
+        ("10.9.0.0".to_owned(), 16, true)
+    );
+    assert_eq!(
+        n.ports
+            .iter()
+            .map(|p| format!("{} {} {}", p.container, p.address, p.port))
+            .collect::<Vec<_>>(),
+        [
+            format!("web {web} 127.0.0.1:8080->80/tcp"),
+            format!("web {web} 0.0.0.0:5353->53/udp"),
+            "proxy 10.9.0.15 127.0.0.1:9000->90/tcp".to_owned(),
+        ]
+    );
 }

@@ -284,10 +284,12 @@ impl FromStr for PortMapping {
         }
         let parts: Vec<&str> = ports.split(':').collect();
         let (host_ip, host_port, container_port) = match parts[..] {
-            [single] => return Err(format!(
+            [single] => {
+                return Err(format!(
                 "{spec:?} gives no host port: write HOST_PORT:{single} (e.g. \"8080:{single}\"); \
                      Hafen does not pick host ports"
-            )),
+            ))
+            }
             [host_port, container_port] => (DEFAULT_HOST_IP, host_port, container_port),
             [ip, host_port, container_port] => {
                 let ip = ip.parse::<Ipv4Addr>().map_err(|_| {
@@ -500,6 +502,35 @@ impl NetworkConfig {
     pub fn container(&self, name: &str) -> Option<&ContainerNet> {
         self.containers.iter().find(|c| c.name == name)
     }
+
+    /// Every published port with the address its forward points at, in
+    /// declared order (a `none` container publishes nothing).
+    pub fn published(&self) -> Vec<PublishedPort> {
+        self.containers
+            .iter()
+            .filter_map(|c| c.reachable_at(self).map(|address| (c, address)))
+            .flat_map(|(c, address)| {
+                c.ports.iter().map(move |port| PublishedPort {
+                    container: c.name.clone(),
+                    address,
+                    port: *port,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A port `hafen run` forwards: the container it belongs to, the guest
+/// address the forward points at and the mapping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedPort {
+    /// The container's name.
+    pub container: String,
+    /// The container's address (the VM's for a `host` container).
+    pub address: Ipv4Addr,
+    /// Host address and port, container port and protocol.
+    pub port: PortMapping,
 }
 
 fn hosts_line(out: &mut String, addr: Ipv4Addr, names: &[&str]) {
@@ -884,6 +915,25 @@ mod tests {
         assert!(closed.starts_with('#'));
         c.outbound = true;
         assert_eq!(resolv_conf(&c), "nameserver 10.0.2.3\n");
+    }
+
+    #[test]
+    fn published_ports_point_at_the_container_or_the_vm() {
+        let mut c = sample();
+        c.containers[0].ports = vec![port("8080:80"), port("5353:53/udp")];
+        c.containers[2].ports = vec![port("9000:9000")];
+        let web = c.containers[0].address.expect("web");
+        let got = c.published();
+        assert_eq!(
+            got.iter()
+                .map(|p| (p.container.as_str(), p.address, p.port.to_string()))
+                .collect::<Vec<_>>(),
+            [
+                ("web", web, "127.0.0.1:8080->80/tcp".to_owned()),
+                ("web", web, "127.0.0.1:5353->53/udp".to_owned()),
+                ("proxy", c.guest, "127.0.0.1:9000->9000/tcp".to_owned()),
+            ]
+        );
     }
 
     #[test]

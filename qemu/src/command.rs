@@ -5,6 +5,7 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use hafen_proto::layout::{HOST_VOLUME_RO_TAG, HOST_VOLUME_TAG};
+use hafen_proto::net::{PublishedPort, Subnet};
 
 /// The name of the guest's control port (what hafen-init looks for).
 pub const CONTROL_PORT: &str = "org.hafen.control";
@@ -52,6 +53,45 @@ pub struct Machine {
     pub data_disk: Option<PathBuf>,
     /// Volumes backed by host directories (`hafen run -v`).
     pub host_volumes: Vec<HostVolume>,
+    /// The network card; `None`: none at all (the KVM probe).
+    pub nic: Option<Nic>,
+}
+
+/// The VM's network card: virtio-net on QEMU's user networking (slirp).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// Slirp's subnet; its gateway, DNS and the VM's addresses follow.
+    pub subnet: Subnet,
+    /// Whether the guest may open connections beyond the host.
+    pub outbound: bool,
+    /// Host ports forwarded into the guest.
+    pub forwards: Vec<PublishedPort>,
+}
+
+impl Nic {
+    /// The `-netdev user,...` value.
+    ///
+    /// `restrict=on` cuts the guest off from the host and the world (slirp
+    /// drops every connection the guest opens) while the forwards still
+    /// work: slirp looks a forwarded connection up before it applies the
+    /// restriction. IPv6 is off: the guest's kernel has none.
+    pub fn netdev(&self) -> String {
+        let s = &self.subnet;
+        let mut out = format!(
+            "user,id=net0,restrict={},net={s},host={},dns={},ipv6=off",
+            if self.outbound { "off" } else { "on" },
+            s.gateway(),
+            s.dns(),
+        );
+        for f in &self.forwards {
+            let p = &f.port;
+            out.push_str(&format!(
+                ",hostfwd={}:{}:{}-{}:{}",
+                p.protocol, p.host_ip, p.host_port, f.address, p.container_port
+            ));
+        }
+        out
+    }
 }
 
 /// A volume backed by a host directory.
@@ -113,9 +153,19 @@ pub fn arguments(m: &Machine) -> Vec<OsString> {
     push("stdio,id=con,signal=off");
     push("-serial");
     push("chardev:con");
-    // No network device: nothing in the guest can reach beyond this machine.
-    push("-nic");
-    push("none");
+    match &m.nic {
+        Some(nic) => {
+            // virtio-net on microvm's virtio-mmio.
+            push("-netdev");
+            push(&nic.netdev());
+            push("-device");
+            push("virtio-net-device,netdev=net0");
+        }
+        None => {
+            push("-nic");
+            push("none");
+        }
+    }
     push("-kernel");
     args.push(m.kernel.clone().into_os_string());
     if let Some(initrd) = &m.initrd {
@@ -217,6 +267,7 @@ mod tests {
             control_socket: Some("/run/hafen/vms/x-1/control.sock".into()),
             data_disk: None,
             host_volumes: Vec::new(),
+            nic: None,
         }
     }
 
@@ -316,6 +367,58 @@ mod tests {
         );
         assert!(
             args.contains("-fsdev local,id=hv1,security_model=none,readonly=on,path=/etc/conf -device virtio-9p-device,fsdev=hv1,mount_tag=hafen-vol-ro:conf"),
+            "{args}"
+        );
+    }
+
+    fn forward(container: &str, address: &str, spec: &str) -> PublishedPort {
+        PublishedPort {
+            container: container.into(),
+            address: address.parse().expect("address"),
+            port: spec.parse().expect("port spec"),
+        }
+    }
+
+    #[test]
+    fn the_nic_is_restricted_virtio_net_with_one_forward_per_published_port() {
+        let mut m = machine(Accelerator::Tcg);
+        m.nic = Some(Nic {
+            subnet: Subnet::default(),
+            outbound: false,
+            forwards: vec![
+                forward("web", "10.0.2.77", "8080:80"),
+                forward("dns", "10.0.2.40", "0.0.0.0:5353:53/udp"),
+                forward("proxy", "10.0.2.15", "127.0.0.1:9000:90/tcp"),
+            ],
+        });
+        let args = joined(&m);
+        assert!(
+            args.contains(
+                "-netdev user,id=net0,restrict=on,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,ipv6=off,\
+                 hostfwd=tcp:127.0.0.1:8080-10.0.2.77:80,\
+                 hostfwd=udp:0.0.0.0:5353-10.0.2.40:53,\
+                 hostfwd=tcp:127.0.0.1:9000-10.0.2.15:90 \
+                 -device virtio-net-device,netdev=net0"
+            ),
+            "{args}"
+        );
+        assert!(!args.contains("-nic none"), "{args}");
+    }
+
+    #[test]
+    fn outbound_lifts_the_restriction_and_a_subnet_moves_every_address() {
+        let mut m = machine(Accelerator::Tcg);
+        m.nic = Some(Nic {
+            subnet: "192.168.64.0/18".parse().expect("subnet"),
+            outbound: true,
+            forwards: Vec::new(),
+        });
+        let args = joined(&m);
+        assert!(
+            args.contains(
+                "-netdev user,id=net0,restrict=off,net=192.168.64.0/18,host=192.168.64.2,dns=192.168.64.3,ipv6=off \
+                 -device virtio-net-device,netdev=net0"
+            ),
             "{args}"
         );
     }

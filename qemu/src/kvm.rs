@@ -223,6 +223,7 @@ fn probe_after_open(kernel: &Path) -> Result<(), ProbeError> {
         control_socket: None,
         data_disk: None,
         host_volumes: Vec::new(),
+        nic: None,
     };
     let program = command::qemu_binary();
     let mut cmd = Command::new(&program);

@@ -25,9 +25,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use hafen_proto::image::{ImageInfo, IMAGE_INFO_FILE};
+use hafen_proto::net::{PortMapping, Protocol};
 
-use command::Machine;
 pub use command::{Accelerator, HostVolume};
+use command::{Machine, Nic};
 pub use kvm::ProbeError;
 use qmp::{Message, Qmp, ShutdownReason};
 use state::StateDir;
@@ -245,6 +246,28 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// `image.json`'s network settings are unusable.
+    #[error("{}: network: {message}; rebuild the image with `hafen build`", .path.display())]
+    Network {
+        /// `image.json`'s path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A published port cannot be bound on the host; nothing was booted.
+    #[error(
+        "cannot publish host port {}:{}/{} for container {container} ({port}): {}",
+        .port.host_ip, .port.host_port, .port.protocol, port_hint(.source)
+    )]
+    PortUnavailable {
+        /// The container publishing it.
+        container: String,
+        /// The mapping.
+        port: PortMapping,
+        /// Why binding it failed.
+        #[source]
+        source: io::Error,
+    },
     /// A `-v HOSTDIR:VOLUME` cannot be used.
     #[error("-v ...:{volume}: {why}")]
     HostVolume {
@@ -330,6 +353,7 @@ pub fn read_image(dir: &Path) -> Result<ImageInfo, Error> {
 /// signal is tied to that thread); only one run per process at a time.
 pub fn run(opts: &RunOptions) -> Result<RunOutcome, Error> {
     let info = read_image(&opts.image)?;
+    let nic = network_card(&opts.image, &info)?;
     // Catch the shutdown signals from the start: one that arrives during the
     // KVM probe or while QEMU starts is queued, not lost, and cannot kill us
     // halfway through setting up.
@@ -366,6 +390,12 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, Error> {
     }
     let state = StateDir::create(&vms, &name, std::process::id())
         .map_err(|source| Error::StateDir { path: vms, source })?;
+    state
+        .write_ports(&nic.forwards)
+        .map_err(|source| Error::StateDir {
+            path: state.path().to_owned(),
+            source,
+        })?;
     let started_unix_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -421,17 +451,21 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, Error> {
         control_socket: Some(state.path().join(state::CONTROL_SOCKET)),
         data_disk,
         host_volumes,
+        nic: Some(nic),
     };
     let program = command::qemu_binary();
     let mut cmd = Command::new(&program);
-    cmd.args(command::arguments(&machine)).stdin(Stdio::null());
+    cmd.args(command::arguments(&machine))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
     eprintln!(
         "hafen: booting {} ({}); Ctrl-C shuts it down",
         info.name,
         accel.name()
     );
-    let child = sys::spawn_qemu(&mut cmd, Some(listener.as_raw_fd()))
+    let mut child = sys::spawn_qemu(&mut cmd, Some(listener.as_raw_fd()))
         .map_err(|source| Error::Spawn { program, source })?;
+    let qemu_stderr = child.stderr.take().map(QemuStderr::forward);
     let mut vm = Vm::new(child);
     monitor.set_qemu_pid(vm.pid);
     // Best effort: the pid file is for people and tools looking in.
@@ -444,6 +478,10 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, Error> {
     // Our copy of the listener is no longer needed; QEMU holds its own.
     drop(listener);
     let outcome = vm.supervise(qmp, &signals, &power);
+    let outcome = match (outcome, &qemu_stderr) {
+        (Ok(o), Some(stderr)) => Ok(with_qemu_words(o, stderr.last_line())),
+        (outcome, _) => outcome,
+    };
     let main_exit = monitor.main_exit();
     drop(monitor);
     drop(state);
@@ -466,6 +504,9 @@ const DETACH_TIMEOUT: Duration = Duration::from_secs(180);
 /// Call it before any thread is started: it forks.
 pub fn run_detached(opts: &RunOptions) -> Result<String, Error> {
     let info = read_image(&opts.image)?;
+    // Refuse a taken port here, where the error reaches the terminal;
+    // the detached run checks again before it starts QEMU.
+    network_card(&opts.image, &info)?;
     let name = vm_name(opts, &info)?;
     let vms = state::vms_dir(&state::runtime_dir());
     // SAFETY: the caller has no other threads (documented); the child only
@@ -551,6 +592,53 @@ fn detached_child(opts: &RunOptions, name: &str, vms: &Path) -> i32 {
             eprintln!("hafen: error: {e}");
             2
         }
+    }
+}
+
+/// The VM's network card as the image describes it, once every published
+/// port has been found free: each is bound on the host and let go again
+/// before QEMU starts, so a taken one is an error naming it and its
+/// container before anything boots (QEMU itself would only warn or fail
+/// after the VM's state exists).
+fn network_card(dir: &Path, info: &ImageInfo) -> Result<Nic, Error> {
+    let subnet = info.network.subnet().map_err(|message| Error::Network {
+        path: dir.join(IMAGE_INFO_FILE),
+        message,
+    })?;
+    for published in &info.network.ports {
+        check_port_free(&published.port).map_err(|source| Error::PortUnavailable {
+            container: published.container.clone(),
+            port: published.port,
+            source,
+        })?;
+    }
+    Ok(Nic {
+        subnet,
+        outbound: info.network.outbound,
+        forwards: info.network.ports.clone(),
+    })
+}
+
+/// Binds the host side of `port` and closes it again.
+fn check_port_free(port: &PortMapping) -> io::Result<()> {
+    let addr = std::net::SocketAddr::from((port.host_ip, port.host_port));
+    match port.protocol {
+        Protocol::Tcp => std::net::TcpListener::bind(addr).map(drop),
+        Protocol::Udp => std::net::UdpSocket::bind(addr).map(drop),
+    }
+}
+
+/// What to do about a host port that cannot be bound.
+fn port_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            "another program uses it; stop that program or publish another host port, then rebuild"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need root (or CAP_NET_BIND_SERVICE); publish a higher host port"
+        }
+        io::ErrorKind::AddrNotAvailable => "this machine has no such address",
+        _ => "it cannot be bound",
     }
 }
 
@@ -872,6 +960,77 @@ impl Events {
     }
 }
 
+/// QEMU's stderr, passed on to ours line by line; the last line is kept,
+/// so that a QEMU that fails on its own (a host forward it could not set
+/// up) is reported in its own words.
+struct QemuStderr {
+    last: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl QemuStderr {
+    fn forward(pipe: std::process::ChildStderr) -> QemuStderr {
+        use std::io::{BufRead, Write};
+        let last = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let keep = std::sync::Arc::clone(&last);
+        let thread = std::thread::spawn(move || {
+            let mut lines = io::BufReader::new(pipe);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match lines.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let _ = io::stderr().lock().write_all(&line);
+                        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                        if !text.is_empty() {
+                            let mut slot = keep.lock().unwrap_or_else(|p| p.into_inner());
+                            *slot = Some(text);
+                        }
+                    }
+                }
+            }
+        });
+        QemuStderr { last, thread }
+    }
+
+    /// The last line QEMU wrote, once it has exited: the pipe's end is
+    /// awaited for at most a second (a process QEMU started could hold it).
+    fn last_line(&self) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A failure of QEMU's own, with nothing else to explain it, gets QEMU's
+/// last words: "Could not set up host forwarding rule ..." when a
+/// published port was taken between our check and QEMU's bind.
+fn with_qemu_words(outcome: RunOutcome, last_line: Option<String>) -> RunOutcome {
+    match (outcome, last_line) {
+        (
+            RunOutcome::QemuFailed {
+                reason: None,
+                status,
+            },
+            Some(line),
+        ) => {
+            let hint = if line.contains("host forwarding rule") {
+                "; a published host port was taken after hafen run found it free: free it and run again"
+            } else {
+                ""
+            };
+            RunOutcome::QemuFailed {
+                reason: Some(format!("{line}{hint}")),
+                status,
+            }
+        }
+        (outcome, _) => outcome,
+    }
+}
+
 /// How a process exited, for messages.
 pub(crate) fn describe_exit(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
@@ -1027,5 +1186,104 @@ mod tests {
         std::fs::write(dir.path().join("initrd.lz4"), "").expect("write");
         let info = read_image(dir.path()).expect("complete");
         assert_eq!(info.memory_mib, 64);
+    }
+
+    fn image_with_ports(ports: &[(&str, &str)]) -> ImageInfo {
+        let mut info: ImageInfo =
+            serde_json::from_str(r#"{"name":"x","kernel":"vmlinux","initrd":"i","memory_mib":64}"#)
+                .expect("image.json");
+        info.network.ports = ports
+            .iter()
+            .map(|(container, spec)| hafen_proto::net::PublishedPort {
+                container: (*container).into(),
+                address: "10.0.2.40".parse().expect("ip"),
+                port: spec.parse().expect("spec"),
+            })
+            .collect();
+        info
+    }
+
+    #[test]
+    fn a_taken_host_port_is_refused_naming_it_and_its_container() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        let free_udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let udp_port = free_udp.local_addr().expect("addr").port();
+        drop(free_udp);
+        // The same number over UDP is another port: free.
+        let info = image_with_ports(&[("dns", &format!("{port}:53/udp"))]);
+        let nic = network_card(Path::new("/img"), &info).expect("udp port is free");
+        assert_eq!(nic.forwards.len(), 1);
+        assert!(!nic.outbound);
+        let info = image_with_ports(&[
+            ("dns", &format!("{udp_port}:53/udp")),
+            ("web", &format!("{port}:80")),
+        ]);
+        let err = network_card(Path::new("/img"), &info).expect_err("taken");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("host port 127.0.0.1:{port}/tcp for container web"))
+                && text.contains("another program uses it"),
+            "{text}"
+        );
+        assert!(matches!(
+            err,
+            Error::PortUnavailable { ref source, .. } if source.kind() == io::ErrorKind::AddrInUse
+        ));
+        // The wildcard address overlaps the taken loopback port.
+        let info = image_with_ports(&[("web", &format!("0.0.0.0:{port}:80"))]);
+        assert!(network_card(Path::new("/img"), &info).is_err());
+        drop(taken);
+        let info = image_with_ports(&[("web", &format!("{port}:80"))]);
+        network_card(Path::new("/img"), &info).expect("free again");
+    }
+
+    #[test]
+    fn a_bad_subnet_in_image_json_is_an_error_saying_to_rebuild() {
+        let mut info = image_with_ports(&[]);
+        info.network.prefix = 30;
+        let err = network_card(Path::new("/img"), &info).expect_err("bad");
+        assert!(
+            err.to_string()
+                .starts_with("/img/image.json: network: 10.0.2.0/30")
+                && err.to_string().contains("hafen build"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn qemus_own_failure_is_reported_in_its_words() {
+        let line = "qemu-system-x86_64: -netdev user,...: Could not set up host forwarding rule 'tcp:127.0.0.1:8080-10.0.2.40:80'";
+        let outcome = with_qemu_words(
+            RunOutcome::QemuFailed {
+                reason: None,
+                status: exit(1),
+            },
+            Some(line.into()),
+        );
+        let text = outcome.to_string();
+        assert!(
+            text.starts_with("QEMU exited with status 1 (qemu-system-x86_64: -netdev")
+                && text.contains("taken after hafen run found it free"),
+            "{text}"
+        );
+        // Other outcomes, and failures explained otherwise, keep their words.
+        assert_eq!(
+            with_qemu_words(RunOutcome::PoweredOff, Some(line.into())),
+            RunOutcome::PoweredOff
+        );
+        let explained = RunOutcome::QemuFailed {
+            reason: Some("after the guest rebooted".into()),
+            status: exit(1),
+        };
+        assert_eq!(
+            with_qemu_words(explained.clone(), Some(line.into())),
+            explained
+        );
+        let plain = RunOutcome::QemuFailed {
+            reason: None,
+            status: exit(1),
+        };
+        assert_eq!(with_qemu_words(plain.clone(), None), plain);
     }
 }

@@ -5,6 +5,8 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use hafen_proto::net::PublishedPort;
+
 /// File name of QEMU's QMP socket in a state directory.
 pub const QMP_SOCKET: &str = "qmp.sock";
 /// File name of QEMU's pid in a state directory.
@@ -18,6 +20,10 @@ pub const API_SOCKET: &str = "api.sock";
 pub const CONSOLE_LOG: &str = "console.log";
 /// Directory of the containers' logs kept on the host.
 pub const LOGS_DIR: &str = "logs";
+/// File name of the ports the run forwards (JSON, a list of
+/// [`PublishedPort`]), written before QEMU starts so that `hafen port` and
+/// `hafen ps` show them without asking the guest.
+pub const PORTS_FILE: &str = "ports.json";
 
 /// Hafen's runtime directory: `$XDG_RUNTIME_DIR/hafen`, or `/run/hafen`.
 pub fn runtime_dir() -> PathBuf {
@@ -92,6 +98,15 @@ impl StateDir {
     pub fn pid_file(&self) -> PathBuf {
         self.path.join(QEMU_PID)
     }
+
+    /// Records the ports this run forwards ([`PORTS_FILE`]); written under
+    /// a temporary name and renamed, so a reader never sees half of it.
+    pub fn write_ports(&self, ports: &[PublishedPort]) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(ports).map_err(io::Error::other)?;
+        let tmp = self.path.join(format!(".{PORTS_FILE}.tmp"));
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, self.path.join(PORTS_FILE))
+    }
 }
 
 impl Drop for StateDir {
@@ -115,6 +130,18 @@ impl VmDir {
     /// The monitor's socket for the CLI.
     pub fn api_socket(&self) -> PathBuf {
         self.path.join(API_SOCKET)
+    }
+
+    /// The ports the run forwards, as it recorded them before QEMU
+    /// started; none when it recorded nothing (a `hafen run` from before
+    /// networking, or one still starting).
+    pub fn ports(&self) -> io::Result<Vec<PublishedPort>> {
+        match std::fs::read(self.path.join(PORTS_FILE)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -227,6 +254,24 @@ mod tests {
         assert!(path.is_dir());
         drop(state);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn the_recorded_ports_are_read_back_and_none_is_no_ports() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::create(root.path(), "web", std::process::id()).expect("create");
+        let vm = find_vm(root.path(), "web").expect("found");
+        assert_eq!(vm.ports().expect("no file yet"), []);
+        let ports = vec![PublishedPort {
+            container: "web".into(),
+            address: "10.0.2.40".parse().expect("ip"),
+            port: "8080:80".parse().expect("port"),
+        }];
+        state.write_ports(&ports).expect("write");
+        assert_eq!(vm.ports().expect("read"), ports);
+        std::fs::write(state.path().join(PORTS_FILE), b"{not json").expect("write");
+        let err = vm.ports().expect_err("garbage");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

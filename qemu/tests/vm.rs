@@ -327,6 +327,7 @@ impl Image {
             memory_mib: 128,
             volumes: Vec::new(),
             data_size: None,
+            network: Default::default(),
         };
         std::fs::write(
             dir.path().join("image.json"),

@@ -17,12 +17,13 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use hafen_proto::net::{hosts_file, resolv_conf};
 pub use hafen_proto::net::{ContainerNet, NetworkConfig, NetworkMode, NETNS_DIR, NET_DIR};
+use rustix::io::Errno;
 use rustix::mount::{self, UnmountFlags};
 use rustix::thread::{self as rthread, LinkNameSpaceType};
 
@@ -214,7 +215,6 @@ pub fn prepare_container(
     // 2. A handle on our own namespace, to return to and to put the
     //    veth's peer in; a socket of our own namespace for the VM's side.
     let own = File::open(OWN_NETNS).map_err(step(name, format!("open {OWN_NETNS}")))?;
-    let own = OwnedFd::from(own);
     let mut vm = Netlink::open().map_err(step(name, "open a NETLINK_ROUTE socket"))?;
 
     // 3. Inside the new namespace.
@@ -372,25 +372,27 @@ impl Drop for Return<'_> {
 pub fn release_container(container: &str) -> Result<(), NetError> {
     let name = Some(container);
     let peer = peer_name(container);
-    match Netlink::open().and_then(|mut nl| nl.delete_link(&peer)) {
-        Err(e) if e.raw_os_error() != Some(libc::ENODEV) => {
-            return Err(step(name, format!("RTM_DELLINK {peer}"))(e));
-        }
-        _ => {}
-    }
     let path = netns_path(container);
-    match mount::unmount(&path, UnmountFlags::DETACH) {
-        Err(e) if e != rustix::io::Errno::INVAL && e != rustix::io::Errno::NOENT => {
-            return Err(step(name, format!("unmount {}", path.display()))(e.into()));
+    // Every step is tried; the first failure is the one reported.
+    let deleted = match Netlink::open().and_then(|mut nl| nl.delete_link(&peer)) {
+        Err(e) if e.raw_os_error() != Some(libc::ENODEV) => {
+            Err(step(name, format!("RTM_DELLINK {peer}"))(e))
         }
-        _ => {}
-    }
-    match fs::remove_file(&path) {
+        _ => Ok(()),
+    };
+    let unmounted = match mount::unmount(&path, UnmountFlags::DETACH) {
+        Err(e) if e != Errno::INVAL && e != Errno::NOENT => {
+            Err(step(name, format!("unmount {}", path.display()))(e.into()))
+        }
+        _ => Ok(()),
+    };
+    let removed = match fs::remove_file(&path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
             Err(step(name, format!("remove {}", path.display()))(e))
         }
         _ => Ok(()),
-    }
+    };
+    deleted.and(unmounted).and(removed)
 }
 
 /// Writes `container`'s `hosts`, `resolv.conf` and `hostname` into
