@@ -44,6 +44,8 @@ enum Control {
     Ls(LsArgs),
     /// List a VM's containers.
     Ps(PsArgs),
+    /// Print a VM's published ports (`80/tcp -> 127.0.0.1:8080`), or one container's.
+    Port(InspectArgs),
     /// Print a container's output (stdout to stdout, stderr to stderr).
     Logs(LogsArgs),
     /// Run a command in a running container.
@@ -395,6 +397,7 @@ fn control(verb: Control) -> ExitCode {
             all: a.all,
             json: a.format == Format::Json,
         }),
+        Control::Port(a) => containers::port(&a.vm, a.container.as_deref()),
         Control::Logs(a) => logs::logs(&logs::LogsOptions {
             vm: a.vm,
             container: a.container,

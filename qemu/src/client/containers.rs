@@ -1,15 +1,18 @@
-//! The verbs about a VM's containers: `hafen ps`, `inspect VM CONTAINER`,
-//! `start`, `stop`, `restart`, `kill`, `wait` and `top`.
+//! The verbs about a VM's containers: `hafen ps`, `port`, `inspect VM
+//! CONTAINER`, `start`, `stop`, `restart`, `kill`, `wait` and `top`.
 
 use std::io::Write;
 
+use hafen_proto::control::ErrorCode;
 use hafen_proto::control::{
     Body, ContainerInfo, ExitInfo, ExitStatus, Health, HealthStatus, ProcessInfo, State,
 };
+use hafen_proto::net::PublishedPort;
 use serde_json::{json, Value};
 
 use super::format::{self, Clock};
 use super::{out, Client, Error};
+use crate::state::{self, VmDir};
 
 /// `hafen ps`.
 #[derive(Debug, Clone)]
@@ -24,16 +27,91 @@ pub struct PsOptions {
 
 /// `hafen ps`: the VM's containers. Returns the exit code.
 pub fn ps(opts: &PsOptions) -> Result<i32, Error> {
-    let mut client = Client::connect(&opts.vm)?;
+    let vm = find(&opts.vm)?;
+    // What `hafen run` recorded; a file it could not read shows no ports
+    // rather than failing the listing.
+    let ports = vm.ports().unwrap_or_default();
+    let mut client = Client::connect_to(&vm)?;
     let clock = client.clock()?;
     let containers = list(&mut client)?;
     let shown: Vec<&ContainerInfo> = containers.iter().filter(|c| opts.all || is_up(c)).collect();
     let text = if opts.json {
-        let all: Vec<Value> = shown.iter().map(|c| summary_json(c, &clock)).collect();
+        let all: Vec<Value> = shown
+            .iter()
+            .map(|c| summary_json(c, &ports, &clock))
+            .collect();
         format!("{}\n", Value::Array(all))
     } else {
-        ps_table(&shown, &clock)
+        ps_table(&shown, &ports, &clock)
     };
+    out(std::io::stdout().lock().write_all(text.as_bytes()))?;
+    Ok(0)
+}
+
+/// The running VM called `name`.
+fn find(name: &str) -> Result<VmDir, Error> {
+    let vms = state::vms_dir(&state::runtime_dir());
+    Ok(state::find_vm(&vms, name)?)
+}
+
+/// `container`'s published ports, docker's `ps` way:
+/// `127.0.0.1:8080->80/tcp, 0.0.0.0:5353->53/udp`.
+pub fn ports_cell(container: &str, ports: &[PublishedPort]) -> String {
+    ports
+        .iter()
+        .filter(|p| p.container == container)
+        .map(|p| p.port.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One mapping as docker's `port` prints it: `80/tcp -> 127.0.0.1:8080`.
+pub fn port_line(p: &PublishedPort) -> String {
+    format!(
+        "{}/{} -> {}:{}",
+        p.port.container_port, p.port.protocol, p.port.host_ip, p.port.host_port
+    )
+}
+
+/// The `hafen port` text: `container`'s mappings, or every container's
+/// with its name in front.
+pub fn port_text(ports: &[PublishedPort], container: Option<&str>) -> String {
+    let mut text = String::new();
+    for p in ports {
+        match container {
+            Some(name) if p.container != name => {}
+            Some(_) => text.push_str(&format!("{}\n", port_line(p))),
+            None => text.push_str(&format!("{} {}\n", p.container, port_line(p))),
+        }
+    }
+    text
+}
+
+/// `hafen port VM [CONTAINER]`: the published ports, as `hafen run`
+/// recorded them (the guest is not asked). A container with none prints
+/// nothing; only then is the guest asked whether it exists at all, so a
+/// misspelt name is an error while the VM answers.
+pub fn port(vm: &str, container: Option<&str>) -> Result<i32, Error> {
+    let dir = find(vm)?;
+    let ports = dir.ports().map_err(|source| Error::Io {
+        vm: vm.to_owned(),
+        source,
+    })?;
+    let text = port_text(&ports, container);
+    if let (Some(name), true) = (container, text.is_empty()) {
+        if let Ok(mut client) = Client::connect_to(&dir) {
+            client.set_timeout(Some(std::time::Duration::from_secs(5)));
+            if let Ok(all) = list(&mut client) {
+                if !all.iter().any(|c| c.name == name) {
+                    return Err(Error::Refused {
+                        vm: vm.to_owned(),
+                        code: ErrorCode::NotFound,
+                        message: format!("no container {name:?} in VM {vm}"),
+                    });
+                }
+            }
+        }
+    }
     out(std::io::stdout().lock().write_all(text.as_bytes()))?;
     Ok(0)
 }
@@ -149,8 +227,9 @@ fn command_cell(command: &[String]) -> String {
     )
 }
 
-/// The `hafen ps` table.
-pub fn ps_table(containers: &[&ContainerInfo], clock: &Clock) -> String {
+/// The `hafen ps` table; PORTS comes last, where an empty cell costs
+/// nothing.
+pub fn ps_table(containers: &[&ContainerInfo], ports: &[PublishedPort], clock: &Clock) -> String {
     let rows: Vec<Vec<String>> = containers
         .iter()
         .map(|c| {
@@ -166,6 +245,7 @@ pub fn ps_table(containers: &[&ContainerInfo], clock: &Clock) -> String {
                 c.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
                 status(c, clock),
                 c.restarts.to_string(),
+                ports_cell(&c.name, ports),
             ]
         })
         .collect();
@@ -178,6 +258,7 @@ pub fn ps_table(containers: &[&ContainerInfo], clock: &Clock) -> String {
             "PID",
             "STATUS",
             "RESTARTS",
+            "PORTS",
         ],
         &rows,
     )
@@ -192,8 +273,13 @@ fn exit_fields(status: Option<ExitStatus>) -> (Value, Value) {
 }
 
 /// A container as `ps --format json` shows it.
-pub fn summary_json(c: &ContainerInfo, clock: &Clock) -> Value {
+pub fn summary_json(c: &ContainerInfo, ports: &[PublishedPort], clock: &Clock) -> Value {
     let (exit_code, signal) = exit_fields(c.exit.as_ref().map(|e| e.status));
+    let ports: Vec<String> = ports
+        .iter()
+        .filter(|p| p.container == c.name)
+        .map(|p| p.port.to_string())
+        .collect();
     json!({
         "name": c.name,
         "image": c.image,
@@ -206,6 +292,7 @@ pub fn summary_json(c: &ContainerInfo, clock: &Clock) -> Value {
         "started_at": c.started_ns.map(|t| format::rfc3339(clock.unix_ns(t))),
         "exit_code": exit_code,
         "signal": signal,
+        "ports": ports,
     })
 }
 
@@ -577,7 +664,7 @@ mod tests {
             finished_ns: 90 * S,
             oom_killed: false,
         });
-        let text = ps_table(&[&web, &job], &clock());
+        let text = ps_table(&[&web, &job], &[], &clock());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         let header: Vec<&str> = lines[0].split_whitespace().collect();
@@ -590,7 +677,8 @@ mod tests {
                 "STATE",
                 "PID",
                 "STATUS",
-                "RESTARTS"
+                "RESTARTS",
+                "PORTS"
             ]
         );
         assert!(lines[1].starts_with("web "), "{text}");
@@ -674,8 +762,62 @@ mod tests {
             "1970-01-01T00:18:21.000000000Z"
         );
         assert_eq!(v["state"]["waiting_for"], "db to be healthy");
-        let summary = summary_json(&api, &clock());
+        let summary = summary_json(&api, &[], &clock());
         assert_eq!(summary["health"], "unhealthy");
+        assert_eq!(summary["ports"], json!([]));
+    }
+
+    fn published(container: &str, spec: &str) -> PublishedPort {
+        PublishedPort {
+            container: container.into(),
+            address: "10.0.2.40".parse().expect("ip"),
+            port: spec.parse().expect("spec"),
+        }
+    }
+
+    #[test]
+    fn ps_shows_each_containers_published_ports_as_docker_does() {
+        let web = container("web", State::Running);
+        let db = container("db", State::Running);
+        let ports = [
+            published("web", "8080:80"),
+            published("dns", "5353:53/udp"),
+            published("web", "0.0.0.0:8443:443"),
+        ];
+        let text = ps_table(&[&web, &db], &ports, &clock());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].ends_with(" 127.0.0.1:8080->80/tcp, 0.0.0.0:8443->443/tcp"),
+            "{text}"
+        );
+        assert!(lines[2].ends_with(" 0"), "no ports, no cell: {text}");
+        let at = |l: &str, w: &str| l[..l.find(w).expect("column")].chars().count();
+        assert_eq!(at(lines[0], "PORTS"), at(lines[1], "127.0.0.1:8080"));
+        let summary = summary_json(&web, &ports, &clock());
+        assert_eq!(
+            summary["ports"],
+            json!(["127.0.0.1:8080->80/tcp", "0.0.0.0:8443->443/tcp"])
+        );
+    }
+
+    #[test]
+    fn port_prints_dockers_lines_for_one_container_or_all() {
+        let ports = [
+            published("web", "8080:80"),
+            published("dns", "0.0.0.0:5353:53/udp"),
+            published("web", "127.0.0.1:8443:443/tcp"),
+        ];
+        assert_eq!(
+            port_text(&ports, Some("web")),
+            "80/tcp -> 127.0.0.1:8080\n443/tcp -> 127.0.0.1:8443\n"
+        );
+        assert_eq!(port_text(&ports, Some("dns")), "53/udp -> 0.0.0.0:5353\n");
+        assert_eq!(port_text(&ports, Some("db")), "");
+        assert_eq!(
+            port_text(&ports, None),
+            "web 80/tcp -> 127.0.0.1:8080\ndns 53/udp -> 0.0.0.0:5353\nweb 443/tcp -> 127.0.0.1:8443\n"
+        );
+        assert_eq!(port_text(&[], None), "");
     }
 
     #[test]
