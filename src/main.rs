@@ -88,6 +88,29 @@ enum VolumeCommand {
         /// The volume's name.
         name: String,
     },
+    /// Write a volume's content as a tar archive (stdout, or -o FILE). The
+    /// running containers that mount it are paused meanwhile, so the copy
+    /// is consistent.
+    Export {
+        /// The VM's name.
+        vm: String,
+        /// The volume's name.
+        name: String,
+        /// Write the archive to FILE (it appears only once complete).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Replace a volume's content with a tar archive (stdin, or -i FILE).
+    /// No running container may mount it; a bad archive changes nothing.
+    Import {
+        /// The VM's name.
+        vm: String,
+        /// The volume's name (made when it does not exist yet).
+        name: String,
+        /// Read the archive from FILE.
+        #[arg(short = 'i', long = "input", value_name = "FILE")]
+        input: Option<PathBuf>,
+    },
 }
 
 /// Output formats of the listing verbs.
@@ -448,6 +471,12 @@ fn control(verb: Control) -> ExitCode {
         Control::Events(a) => events::events(&a.vm, a.format == Format::Json),
         Control::Volume(VolumeCommand::Ls { vm }) => volumes::ls(&vm),
         Control::Volume(VolumeCommand::Inspect { vm, name }) => volumes::inspect(&vm, &name),
+        Control::Volume(VolumeCommand::Export { vm, name, output }) => {
+            volumes::export(&vm, &name, output.as_deref())
+        }
+        Control::Volume(VolumeCommand::Import { vm, name, input }) => {
+            volumes::import(&vm, &name, input.as_deref())
+        }
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),

@@ -497,3 +497,198 @@ command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo steady up; while true; do 
     vm.assert_console("data disk unmounted cleanly");
     assert!(!vm.console().contains("filler | disk NEVER full"));
 }
+
+/// `hafen volume export|import`: an export taken while the container that
+/// writes the volume runs (it is paused meanwhile, and runs on after), a
+/// tar GNU tar reads with every owner, link and FIFO; imported into a new
+/// volume and exported again it gives the same bytes. An import into a
+/// volume a running container mounts is refused naming it; a truncated
+/// or garbage archive changes nothing; after `hafen stop` an import
+/// replaces the volume and the container starts on it.
+#[test]
+fn volumes_export_and_import_round_trip_and_bad_archives_change_nothing() {
+    use std::io::Write;
+    let scratch = Scratch::new("volcopy");
+    let image = build_image(
+        &scratch,
+        r#"
+name = "volcopy"
+data_size = "64M"
+
+[[volume]]
+name = "db"
+
+[[container]]
+name = "db"
+image = "oci:busybox:1"
+volumes = ["db:/data"]
+command = ["/bin/sh", "-c", """
+trap 'exit 0' TERM
+if [ ! -e /data/seeded ]; then
+  mkdir -p /data/sub/deeper
+  echo hello > /data/sub/file
+  ln /data/sub/file /data/hard
+  ln -s sub/file /data/soft
+  mkfifo /data/pipe
+  dd if=/dev/urandom of=/data/random bs=1k count=300 2>/dev/null
+  chown -R 1000:1000 /data/sub
+  chmod 4750 /data/sub/file
+  touch /data/seeded
+fi
+echo "db ready $(cat /data/sub/file)"
+i=0
+while true; do i=$((i+1)); echo $i > /data/count; sleep 0.05 & wait $!; done
+"""]
+"#,
+    );
+    let name = format!("volcopy-{}", std::process::id());
+    let _data = VmData::new(&name);
+    let a = scratch.0.join("a.tar");
+    let (a_str, vm_name) = (a.to_str().expect("utf-8"), name.as_str());
+    let mut vm = Vm::boot_with(&image, &["--name", &name]);
+    vm.checked(|| {
+        vm.wait_for("db | db ready hello");
+        let mut events = Command::new(common::hafen())
+            .args(["events", vm_name])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("hafen events");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let export =
+            common::hafen_cli(&["volume", "export", vm_name, "db", "-o", a_str], None, CLI);
+        export.ok("export db");
+        assert!(
+            export.stderr.contains("exported volume db"),
+            "{}",
+            export.stderr
+        );
+        // The container was paused for the copy and runs on afterwards.
+        let paused = common::eventually("pause and unpause events", CLI, || {
+            let ps = common::hafen_cli(&["ps", vm_name], None, CLI).ok("ps");
+            if ps.contains("Paused") {
+                return Err(format!("still paused: {ps}"));
+            }
+            Ok(ps)
+        });
+        assert!(paused.contains("Up"), "{paused}");
+        let _ = events.kill();
+        let out = events.wait_with_output().expect("events output");
+        let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+        let pause = seen
+            .find(" db pause")
+            .unwrap_or_else(|| panic!("no pause: {seen}"));
+        let unpause = seen
+            .find(" db unpause")
+            .unwrap_or_else(|| panic!("no unpause: {seen}"));
+        assert!(pause < unpause, "{seen}");
+
+        // GNU tar is the oracle for the format.
+        let listing = Command::new("tar")
+            .args(["--numeric-owner", "-tvf"])
+            .arg(&a)
+            .output()
+            .expect("tar -tvf");
+        assert!(listing.status.success());
+        let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+        for want in [
+            "-rwsr-x--- 1000/1000",
+            "./sub/file",
+            "./sub/file link to ./hard",
+            "./soft -> sub/file",
+            "prw-r--r--",
+            "./random",
+            "drwxr-xr-x 1000/1000",
+        ] {
+            assert!(listing.contains(want), "no {want:?} in\n{listing}");
+        }
+
+        // Into a new volume and out again: the same bytes.
+        common::hafen_cli(
+            &["volume", "import", vm_name, "copy", "-i", a_str],
+            None,
+            CLI,
+        )
+        .ok("import into a new volume");
+        let original = std::fs::read(&a).expect("a.tar");
+        let again = common::hafen_cli(&["volume", "export", vm_name, "copy"], None, CLI);
+        again.ok("export copy to stdout");
+        assert!(again.stdout == original, "export, import, export differ");
+
+        // Refused or bad imports leave the volume as it was.
+        let busy = common::hafen_cli(&["volume", "import", vm_name, "db", "-i", a_str], None, CLI);
+        assert_ne!(busy.code(), Some(0));
+        assert!(
+            busy.stderr.contains("mounted by container db") && busy.stderr.contains("hafen stop"),
+            "{}",
+            busy.stderr
+        );
+        let cut = common::hafen_cli(
+            &["volume", "import", vm_name, "copy"],
+            Some(&original[..original.len() / 2]),
+            CLI,
+        );
+        assert_ne!(cut.code(), Some(0));
+        assert!(
+            cut.stderr.contains("truncated") && cut.stderr.contains("unchanged"),
+            "{}",
+            cut.stderr
+        );
+        let mut garbage = b"this is not a tar archive\n".to_vec();
+        garbage.resize(4096, b'x');
+        let bad = common::hafen_cli(&["volume", "import", vm_name, "copy"], Some(&garbage), CLI);
+        assert!(bad.stderr.contains("not a tar archive"), "{}", bad.stderr);
+        let still = common::hafen_cli(&["volume", "export", vm_name, "copy"], None, CLI);
+        assert!(
+            still.stdout == original,
+            "a failed import changed the volume"
+        );
+
+        // Stopped, the volume takes an import and the container starts on it.
+        let other = {
+            // The same archive with one more file, written by GNU tar.
+            let dir = scratch.0.join("extra");
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(dir.join("added"), b"from the host\n").expect("write");
+            let tar = Command::new("tar")
+                .args(["-cf", "-", "-C"])
+                .arg(&dir)
+                .arg("added")
+                .output()
+                .expect("tar -cf");
+            assert!(tar.status.success());
+            [&original[..original.len() - 1024], &tar.stdout[..]].concat()
+        };
+        let extra = scratch.0.join("b.tar");
+        std::fs::File::create(&extra)
+            .and_then(|mut f| f.write_all(&other))
+            .expect("b.tar");
+        common::hafen_cli(&["stop", vm_name, "db"], None, CLI).ok("stop db");
+        common::hafen_cli(
+            &[
+                "volume",
+                "import",
+                vm_name,
+                "db",
+                "-i",
+                extra.to_str().expect("utf-8"),
+            ],
+            None,
+            CLI,
+        )
+        .ok("import into the stopped container's volume");
+        common::hafen_cli(&["start", vm_name, "db"], None, CLI).ok("start db");
+        let seen = common::eventually("the imported file in the container", CLI, || {
+            let out = common::hafen_cli(&["exec", vm_name, "db", "cat", "/data/added"], None, CLI);
+            match out.code() {
+                Some(0) => Ok(out.stdout()),
+                _ => Err(out.stderr),
+            }
+        });
+        assert_eq!(seen, "from the host\n");
+        let ls = common::hafen_cli(&["volume", "ls", vm_name], None, CLI).ok("volume ls");
+        assert!(ls.contains("copy") && ls.contains("db"), "{ls}");
+        assert!(!ls.contains(".import"), "{ls}");
+    });
+    vm.signal(libc::SIGTERM);
+    assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.console());
+}

@@ -578,17 +578,7 @@ pub fn parse_destination(path: &str) -> Result<String, String> {
     Ok(normal)
 }
 
-/// Whether `name` can name a volume: `[a-z0-9][a-z0-9_.-]*`, at most 64 bytes
-/// (it becomes a directory name on the data disk).
-pub fn valid_volume_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 64
-        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes.iter().all(|&b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
-        })
-}
+pub use hafen_proto::layout::valid_volume_name;
 
 /// What a `volumes` item looks like.
 const VOLUME_EXPECTED: &str = "expected \"NAME:/path\", \"NAME:/path:ro\" or \"NAME:/path:rw\"";

@@ -804,6 +804,24 @@ pub fn set_up_job_child(cmd: &mut std::process::Command, setup: JobChild) {
     }
 }
 
+/// Arranges for `cmd`'s child, a helper PID 1 starts outside any
+/// container, to begin with an empty signal mask (PID 1 blocks the signals
+/// its signalfd reads) and the default OOM score (PID 1's protection is
+/// its own).
+pub fn set_up_helper_child(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let empty = SigSet::of(&[]);
+    // SAFETY: the closure makes only async-signal-safe calls (sigprocmask,
+    // open, write, close) on data prepared before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            empty.set_mask()?;
+            reset_oom_score_in_child();
+            Ok(())
+        });
+    }
+}
+
 /// Marks every descriptor from `first` up close-on-exec, so a program we
 /// exec keeps only the ones below `first` (stdio and those a caller asked
 /// to pass on). Between clone and exec: raw system calls only.

@@ -17,7 +17,7 @@ use crate::frame;
 
 /// The protocol version this build speaks. A peer with another one is
 /// refused with a message that says which side to update.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// One message and the request it belongs to (0: the channel itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +223,29 @@ pub enum Body {
     GetVolumes,
     /// Answer to [`Body::GetVolumes`].
     Volumes(Vec<VolumeInfo>),
+    /// Copy a volume out as a tar archive, or replace its content with
+    /// one; answered like [`Body::Exec`]: [`Body::ExecStarted`], then
+    /// [`Body::Output`] (on export, stdout is the archive; stderr carries
+    /// the copier's messages either way), then [`Body::ExecExit`]. An
+    /// import's archive comes as [`Body::Input`] frames ended by an empty one.
+    VolumeCopy {
+        /// The volume.
+        volume: String,
+        /// Which way.
+        direction: CopyDirection,
+    },
+}
+
+/// Which way [`Body::VolumeCopy`] copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyDirection {
+    /// From the volume to the host: consistent, because the running
+    /// containers that mount it are paused (cgroup freezer) meanwhile.
+    Export,
+    /// From the host into the volume, replacing what it held: the archive
+    /// is unpacked beside it and swapped in only once complete; no running
+    /// container may mount it.
+    Import,
 }
 
 /// The guest machine and its PID 1.
@@ -296,6 +319,8 @@ pub enum State {
     Exited,
     /// It could not be started.
     Failed,
+    /// Running, but frozen (while a volume it mounts is exported).
+    Paused,
 }
 
 impl State {
@@ -307,6 +332,7 @@ impl State {
             State::Restarting => "restarting",
             State::Exited => "exited",
             State::Failed => "failed",
+            State::Paused => "paused",
         }
     }
 }
@@ -568,6 +594,10 @@ pub enum EventKind {
         /// Why, naming the dependency.
         reason: String,
     },
+    /// It was frozen (while a volume it mounts is exported).
+    Pause,
+    /// It runs again.
+    Unpause,
 }
 
 impl EventKind {
@@ -578,6 +608,8 @@ impl EventKind {
             EventKind::StartFailed { .. } => "start_failed",
             EventKind::Die(_) => "die",
             EventKind::Oom => "oom",
+            EventKind::Pause => "pause",
+            EventKind::Unpause => "unpause",
             EventKind::Stop => "stop",
             EventKind::Kill { .. } => "kill",
             EventKind::ExecStart { .. } => "exec_start",

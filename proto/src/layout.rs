@@ -48,6 +48,19 @@ pub fn ext4_label(start: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&name[..end]).into_owned())
 }
 
+/// Whether `name` can name a volume: `[a-z0-9][a-z0-9_.-]*`, at most 64
+/// bytes. It becomes a directory name on the data disk, so it can never be
+/// `..`, contain a `/` or start with the `.` of PID 1's own work directories.
+pub fn valid_volume_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|&b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

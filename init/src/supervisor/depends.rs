@@ -106,7 +106,10 @@ impl Supervisor {
             let mut changed = false;
             for i in 0..self.containers.len() {
                 let c = &self.containers[i];
-                if c.state != State::NotStarted || c.held {
+                // One whose volume is being imported waits (an import
+                // refuses to begin while such a container could start;
+                // this only keeps the loop from spinning on it).
+                if c.state != State::NotStarted || c.held || self.importing(i).is_some() {
                     continue;
                 }
                 match self.start_readiness(i) {

@@ -15,13 +15,14 @@ use hafen_proto::control::{self as proto, Body, ErrorCode, ExecRequest, Stream};
 use hafen_proto::spec::{ConsoleSize, Process, User};
 
 use super::requests::{error, Refusal};
+use super::volume_copy::CopyJob;
 use super::{Supervisor, TOKEN_EXEC};
 use crate::container::exec::{self, ConsoleTarget, ExecOptions, Target};
 use crate::container::{console, StdioMode};
 use crate::sys::{self, ExitStatus, EPOLL_INPUT, EPOLL_OUTPUT};
 
-/// The most exec'd processes at once.
-const MAX_EXECS: usize = 32;
+/// The most exec'd processes (and volume copiers) at once.
+pub(super) const MAX_EXECS: usize = 32;
 /// Input buffered for exec'd processes beyond which no more requests are
 /// read until they take it (back-pressure to the host).
 const MAX_INPUT: usize = 1024 * 1024;
@@ -42,7 +43,10 @@ pub(super) struct ExecSession {
     id: Option<u32>,
     slot: u64,
     pid: libc::pid_t,
-    container: usize,
+    /// The container it runs in; `None` for a volume copier.
+    container: Option<usize>,
+    /// What a volume copier must undo when it ends.
+    copy: Option<CopyJob>,
     /// stdout (or the terminal's master) and stderr.
     outputs: [Option<OwnedFd>; 2],
     /// Its stdin pipe; with a terminal, input goes to the master.
@@ -59,6 +63,47 @@ pub(super) struct ExecSession {
 }
 
 impl ExecSession {
+    /// A session for request `id`, with no descriptors yet.
+    pub(super) fn new(
+        id: u32,
+        slot: u64,
+        pid: libc::pid_t,
+        container: Option<usize>,
+        copy: Option<CopyJob>,
+    ) -> ExecSession {
+        ExecSession {
+            id: Some(id),
+            slot,
+            pid,
+            container,
+            copy,
+            outputs: [None, None],
+            stdin: None,
+            tty: false,
+            input: Vec::new(),
+            input_eof: false,
+            input_watched: false,
+            paused: false,
+            exit: None,
+        }
+    }
+
+    /// Its process's pipes: stdout, stderr and (when it reads) stdin.
+    pub(super) fn set_pipes(&mut self, stdout: OwnedFd, stderr: OwnedFd, stdin: Option<OwnedFd>) {
+        self.outputs = [Some(stdout), Some(stderr)];
+        self.stdin = stdin;
+    }
+
+    /// Its process, until it has been reaped.
+    pub(super) fn running_pid(&self) -> Option<libc::pid_t> {
+        self.exit.is_none().then_some(self.pid)
+    }
+
+    /// The volume copy it is, if it is one.
+    pub(super) fn copy(&self) -> Option<&CopyJob> {
+        self.copy.as_ref()
+    }
+
     fn token(&self, kind: u64) -> u64 {
         TOKEN_EXEC + self.slot * 4 + kind
     }
@@ -211,27 +256,15 @@ impl Supervisor {
         let spawned = exec::exec(target, &process, seccomp, &opts)
             .map_err(|e| error(ErrorCode::Failed, e.to_string()))?;
         drop(opts);
-        let mut session = ExecSession {
-            id: Some(id),
-            slot: self.next_exec_slot,
-            pid: spawned.pid,
-            container: i,
-            outputs: [None, None],
-            stdin: None,
-            tty: request.tty,
-            input: Vec::new(),
-            input_eof: false,
-            input_watched: false,
-            paused: false,
-            exit: None,
-        };
-        self.next_exec_slot += 1;
+        let slot = self.exec_slot();
+        let mut session = ExecSession::new(id, slot, spawned.pid, Some(i), None);
         if let Some(ours) = ours {
             match console::receive(ours.as_fd()) {
                 Ok(master) => {
                     if let Err(e) = sys::set_nonblocking(master.as_raw_fd()) {
                         warn!("exec terminal: {e}");
                     }
+                    session.tty = true;
                     session.outputs[0] = Some(master);
                 }
                 Err(e) => {
@@ -248,16 +281,8 @@ impl Supervisor {
             session.outputs = [Some(io.stdout), Some(io.stderr)];
             session.stdin = io.stdin;
         }
-        for kind in [KIND_STDOUT, KIND_STDERR] {
-            if let Some(fd) = &session.outputs[kind as usize] {
-                if let Err(e) = self.epoll.add(fd.as_raw_fd(), session.token(kind)) {
-                    warn!("cannot watch an exec's output: {e}");
-                }
-            }
-        }
         let pid = session.pid;
-        self.execs.push(session);
-        self.reply(id, Body::ExecStarted { pid: pid as u32 });
+        self.add_exec_session(session);
         self.emit(
             i,
             proto::EventKind::ExecStart {
@@ -266,6 +291,28 @@ impl Supervisor {
             },
         );
         Ok(())
+    }
+
+    /// Watches `session`'s outputs, keeps it, and answers its request.
+    pub(super) fn add_exec_session(&mut self, session: ExecSession) {
+        for kind in [KIND_STDOUT, KIND_STDERR] {
+            if let Some(fd) = &session.outputs[kind as usize] {
+                if let Err(e) = self.epoll.add(fd.as_raw_fd(), session.token(kind)) {
+                    warn!("cannot watch an exec's output: {e}");
+                }
+            }
+        }
+        let (id, pid) = (session.id, session.pid);
+        self.execs.push(session);
+        if let Some(id) = id {
+            self.reply(id, Body::ExecStarted { pid: pid as u32 });
+        }
+    }
+
+    /// A fresh exec slot number.
+    pub(super) fn exec_slot(&mut self) -> u64 {
+        self.next_exec_slot += 1;
+        self.next_exec_slot - 1
     }
 
     fn exec_by_id(&mut self, id: u32) -> Option<usize> {
@@ -497,14 +544,18 @@ impl Supervisor {
             return false;
         };
         self.execs[s].exit = Some((status, sys::monotonic_ns()));
-        let container = self.execs[s].container;
-        self.emit(
-            container,
-            proto::EventKind::ExecDie {
-                pid: pid as u32,
-                status,
-            },
-        );
+        if let Some(container) = self.execs[s].container {
+            self.emit(
+                container,
+                proto::EventKind::ExecDie {
+                    pid: pid as u32,
+                    status,
+                },
+            );
+        }
+        if let Some(copy) = self.execs[s].copy.take() {
+            self.copy_ended(copy);
+        }
         // Read what is already there before deciding.
         for which in 0..2 {
             if !self.execs[s].paused {

@@ -20,6 +20,7 @@ mod exec;
 mod health;
 mod requests;
 mod restart;
+mod volume_copy;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -124,6 +125,8 @@ struct Container {
     health: Option<Health>,
     /// Stopped on request (`hafen stop`): the machine stays up for it.
     held: bool,
+    /// Frozen (its cgroup) while a volume it mounts is exported.
+    frozen: bool,
     /// The stop timeout in force, for the message when it runs out.
     stop_secs: u32,
     /// Its `memory.events` watch, and the OOM kills counted so far.
@@ -148,6 +151,7 @@ impl Container {
             .due
             .map(|due| sys::boottime_ns() + due.saturating_sub(sys::monotonic_ns()));
         let state = match self.state {
+            State::Running { .. } if self.frozen => proto::State::Paused,
             State::Running { .. } => proto::State::Running,
             _ if restarting || next_restart_ns.is_some() => proto::State::Restarting,
             State::NotStarted => proto::State::Created,
@@ -272,6 +276,7 @@ impl Supervisor {
                 error: None,
                 starts: 0,
                 held: false,
+                frozen: false,
                 stop_secs: 0,
                 oom_watch: None,
                 oom_kills: 0,
@@ -452,6 +457,12 @@ impl Supervisor {
 
     /// Starts container `i`; the error says why it could not be.
     fn start(&mut self, i: usize) -> Result<(), String> {
+        if let Some(volume) = self.importing(i) {
+            return Err(format!(
+                "volume {volume} is being imported; start {} when the import has finished",
+                self.containers[i].bundle.name
+            ));
+        }
         let Some(c) = self.containers.get_mut(i) else {
             return Err("no such container".into());
         };
@@ -638,6 +649,7 @@ impl Supervisor {
             oom_killed,
         };
         c.state = State::Exited;
+        c.frozen = false;
         c.exit = Some(exit.clone());
         if let Some(dir) = c.cgroup.take() {
             cgroup::remove(&dir);
@@ -873,6 +885,9 @@ impl Supervisor {
         let held = self.shutdown.is_none() && self.containers.iter().any(|c| c.held);
         if self.running().next().is_some() || pending || held || self.restart_pending() {
             self.all_exited_at = None;
+            return None;
+        }
+        if self.end_copies() {
             return None;
         }
         let action = match self.shutdown {

@@ -241,6 +241,10 @@ impl Supervisor {
                 self.exec_cancel(id);
                 None
             }
+            Body::VolumeCopy { volume, direction } => self
+                .volume_copy(id, volume, direction)
+                .err()
+                .map(Body::from),
             Body::GetGuest => Some(Body::Guest(self.guest_info())),
             Body::GetVolumes => {
                 let mounts: Vec<(String, Vec<String>)> = self

@@ -10,6 +10,9 @@
 //! guest; with `data=ordered` no file's metadata points at blocks whose
 //! data never reached the disk, and what a container fsync'ed is there.
 
+pub mod archive;
+pub mod copy;
+
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -53,6 +56,7 @@ pub fn mount_data_disk() -> Result<Option<PathBuf>, String> {
             device.display()
         )
     })?;
+    copy::remove_leftovers();
     if incompat & INCOMPAT_RECOVER != 0 {
         warn!(
             "data disk {}: not unmounted cleanly last time; its journal was replayed",
@@ -196,7 +200,8 @@ pub fn list(mounts: &[(String, Vec<String>)]) -> Vec<hafen_proto::control::Volum
         names.extend(
             entries
                 .flatten()
-                .filter_map(|e| e.file_name().into_string().ok()),
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|name| layout::valid_volume_name(name)),
         );
     }
     names.sort();
@@ -290,6 +295,11 @@ fn map_id(id: u32, mappings: &[IdMapping]) -> u32 {
         .iter()
         .find(|m| id >= m.container_id && id - m.container_id < m.size)
         .map_or(id, |m| m.host_id + (id - m.container_id))
+}
+
+/// Whether the data disk is mounted.
+pub fn has_data_disk() -> bool {
+    is_mounted(Path::new(DATA_DIR))
 }
 
 fn is_mounted(path: &Path) -> bool {

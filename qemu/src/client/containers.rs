@@ -142,10 +142,15 @@ pub fn status(c: &ContainerInfo, clock: &Clock) -> String {
             Some(what) => format!("Created (waiting for {})", format::one_line(what)),
             None => "Created".to_owned(),
         },
-        State::Running => {
+        State::Running | State::Paused => {
             let up = match c.started_ns {
                 Some(t) => format!("Up {}", format::human_duration(clock.ago(t))),
                 None => "Up".to_owned(),
+            };
+            let up = match c.state {
+                // docker's words for a frozen container.
+                State::Paused => format!("{up} (Paused)"),
+                _ => up,
             };
             match &c.health {
                 Some(h) => format!("{up} ({})", health_words(h.status)),

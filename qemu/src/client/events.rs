@@ -32,7 +32,7 @@ fn details(kind: &EventKind) -> Vec<(&'static str, Value)> {
             }
             d
         }
-        EventKind::Oom | EventKind::Stop => Vec::new(),
+        EventKind::Oom | EventKind::Stop | EventKind::Pause | EventKind::Unpause => Vec::new(),
         EventKind::Kill { signal } => vec![("signal", json!(hafen_proto::signal::name(*signal)))],
         EventKind::ExecStart { pid, command } => {
             vec![("pid", json!(pid)), ("command", json!(command.join(" ")))]

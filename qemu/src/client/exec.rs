@@ -153,23 +153,7 @@ pub fn run(opts: &ExecOptions) -> Result<Ended, Error> {
                 }
                 _ => {}
             },
-            Wake::Ready => {
-                let n = match rustix::io::read(stdin, &mut buf) {
-                    Ok(n) => n,
-                    Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
-                    // An unreadable stdin ends the input like EOF does.
-                    Err(_) => 0,
-                };
-                if n == 0 {
-                    reading = false;
-                }
-                client.send(
-                    id,
-                    Body::Input {
-                        data: buf[..n].to_vec(),
-                    },
-                )?;
-            }
+            Wake::Ready => reading = client.forward_input(id, stdin, &mut buf)?,
             Wake::Signal(libc::SIGWINCH) => {
                 if let (true, Some((rows, cols))) = (opts.tty && started, size_of()) {
                     client.send(id, Body::Resize { rows, cols })?;

@@ -374,6 +374,32 @@ impl Client {
         }
     }
 
+    /// Sends what `input` has as request `id`'s [`Body::Input`] (an empty
+    /// one at its end); false once it has ended. An unreadable input ends
+    /// like EOF does (a message says why).
+    fn forward_input(
+        &mut self,
+        id: u32,
+        input: BorrowedFd<'_>,
+        buf: &mut [u8],
+    ) -> Result<bool, Error> {
+        let n = match rustix::io::read(input, &mut *buf) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => return Ok(true),
+            Err(e) => {
+                eprintln!("hafen: cannot read the input: {e}; ending it there");
+                0
+            }
+        };
+        self.send(
+            id,
+            Body::Input {
+                data: buf[..n].to_vec(),
+            },
+        )?;
+        Ok(n > 0)
+    }
+
     /// Waits for the next message, a readable `also` descriptor, a caught
     /// signal, or `deadline`.
     fn wait(&mut self, also: &[BorrowedFd<'_>], deadline: Option<Instant>) -> Result<Wake, Error> {

@@ -1,12 +1,17 @@
-//! `hafen volume ls VM` and `hafen volume inspect VM NAME`: a VM's volumes
-//! as its PID 1 sees them (where they live, what they use, who mounts them).
+//! `hafen volume ls|inspect|export|import`: a VM's volumes as its PID 1
+//! sees them (where they live, what they use, who mounts them), and their
+//! content as tar archives.
 
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
 
-use hafen_proto::control::{Body, VolumeInfo};
+use hafen_proto::control::{Body, CopyDirection, Stream, VolumeInfo};
 use serde_json::{json, Value};
 
-use super::format;
+use super::terminal;
+use super::{format, Wake};
 use super::{out, Client, Error};
 
 fn volumes(client: &mut Client) -> Result<Vec<VolumeInfo>, Error> {
@@ -92,6 +97,152 @@ pub fn inspect(vm: &str, name: &str) -> Result<i32, Error> {
     let text = serde_json::to_string_pretty(&volume_json(v)).unwrap_or_default();
     out(writeln!(std::io::stdout().lock(), "{text}"))?;
     Ok(0)
+}
+
+/// Runs one copy: the guest's archive into `sink` (export) or `input`'s
+/// bytes to the guest (import); the copier's messages go to our stderr.
+/// Returns the copier's exit code (128+N when signal N ended us).
+fn copy(
+    vm: &str,
+    name: &str,
+    direction: CopyDirection,
+    input: Option<BorrowedFd<'_>>,
+    sink: &mut dyn Write,
+) -> Result<i32, Error> {
+    let mut client = Client::connect(vm)?;
+    client.catch_signals(&[])?;
+    let id = client.fresh_id();
+    client.send(
+        id,
+        Body::VolumeCopy {
+            volume: name.to_owned(),
+            direction,
+        },
+    )?;
+    let mut reading = false;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let also: Vec<BorrowedFd<'_>> = input.filter(|_| reading).into_iter().collect();
+        match client.wait(&also, None)? {
+            Wake::Message(m) if m.id != id => {}
+            Wake::Message(m) => match m.body {
+                Body::ExecStarted { .. } => reading = input.is_some(),
+                Body::Output {
+                    stream: Stream::Stdout,
+                    data,
+                } => {
+                    if let Err(e) = sink.write_all(&data) {
+                        let _ = client.send(id, Body::Cancel);
+                        return Err(Error::Output(e));
+                    }
+                }
+                Body::Output {
+                    stream: Stream::Stderr,
+                    data,
+                } => {
+                    let _ = std::io::stderr().write_all(&data);
+                }
+                Body::ExecExit { status } => return Ok(status.code()),
+                Body::Error { code, message } => {
+                    let _ = client.send(id, Body::Cancel);
+                    return Err(Error::Refused {
+                        vm: vm.to_owned(),
+                        code,
+                        message,
+                    });
+                }
+                _ => {}
+            },
+            Wake::Ready => {
+                if let Some(fd) = input {
+                    reading = client.forward_input(id, fd, &mut buf)?;
+                }
+            }
+            Wake::Signal(sig) => {
+                let _ = client.send(id, Body::Cancel);
+                return Ok(128 + sig);
+            }
+            Wake::Timeout => {}
+        }
+    }
+}
+
+/// `FILE`'s temporary sibling, renamed over it once complete.
+fn temporary_for(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.hafen-{}", std::process::id()))
+}
+
+/// `hafen volume export VM NAME [-o FILE]`: the volume as a tar archive on
+/// stdout, or in FILE, which appears only once the archive is complete.
+/// Returns the exit code.
+pub fn export(vm: &str, name: &str, output: Option<&Path>) -> Result<i32, Error> {
+    let Some(path) = output else {
+        if terminal::is_terminal(rustix::stdio::stdout()) {
+            eprintln!(
+                "hafen: not writing a tar archive to a terminal: redirect it (> backup.tar) or use -o FILE"
+            );
+            return Ok(2);
+        }
+        let mut stdout = std::io::stdout().lock();
+        let code = copy(vm, name, CopyDirection::Export, None, &mut stdout)?;
+        out(stdout.flush())?;
+        return Ok(code);
+    };
+    let tmp = temporary_for(path);
+    let mut file = match File::create(&tmp) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("hafen: cannot create {}: {e}", tmp.display());
+            return Ok(1);
+        }
+    };
+    let mut written = copy(vm, name, CopyDirection::Export, None, &mut file);
+    if let Ok(0) = written {
+        if let Err(e) = file.sync_all().and_then(|()| std::fs::rename(&tmp, path)) {
+            eprintln!("hafen: cannot write {}: {e}", path.display());
+            written = Ok(1);
+        }
+    }
+    if !matches!(written, Ok(0)) {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// `hafen volume import VM NAME [-i FILE]`: replaces the volume's content
+/// with the tar archive on stdin (or in FILE). Returns the exit code.
+pub fn import(vm: &str, name: &str, input: Option<&Path>) -> Result<i32, Error> {
+    let file;
+    let fd = match input {
+        Some(path) => match File::open(path) {
+            Ok(f) => {
+                file = f;
+                file.as_fd()
+            }
+            Err(e) => {
+                eprintln!("hafen: cannot open {}: {e}", path.display());
+                return Ok(1);
+            }
+        },
+        None => {
+            let stdin = rustix::stdio::stdin();
+            if terminal::is_terminal(stdin) {
+                eprintln!(
+                    "hafen: the archive comes on stdin: redirect it (< backup.tar) or use -i FILE"
+                );
+                return Ok(2);
+            }
+            stdin
+        }
+    };
+    copy(
+        vm,
+        name,
+        CopyDirection::Import,
+        Some(fd),
+        &mut std::io::sink(),
+    )
 }
 
 #[cfg(test)]
