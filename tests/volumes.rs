@@ -369,7 +369,8 @@ fn qemu_pid(vm: &Vm) -> libc::pid_t {
 /// `hafen run -v HOSTDIR:VOLUME` as an ordinary user (nobody): the guest
 /// reads what the host put there and what it writes appears on the host,
 /// owned by that user; the data disk is made in the user's own data
-/// directory, and a read-only one refuses writes.
+/// directory, a read-only one refuses writes, and the user exports and
+/// imports a volume.
 #[test]
 fn a_host_directory_backs_a_volume_for_an_ordinary_user() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -401,6 +402,12 @@ echo "docs say: $(cat /docs/readme)"
 touch /docs/nope 2>/dev/null && echo "docs WRITABLE" || echo "docs refused a write"
 echo kept > /db/kept && echo "db written"
 """]
+
+[[container]]
+name = "stay"
+image = "oci:busybox:1"
+volumes = ["db:/db"]
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo staying; while true; do sleep 1 & wait $!; done"]
 "#,
     );
     let home = scratch.0.join("home");
@@ -431,13 +438,45 @@ echo kept > /db/kept && echo "db written"
         .env("HOME", &home)
         .env("XDG_RUNTIME_DIR", home.join("run"))
         .env("XDG_DATA_HOME", home.join("data"));
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(common::hafen())
+            .args(args)
+            .env("HOME", &home)
+            .env("XDG_RUNTIME_DIR", home.join("run"))
+            .env("XDG_DATA_HOME", home.join("data"))
+            .output()
+            .expect("hafen as nobody");
+        assert!(
+            out.status.success(),
+            "hafen {args:?} as nobody: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     let mut vm = Vm::spawn(command);
     vm.checked(|| {
         vm.wait_for("guest | host says: hello from the host");
         vm.wait_for("guest | docs say: read only");
         vm.wait_for("guest | docs refused a write");
         vm.wait_for("guest | db written");
+        vm.wait_for("stay | staying");
+        // Volume export and import need no privilege either.
+        let archive = home.join("db.tar");
+        let archive = archive.to_str().expect("utf-8");
+        as_nobody(&["volume", "export", &name, "db", "-o", archive]);
+        as_nobody(&["volume", "import", &name, "copy", "-i", archive]);
+        let listing = Command::new("tar")
+            .args(["-tf", archive])
+            .output()
+            .expect("tar");
+        assert!(String::from_utf8_lossy(&listing.stdout).contains("./kept"));
+        assert_eq!(
+            std::fs::metadata(archive).expect("the archive").uid(),
+            NOBODY
+        );
     });
+    vm.signal(libc::SIGTERM);
     assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.console());
     let written = share.join("from-guest");
     assert_eq!(
