@@ -63,14 +63,16 @@ impl fmt::Display for NetError {
 
 impl std::error::Error for NetError {}
 
-/// Builds the `map_err` closure for one step of `container`'s setup.
+/// The `map_err` closure for one step of `container`'s setup (`None`: the
+/// uplink). `what` is only formatted when the step fails, so a call site
+/// costs little more than the pointers to its pieces.
 fn step<'a>(
     container: Option<&'a str>,
-    what: impl Into<String> + 'a,
+    what: fmt::Arguments<'a>,
 ) -> impl FnOnce(io::Error) -> NetError + 'a {
     move |source| NetError {
         container: container.map(str::to_owned),
-        what: what.into(),
+        what: what.to_string(),
         source,
     }
 }
@@ -80,46 +82,50 @@ fn step<'a>(
 /// gateway's ARP for a container's address is answered). Returns the
 /// interface's name.
 pub fn configure_uplink(config: &NetworkConfig) -> Result<String, NetError> {
-    let iface = find_uplink(Path::new("/sys/class/net"))
-        .map_err(step(None, "find an ethernet interface in /sys/class/net"))?;
-    let at = |what: &str| format!("{what} on {iface}");
-    let mut nl = Netlink::open().map_err(step(None, "open a NETLINK_ROUTE socket"))?;
-    let index = nl.index(&iface).map_err(step(None, at("SIOCGIFINDEX")))?;
-    nl.set_link(index, true, Some(config.mtu)).map_err(step(
+    let iface = find_uplink(Path::new("/sys/class/net")).map_err(step(
         None,
-        at(&format!("RTM_SETLINK up mtu {}", config.mtu)),
+        format_args!("find an ethernet interface in /sys/class/net"),
     ))?;
-    nl.add_address(index, config.guest, config.prefix)
-        .map_err(step(
-            None,
-            at(&format!("RTM_NEWADDR {}/{}", config.guest, config.prefix)),
-        ))?;
+    let mut nl = Netlink::open().map_err(step(None, format_args!("open NETLINK_ROUTE")))?;
+    let index = nl
+        .index(&iface)
+        .map_err(step(None, format_args!("SIOCGIFINDEX {iface}")))?;
+    let mtu = config.mtu;
+    nl.set_link(index, true, Some(mtu)).map_err(step(
+        None,
+        format_args!("RTM_SETLINK up mtu {mtu} on {iface}"),
+    ))?;
+    let (guest, prefix, gateway) = (config.guest, config.prefix, config.gateway);
+    nl.add_address(index, guest, prefix).map_err(step(
+        None,
+        format_args!("RTM_NEWADDR {guest}/{prefix} on {iface}"),
+    ))?;
     nl.add_route(&default_route(config, index)).map_err(step(
         None,
-        at(&format!("RTM_NEWROUTE default via {}", config.gateway)),
+        format_args!("RTM_NEWROUTE default via {gateway} on {iface}"),
     ))?;
-    sysctl("ipv4/ip_forward", "1").map_err(step(None, "write ipv4/ip_forward"))?;
-    proxy_arp(&iface).map_err(step(None, at("proxy ARP")))?;
+    sysctl("ipv4/ip_forward", "1")
+        .map_err(step(None, format_args!("write {PROC_NET}ipv4/ip_forward")))?;
+    proxy_arp(&iface).map_err(step(None, format_args!("proxy ARP on {iface}")))?;
     Ok(iface)
 }
 
 /// The first ethernet interface (by name) among `class_net`'s entries.
 fn find_uplink(class_net: &Path) -> io::Result<String> {
-    let mut found = Vec::new();
+    let mut first: Option<String> = None;
     for entry in fs::read_dir(class_net)? {
         let entry = entry?;
         let kind = fs::read_to_string(entry.path().join("type")).unwrap_or_default();
-        if kind.trim() == ARPHRD_ETHER {
-            if let Ok(name) = entry.file_name().into_string() {
-                found.push(name);
+        if kind.trim() != ARPHRD_ETHER {
+            continue;
+        }
+        if let Ok(name) = entry.file_name().into_string() {
+            if first.as_ref().map_or(true, |f| name < *f) {
+                first = Some(name);
             }
         }
     }
-    found.sort();
-    found
-        .into_iter()
-        .next()
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
+    first.ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
 }
 
 fn default_route(config: &NetworkConfig, oif: u32) -> Route {
@@ -131,37 +137,44 @@ fn default_route(config: &NetworkConfig, oif: u32) -> Route {
     }
 }
 
-/// Writes `value` to `/proc/sys/net/NAME` of the calling thread's namespace.
+/// Where the calling thread's network namespace has its sysctls.
+const PROC_NET: &str = "/proc/sys/net/";
+
+/// Writes `value` to the sysctl [`PROC_NET`]`NAME`.
 fn sysctl(name: &str, value: &str) -> io::Result<()> {
     OpenOptions::new()
         .write(true)
-        .open(format!("/proc/sys/net/{name}"))?
+        .open([PROC_NET, name].concat())?
         .write_all(value.as_bytes())
 }
 
 /// Answers ARP on `iface` for addresses routed through other interfaces,
 /// at once (the kernel otherwise delays proxy answers by up to 0.8 s).
 fn proxy_arp(iface: &str) -> io::Result<()> {
-    sysctl(&format!("ipv4/conf/{iface}/proxy_arp"), "1")?;
-    sysctl(&format!("ipv4/neigh/{iface}/proxy_delay"), "0")
+    sysctl(&["ipv4/conf/", iface, "/proxy_arp"].concat(), "1")?;
+    sysctl(&["ipv4/neigh/", iface, "/proxy_delay"].concat(), "0")
 }
 
 /// The VM's end of a bridge container's veth pair: `vh-NAME`, or, for a
-/// name too long for an interface (15 bytes), `vh-`, its first four
-/// characters and a hash of the whole name.
+/// name too long for an interface (15 bytes), `vh-`, its first four bytes
+/// and a hash of the whole name.
 pub fn peer_name(container: &str) -> String {
-    if container.len() <= 12 {
-        return format!("vh-{container}");
+    let mut peer = String::from("vh-");
+    match container.get(..4) {
+        Some(head) if container.len() > 12 => {
+            let hash = container.bytes().fold(0x811c_9dc5u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            });
+            peer.push_str(head);
+            for shift in (0..32).step_by(4).rev() {
+                peer.push(char::from(
+                    b"0123456789abcdef"[(hash >> shift) as usize & 15],
+                ));
+            }
+        }
+        _ => peer.push_str(container),
     }
-    let hash = container.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    let head: String = container
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(4)
-        .collect();
-    format!("vh-{head}{hash:08x}")
+    peer
 }
 
 /// The path of `container`'s network namespace.
@@ -186,7 +199,7 @@ pub fn prepare_container(
         (NetworkMode::None, _) => None,
         (NetworkMode::Bridge, Some(address)) => Some(address),
         (NetworkMode::Bridge, None) => {
-            return Err(step(name, "bridge network")(io::Error::new(
+            return Err(step(name, format_args!("bridge network"))(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the network plan gives the container no address",
             )))
@@ -194,18 +207,20 @@ pub fn prepare_container(
     };
 
     // 1. The file the namespace is bound to; its existence is the claim.
+    let path = netns_path(&container.name);
+    let shown = path.display();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(NETNS_DIR)
-        .map_err(step(name, format!("create {NETNS_DIR}")))?;
-    let path = netns_path(&container.name);
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .open(&path)
-        .map_err(step(name, format!("create {}", path.display())))?;
+        .and_then(|()| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .open(&path)
+        })
+        .map_err(step(name, format_args!("create {shown}")))?;
     let mut made = HalfMade {
         path: path.clone(),
         mounted: false,
@@ -214,36 +229,39 @@ pub fn prepare_container(
 
     // 2. A handle on our own namespace, to return to and to put the
     //    veth's peer in; a socket of our own namespace for the VM's side.
-    let own = File::open(OWN_NETNS).map_err(step(name, format!("open {OWN_NETNS}")))?;
-    let mut vm = Netlink::open().map_err(step(name, "open a NETLINK_ROUTE socket"))?;
+    let own = File::open(OWN_NETNS).map_err(step(name, format_args!("open {OWN_NETNS}")))?;
+    let mut vm = Netlink::open().map_err(step(name, format_args!("open NETLINK_ROUTE")))?;
 
     // 3. Inside the new namespace.
     let peer = peer_name(&container.name);
     {
-        sys::unshare_netns().map_err(step(name, "unshare(CLONE_NEWNET)"))?;
+        sys::unshare_netns().map_err(step(name, format_args!("unshare(CLONE_NEWNET)")))?;
         let back = Return(Some(own.as_fd()));
         made.build(config, name, address, &peer, own.as_fd())?;
-        back.restore()
-            .map_err(step(name, "setns back to PID 1's network namespace"))?;
+        back.restore().map_err(step(
+            name,
+            format_args!("setns back to PID 1's network namespace"),
+        ))?;
     }
 
-    // 4. The VM's side: the /32 route to the container and proxy ARP.
+    // 4. The VM's side: its end up, proxy ARP, the /32 route to the container.
     if let Some(address) = address {
-        let at = |what: String| format!("{what} on {peer}");
         let index = vm
             .index(&peer)
-            .map_err(step(name, at("SIOCGIFINDEX".into())))?;
+            .map_err(step(name, format_args!("SIOCGIFINDEX {peer}")))?;
         vm.set_link(index, true, None)
-            .map_err(step(name, at("RTM_SETLINK up".into())))?;
-        proxy_arp(&peer).map_err(step(name, at("proxy ARP".into())))?;
+            .map_err(step(name, format_args!("RTM_SETLINK up on {peer}")))?;
+        proxy_arp(&peer).map_err(step(name, format_args!("proxy ARP on {peer}")))?;
         let route = Route {
             dst: address,
             prefix: 32,
             gateway: None,
             oif: index,
         };
-        vm.add_route(&route)
-            .map_err(step(name, at(format!("RTM_NEWROUTE {address}/32"))))?;
+        vm.add_route(&route).map_err(step(
+            name,
+            format_args!("RTM_NEWROUTE {address}/32 on {peer}"),
+        ))?;
     }
     made.keep();
     Ok(Some(path))
@@ -275,40 +293,41 @@ impl HalfMade {
         peer: &str,
         own: BorrowedFd<'_>,
     ) -> Result<(), NetError> {
-        mount::mount_bind(OWN_NETNS, &self.path).map_err(|e| {
-            step(
+        let shown = self.path.display();
+        mount::mount_bind(OWN_NETNS, &self.path)
+            .map_err(io::Error::from)
+            .map_err(step(
                 name,
-                format!("bind-mount {OWN_NETNS} on {}", self.path.display()),
-            )(e.into())
-        })?;
+                format_args!("bind-mount {OWN_NETNS} on {shown}"),
+            ))?;
         self.mounted = true;
         // This socket holds a reference to the namespace: it is dropped on
         // return, so the mount is then the only one.
-        let mut nl = Netlink::open().map_err(step(name, "open a NETLINK_ROUTE socket"))?;
+        let mut nl = Netlink::open().map_err(step(name, format_args!("open NETLINK_ROUTE")))?;
         nl.set_link(LOOPBACK_INDEX, true, None)
-            .map_err(step(name, "RTM_SETLINK up on lo"))?;
+            .map_err(step(name, format_args!("RTM_SETLINK up on lo")))?;
         let Some(address) = address else {
             return Ok(());
         };
-        nl.new_veth(CONTAINER_IFACE, peer, own, config.mtu)
-            .map_err(step(
-                name,
-                format!("RTM_NEWLINK veth {CONTAINER_IFACE} and {peer}"),
-            ))?;
-        self.peer = Some(peer.to_owned());
-        let at = |what: String| format!("{what} on {CONTAINER_IFACE}");
-        let index = nl
-            .index(CONTAINER_IFACE)
-            .map_err(step(name, at("SIOCGIFINDEX".into())))?;
-        nl.set_link(index, true, None)
-            .map_err(step(name, at("RTM_SETLINK up".into())))?;
-        nl.add_address(index, address, config.prefix).map_err(step(
+        let iface = CONTAINER_IFACE;
+        nl.new_veth(iface, peer, own, config.mtu).map_err(step(
             name,
-            at(format!("RTM_NEWADDR {address}/{}", config.prefix)),
+            format_args!("RTM_NEWLINK veth {iface} and {peer}"),
+        ))?;
+        self.peer = Some(peer.to_owned());
+        let index = nl
+            .index(iface)
+            .map_err(step(name, format_args!("SIOCGIFINDEX {iface}")))?;
+        nl.set_link(index, true, None)
+            .map_err(step(name, format_args!("RTM_SETLINK up on {iface}")))?;
+        let (prefix, gateway) = (config.prefix, config.gateway);
+        nl.add_address(index, address, prefix).map_err(step(
+            name,
+            format_args!("RTM_NEWADDR {address}/{prefix} on {iface}"),
         ))?;
         nl.add_route(&default_route(config, index)).map_err(step(
             name,
-            at(format!("RTM_NEWROUTE default via {}", config.gateway)),
+            format_args!("RTM_NEWROUTE default via {gateway} on {iface}"),
         ))
     }
 }
@@ -320,20 +339,15 @@ impl Drop for HalfMade {
                 warn!("undo a half-made network: RTM_DELLINK {peer}: {e}");
             }
         }
+        let shown = self.path.display();
         if self.mounted {
             if let Err(e) = mount::unmount(&self.path, UnmountFlags::DETACH) {
-                warn!(
-                    "undo a half-made network: unmount {}: {e}",
-                    self.path.display()
-                );
+                warn!("undo a half-made network: unmount {shown}: {e}");
             }
         }
         if !self.path.as_os_str().is_empty() {
             if let Err(e) = fs::remove_file(&self.path) {
-                warn!(
-                    "undo a half-made network: remove {}: {e}",
-                    self.path.display()
-                );
+                warn!("undo a half-made network: remove {shown}: {e}");
             }
         }
     }
@@ -373,22 +387,23 @@ pub fn release_container(container: &str) -> Result<(), NetError> {
     let name = Some(container);
     let peer = peer_name(container);
     let path = netns_path(container);
+    let shown = path.display();
     // Every step is tried; the first failure is the one reported.
     let deleted = match Netlink::open().and_then(|mut nl| nl.delete_link(&peer)) {
         Err(e) if e.raw_os_error() != Some(libc::ENODEV) => {
-            Err(step(name, format!("RTM_DELLINK {peer}"))(e))
+            Err(step(name, format_args!("RTM_DELLINK {peer}"))(e))
         }
         _ => Ok(()),
     };
     let unmounted = match mount::unmount(&path, UnmountFlags::DETACH) {
         Err(e) if e != Errno::INVAL && e != Errno::NOENT => {
-            Err(step(name, format!("unmount {}", path.display()))(e.into()))
+            Err(step(name, format_args!("unmount {shown}"))(e.into()))
         }
         _ => Ok(()),
     };
     let removed = match fs::remove_file(&path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(step(name, format!("remove {}", path.display()))(e))
+            Err(step(name, format_args!("remove {shown}"))(e))
         }
         _ => Ok(()),
     };
@@ -409,27 +424,27 @@ pub fn write_files_in(
 ) -> Result<(), NetError> {
     let name = Some(container.name.as_str());
     let dir = root.join(&container.name);
+    let shown = dir.display();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(&dir)
-        .map_err(step(name, format!("create {}", dir.display())))?;
+        .map_err(step(name, format_args!("create {shown}")))?;
     let files = [
         ("hosts", hosts_file(config, &container.name)),
         ("resolv.conf", resolv_conf(config)),
-        ("hostname", format!("{}\n", container.hostname)),
+        ("hostname", [&container.hostname, "\n"].concat()),
     ];
     for (file, text) in files {
-        let path = dir.join(file);
         replace(&dir, file, text.as_bytes())
-            .map_err(step(name, format!("write {}", path.display())))?;
+            .map_err(step(name, format_args!("write {shown}/{file}")))?;
     }
     Ok(())
 }
 
 /// Replaces `dir/file` with `bytes` through a temporary file and a rename.
 fn replace(dir: &Path, file: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(".{file}.tmp"));
+    let tmp = dir.join([".", file, ".tmp"].concat());
     let written = OpenOptions::new()
         .write(true)
         .create(true)
@@ -456,6 +471,7 @@ mod tests {
         let other = peer_name("database-replica");
         assert_eq!(long.len(), 15, "{long}");
         assert!(long.starts_with("vh-data"), "{long}");
+        assert!(long[7..].bytes().all(|b| b.is_ascii_hexdigit()), "{long}");
         assert_ne!(long, other);
         // Fixed by the name alone (release_container recomputes it).
         assert_eq!(peer_name("database-primary"), long);
@@ -482,9 +498,11 @@ mod tests {
 
     #[test]
     fn errors_name_the_container_and_the_operation() {
-        let e = step(Some("web"), "RTM_NEWADDR 10.0.2.31/24 on eth0")(
-            io::Error::from_raw_os_error(libc::EEXIST),
-        );
+        let (addr, prefix) = (Ipv4Addr::new(10, 0, 2, 31), 24);
+        let e = step(
+            Some("web"),
+            format_args!("RTM_NEWADDR {addr}/{prefix} on eth0"),
+        )(io::Error::from_raw_os_error(libc::EEXIST));
         let text = e.to_string();
         assert!(
             text.starts_with(
@@ -492,9 +510,11 @@ mod tests {
             ),
             "{text}"
         );
-        let e = step(None, "SIOCGIFINDEX on eth0")(io::Error::from_raw_os_error(libc::ENODEV));
+        let e = step(None, format_args!("SIOCGIFINDEX eth0"))(io::Error::from_raw_os_error(
+            libc::ENODEV,
+        ));
         assert!(e
             .to_string()
-            .starts_with("network uplink: SIOCGIFINDEX on eth0: No such device"));
+            .starts_with("network uplink: SIOCGIFINDEX eth0: No such device"));
     }
 }
