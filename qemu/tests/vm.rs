@@ -46,6 +46,7 @@ fn main() {
         sigkill_to_hafen_run_takes_qemu_with_it,
         auto_boots_on_whatever_this_host_supports,
         kvm_boots_or_says_why_not,
+        a_published_port_reaches_a_guest_address_that_cannot_reach_out,
     ];
     let mut failed = Vec::new();
     let mut ran = 0;
@@ -266,6 +267,77 @@ fn kvm_boots_or_says_why_not() {
     }
 }
 
+/// The NIC `hafen run` gives every VM: a forward published to a guest
+/// address other than the VM's own (a container's, in Hafen) reaches it
+/// from the host, while `restrict=on` keeps the guest from opening
+/// connections of its own, even to the host behind the gateway. The guest
+/// here configures the NIC with busybox, as PID 1 does with netlink.
+fn a_published_port_reaches_a_guest_address_that_cannot_reach_out() {
+    let host_service = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    host_service.set_nonblocking(true).expect("nonblocking");
+    let service_port = host_service.local_addr().expect("addr").port();
+    let published = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr").port()
+    };
+    let network = hafen_proto::image::ImageNetwork {
+        ports: vec![hafen_proto::net::PublishedPort {
+            container: "web".into(),
+            address: "10.0.2.40".parse().expect("ip"),
+            port: format!("{published}:80").parse().expect("spec"),
+        }],
+        ..Default::default()
+    };
+    let image = Image::with_network(
+        "net",
+        &format!(
+            "B=/bin/busybox\n\
+             $B mount -t devtmpfs dev /dev\n\
+             $B ip link set lo up\n\
+             $B ip link set eth0 up\n\
+             $B ip addr add 10.0.2.15/24 dev eth0\n\
+             $B ip addr add 10.0.2.40/24 dev eth0\n\
+             $B ip route add default via 10.0.2.2\n\
+             $B mkdir /www\n\
+             echo HAFEN-TEST-SERVED > /www/index.html\n\
+             $B httpd -p 10.0.2.40:80 -h /www\n\
+             if $B wget -q -T 5 -O - http://10.0.2.2:{service_port}/; then\n\
+               echo HAFEN-TEST-REACHED-THE-HOST\n\
+             else\n\
+               echo HAFEN-TEST-HOST-UNREACHABLE\n\
+             fi\n\
+             echo HAFEN-TEST-READY\n\
+             while :; do $B sleep 1000; done\n"
+        ),
+        network,
+    );
+    let mut vm = Vm::start(&image);
+    vm.console_line("HAFEN-TEST-READY");
+    vm.check(
+        vm.console
+            .iter()
+            .any(|l| l.contains("HAFEN-TEST-HOST-UNREACHABLE")),
+        "restrict=on: the guest cannot open a connection to the host",
+    );
+    vm.check(
+        host_service.accept().is_err(),
+        "nothing reached the host's service",
+    );
+    let mut page = String::new();
+    let fetched = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", published))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+        stream.read_to_string(&mut page)?;
+        Ok(())
+    })();
+    vm.check(
+        fetched.is_ok() && page.contains("HAFEN-TEST-SERVED"),
+        &format!("the published port serves the guest's page: {fetched:?} {page:?}"),
+    );
+}
+
 // ---- the image ---------------------------------------------------------
 
 /// The kernel kernel-config/build.sh builds (a PVH vmlinux for microvm).
@@ -305,6 +377,11 @@ struct Image {
 
 impl Image {
     fn new(name: &str, script: &str) -> Image {
+        Image::with_network(name, script, Default::default())
+    }
+
+    /// An image whose image.json describes `network` (ports to forward).
+    fn with_network(name: &str, script: &str, network: hafen_proto::image::ImageNetwork) -> Image {
         let kernel = kernel();
         let dir = tempfile::tempdir().expect("tempdir");
         std::os::unix::fs::symlink(&kernel, dir.path().join("vmlinux")).expect("symlink");
@@ -327,7 +404,7 @@ impl Image {
             memory_mib: 128,
             volumes: Vec::new(),
             data_size: None,
-            network: Default::default(),
+            network,
         };
         std::fs::write(
             dir.path().join("image.json"),
