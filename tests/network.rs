@@ -27,10 +27,15 @@ fn free_udp_port() -> u16 {
     socket.local_addr().expect("addr").port()
 }
 
+/// Two busybox containers, `web` publishing `web_ports`. `outbound` is
+/// on: UDP ports need it (slirp's restricted mode drops the guest's UDP);
+/// nothing in these containers opens a connection anywhere.
 fn manifest(name: &str, web_ports: &str) -> String {
     format!(
         r#"
 name = "{name}"
+[network]
+outbound = true
 [[container]]
 name = "web"
 image = "oci:busybox:1"
@@ -109,14 +114,15 @@ fn a_taken_host_port_is_refused_before_boot_and_leaves_no_vm() {
 fn a_build_as_nobody_gives_the_same_bytes_network_plan_included() {
     const NOBODY: u32 = 65534;
     let scratch = Scratch::new("build-nobody");
-    let text = format!(
-        "{}\n[network]\nsubnet = \"10.5.0.0/16\"\n",
-        manifest("buildnobody", "\"8080:80\", \"0.0.0.0:5353:53/udp\"")
-    )
-    .replace(
-        "name = \"side\"\n",
-        "name = \"side\"\nnetwork = \"host\"\nports = [\"9000:9000\"]\n",
-    );
+    let text = manifest("buildnobody", "\"8080:80\", \"0.0.0.0:5353:53/udp\"")
+        .replace(
+            "outbound = true\n",
+            "outbound = true\nsubnet = \"10.5.0.0/16\"\n",
+        )
+        .replace(
+            "name = \"side\"\n",
+            "name = \"side\"\nnetwork = \"host\"\nports = [\"9000:9000\"]\n",
+        );
     let root_image = build_image(&scratch, &text);
     // nobody reads what root's build read, from copies it may reach.
     let (vmlinux, bzimage) = hafen_image_build::locate_kernel(None).expect("kernel");

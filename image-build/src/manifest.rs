@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use hafen_proto::annotations::{self, Phase};
-use hafen_proto::net::{self, ContainerNet, NetworkConfig, NetworkMode, PortMapping, Subnet};
+use hafen_proto::net::{
+    self, ContainerNet, NetworkConfig, NetworkMode, PortMapping, Protocol, Subnet,
+};
 use hafen_proto::supervision::{self, Condition, Dependency, Healthcheck, RestartPolicy};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -1066,7 +1068,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
             }
             volumes_from.push(from);
         }
-        let container_net = parse_container_net(i, &c).map_err(|(at, m)| invalid(at, about(m)))?;
+        let container_net =
+            parse_container_net(i, &c, outbound).map_err(|(at, m)| invalid(at, about(m)))?;
         nets.push(container_net);
         let security = Security {
             privileged: c.privileged,
@@ -1170,7 +1173,16 @@ const HOSTNAME_EXPECTED: &str = "1-64 characters of letters, digits, '-' and '.'
 /// checked on its own (clashes between containers are
 /// [`check_network_names`]'s); an error is (field, message). The address is
 /// assigned later, with everyone else's.
-fn parse_container_net(i: usize, c: &RawContainer) -> Result<ContainerNet, (String, String)> {
+///
+/// A UDP port needs `outbound`: QEMU's user networking in restricted mode
+/// (libslirp's `restrict=on`) drops every UDP datagram the guest sends,
+/// the replies to a published port included, so the port would take
+/// requests and never answer.
+fn parse_container_net(
+    i: usize,
+    c: &RawContainer,
+    outbound: bool,
+) -> Result<ContainerNet, (String, String)> {
     let field = |name: &str| format!("container[{i}].{name}");
     let mode = match c.network.as_deref() {
         None => NetworkMode::default(),
@@ -1201,10 +1213,20 @@ fn parse_container_net(i: usize, c: &RawContainer) -> Result<ContainerNet, (Stri
     }
     let mut ports = Vec::with_capacity(c.ports.len());
     for (j, spec) in c.ports.iter().enumerate() {
-        ports.push(
-            spec.parse::<PortMapping>()
-                .map_err(|m| (format!("container[{i}].ports[{j}]"), m))?,
-        );
+        let port = spec
+            .parse::<PortMapping>()
+            .map_err(|m| (format!("container[{i}].ports[{j}]"), m))?;
+        if port.protocol == Protocol::Udp && !outbound {
+            return Err((
+                format!("container[{i}].ports[{j}]"),
+                format!(
+                    "{spec:?}: a UDP port needs [network] outbound = true: without it QEMU's user \
+                     networking drops every UDP datagram the guest sends, replies included, so \
+                     the port could never answer"
+                ),
+            ));
+        }
+        ports.push(port);
     }
     for (k, alias) in c.aliases.iter().enumerate() {
         if !net::valid_hostname(alias) {
@@ -2563,6 +2585,12 @@ image = "oci:/abs/layout"
             ("", "ports = [\"0:80\"]", "container[1].ports[0]", "not 0"),
             ("", "ports = [\"8000-8001:80-81\"]", "container[1].ports[0]", "ranges"),
             ("", "ports = [\"[::1]:8080:80\"]", "container[1].ports[0]", "IPv6"),
+            (
+                "",
+                "ports = [\"5353:53/udp\"]",
+                "container[1].ports[0]",
+                "\"5353:53/udp\": a UDP port needs [network] outbound = true",
+            ),
             (
                 "",
                 "ports = [\"8081:81\", \"8080:80\"]",
