@@ -93,9 +93,13 @@ pub fn port_text(ports: &[PublishedPort], container: Option<&str>) -> String {
 /// misspelt name is an error while the VM answers.
 pub fn port(vm: &str, container: Option<&str>) -> Result<i32, Error> {
     let dir = find(vm)?;
-    let ports = dir.ports().map_err(|source| Error::Io {
+    let ports = dir.ports().map_err(|e| Error::Refused {
         vm: vm.to_owned(),
-        source,
+        code: ErrorCode::Failed,
+        message: format!(
+            "cannot read the ports VM {vm}'s hafen run recorded in {}: {e}",
+            dir.path.join(state::PORTS_FILE).display()
+        ),
     })?;
     let text = port_text(&ports, container);
     if let (Some(name), true) = (container, text.is_empty()) {
