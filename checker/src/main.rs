@@ -3,6 +3,7 @@
 //! sets, no_new_privs and seccomp, rlimits, mounts, devices, its cgroup and
 //! limits, and for each PATH whether it is masked, read-only or writable.
 //! Static (musl), with no files of its own, so any root filesystem can run it.
+//! `hafen-check udp-echo PORT` is a UDP echo server instead.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -125,7 +126,28 @@ fn path_state(path: &str) -> &'static str {
     }
 }
 
+/// `hafen-check udp-echo PORT`: answers each UDP datagram on PORT with
+/// `echo: ` and the datagram, for as long as it runs (busybox has no UDP
+/// server for the network tests).
+fn udp_echo(port: &str) -> ! {
+    let socket = std::net::UdpSocket::bind(format!("0.0.0.0:{port}")).expect("bind the UDP port");
+    println!("udp echo on {port}");
+    let mut buf = [0u8; 2048];
+    loop {
+        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let reply = [&b"echo: "[..], &buf[..n]].concat();
+            let _ = socket.send_to(&reply, from);
+        }
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, mode, port] = args.as_slice() {
+        if mode == "udp-echo" {
+            udp_echo(port);
+        }
+    }
     let status = status_fields();
     let field = |k: &str| status.get(k).cloned().unwrap_or_default();
     let ns: Map<String, Value> = ["pid", "net", "mnt", "uts", "ipc", "user", "cgroup"]

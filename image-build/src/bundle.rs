@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use hafen_proto::annotations;
 use hafen_proto::capability;
 use hafen_proto::layout;
+use hafen_proto::net::{ContainerNet, NetworkMode, NET_DIR};
 use hafen_proto::spec::{
     Capabilities, Cpu, DeviceRule, IdMapping, Linux, Memory, Mount, Namespace, Pids, Process,
     Resources, Root, Spec, User, OCI_VERSION,
@@ -306,6 +307,31 @@ pub fn add_mounts(spec: &mut Spec, mounts: &[VolumeMount]) {
     if !names.is_empty() {
         spec.annotations
             .insert(annotations::VOLUMES.to_owned(), names.join(","));
+    }
+}
+
+/// Gives `spec` its network as `net` plans it: the hostname, a network
+/// namespace of its own for `bridge` and `none` (PID 1 makes it before the
+/// first start and fills in its path), and the `hosts`, `resolv.conf` and
+/// `hostname` files PID 1 writes for it bound over the image's, last, so
+/// nothing mounted at `/etc` hides them (docker does the same).
+pub fn add_network(spec: &mut Spec, net: &ContainerNet) {
+    spec.hostname = Some(net.hostname.clone());
+    if net.mode != NetworkMode::Host {
+        if let Some(linux) = spec.linux.as_mut() {
+            linux.namespaces.push(Namespace {
+                kind: "network".to_owned(),
+                path: None,
+            });
+        }
+    }
+    for file in ["hosts", "resolv.conf", "hostname"] {
+        spec.mounts.push(mount(
+            &format!("/etc/{file}"),
+            "bind",
+            &format!("{NET_DIR}/{}/{file}", net.name),
+            &["bind", "nosuid", "nodev", "noexec"],
+        ));
     }
 }
 
@@ -1073,5 +1099,45 @@ mod tests {
         );
         assert!(resolve_user("ghost", &tree).is_err());
         assert!(resolve_user("www:ghosts", &tree).is_err());
+    }
+
+    #[test]
+    fn the_network_gives_a_namespace_but_to_host_containers_and_its_files_last() {
+        use hafen_proto::net::{ContainerNet, NetworkMode};
+        let net = |mode| ContainerNet {
+            name: "web".to_owned(),
+            mode,
+            address: None,
+            hostname: "www-1".to_owned(),
+            aliases: Vec::new(),
+            ports: Vec::new(),
+        };
+        for mode in [NetworkMode::Bridge, NetworkMode::None, NetworkMode::Host] {
+            let mut spec = Spec {
+                linux: Some(Linux::default()),
+                mounts: default_mounts(),
+                ..Spec::default()
+            };
+            add_network(&mut spec, &net(mode));
+            assert_eq!(spec.hostname.as_deref(), Some("www-1"));
+            let own = spec.linux.as_ref().is_some_and(|l| {
+                l.namespaces
+                    .iter()
+                    .any(|n| n.kind == "network" && n.path.is_none())
+            });
+            assert_eq!(own, mode != NetworkMode::Host, "{mode:?}");
+            let last: Vec<String> = spec.mounts[spec.mounts.len() - 3..]
+                .iter()
+                .map(|m| format!("{} {}", m.destination, m.source.as_deref().unwrap_or("")))
+                .collect();
+            assert_eq!(
+                last,
+                [
+                    "/etc/hosts /run/hafen/net/web/hosts",
+                    "/etc/resolv.conf /run/hafen/net/web/resolv.conf",
+                    "/etc/hostname /run/hafen/net/web/hostname",
+                ]
+            );
+        }
     }
 }

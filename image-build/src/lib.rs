@@ -617,6 +617,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
         copies.insert((c.image.clone(), shift), lower.clone());
         let mut spec = bundle::spec(c, order, &resolved.image.config, &resolved.tree, &lower)?;
         bundle::add_mounts(&mut spec, mounts.get(order).map_or(&[], Vec::as_slice));
+        if let Some(net) = manifest
+            .network
+            .containers
+            .iter()
+            .find(|n| n.name == c.name)
+        {
+            bundle::add_network(&mut spec, net);
+        }
         let json = serde_json::to_vec_pretty(&spec).map_err(|e| {
             Error::Invalid(format!(
                 "container {}: cannot encode config.json: {e}",

@@ -475,6 +475,12 @@ volumes_from = ["seed:ro"]
     let added = |spec: &hafen_proto::spec::Spec| -> Vec<String> {
         spec.mounts[bundle::default_mounts().len()..]
             .iter()
+            // The network's files, which every container gets, come last.
+            .filter(|m| {
+                !m.source
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with(hafen_proto::net::NET_DIR))
+            })
             .map(|m| {
                 format!(
                     "{} {} {} {}",

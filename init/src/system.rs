@@ -61,7 +61,7 @@ pub fn main() -> ! {
         error!("{e}");
     }
     crate::volume::mount_host_volumes();
-    let (bundles, errors) = bundle::discover(Path::new(layout::CONTAINERS_DIR));
+    let (mut bundles, errors) = bundle::discover(Path::new(layout::CONTAINERS_DIR));
     for e in &errors {
         error!("skipping a container: {e}");
     }
@@ -71,6 +71,8 @@ pub fn main() -> ! {
         if bundles.len() == 1 { "" } else { "s" },
         layout::CONTAINERS_DIR
     );
+    crate::net::set_up(&mut bundles);
+    debug!("network set up");
 
     let action = match signals.map(|fd| Supervisor::new(bundles, fd, BootClock { init_start_ns })) {
         Some(Ok(mut supervisor)) => {

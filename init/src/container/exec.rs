@@ -48,15 +48,17 @@ pub enum ConsoleTarget {
     Socket(OwnedFd),
 }
 
-/// Namespaces in the order they are joined: the user namespace first, so
-/// the others are joined with the privileges it grants.
+/// Namespaces in the order they are joined: the user namespace last. The
+/// runtime runs as root of the host's user namespace, which may join any
+/// namespace; inside the container's user namespace it could no longer
+/// join one the host's owns (the network namespace PID 1 prepares).
 const NAMESPACES: [(&str, libc::c_int); 6] = [
-    ("user", libc::CLONE_NEWUSER),
     ("mnt", libc::CLONE_NEWNS),
     ("uts", libc::CLONE_NEWUTS),
     ("ipc", libc::CLONE_NEWIPC),
     ("net", libc::CLONE_NEWNET),
     ("cgroup", libc::CLONE_NEWCGROUP),
+    ("user", libc::CLONE_NEWUSER),
 ];
 
 /// Opens `/proc/PID/ns/NAME`; `None` when it is the namespace we are in.
@@ -203,7 +205,7 @@ fn enter(
         stdio.install(null.as_raw_fd())?;
     }
 
-    // 2. Namespaces, user first (the pid namespace was joined at clone).
+    // 2. Namespaces, user last (the pid namespace was joined at clone).
     for (fd, flag, name) in joins {
         sys::setns(fd.as_raw_fd(), *flag).map_err(fail_io(
             Step::JoinNamespace,

@@ -461,6 +461,11 @@ enum RootMount {
 struct Plan {
     clone_flags: libc::c_int,
     joins: Vec<(OwnedFd, libc::c_int, String)>,
+    /// Namespaces the parent joins around the clone, for the child to
+    /// inherit: with a new user namespace, the child could not join those
+    /// our own user namespace owns (setns needs CAP_SYS_ADMIN over the
+    /// owner), such as the network namespace PID 1 prepares.
+    inherited_joins: Vec<(OwnedFd, libc::c_int, String)>,
     pid_join: Option<OwnedFd>,
     userns: bool,
     uid_mappings: Vec<IdMapping>,
@@ -663,6 +668,17 @@ impl Plan {
         let shares_mounts = clone_flags & libc::CLONE_NEWNS == 0
             && !joins.iter().any(|(_, flag, _)| *flag == libc::CLONE_NEWNS);
         let userns = clone_flags & libc::CLONE_NEWUSER != 0;
+        let (inherited_joins, joins): (Vec<_>, Vec<_>) =
+            joins.into_iter().partition(|(_, flag, _)| {
+                userns
+                    && matches!(
+                        *flag,
+                        libc::CLONE_NEWNET
+                            | libc::CLONE_NEWIPC
+                            | libc::CLONE_NEWUTS
+                            | libc::CLONE_NEWCGROUP
+                    )
+            });
         if userns && (linux.uid_mappings.is_empty() || linux.gid_mappings.is_empty()) {
             return Err(spec_error(
                 "a user namespace needs linux.uidMappings and linux.gidMappings",
@@ -939,6 +955,7 @@ impl Plan {
         Ok(Plan {
             clone_flags,
             joins,
+            inherited_joins,
             pid_join,
             userns,
             uid_mappings: linux.uid_mappings.clone(),
@@ -1044,6 +1061,7 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
 
     let (argv, envp) = plan.process.exec_arrays();
 
+    let inherited = JoinedForClone::enter(&plan.inherited_joins)?;
     // SAFETY: hafen-init is single-threaded; the child below only makes
     // system calls on data prepared above, then execs or exits.
     let cloned = unsafe {
@@ -1053,6 +1071,14 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
             plan.pid_join.as_ref().map(|fd| fd.as_raw_fd()),
         )
     };
+    // Back in our own namespaces before anything else (the child keeps the
+    // joined ones; it returns from the clone with a copy of this guard and
+    // must not undo anything).
+    if matches!(cloned, Ok(CloneResult::Child)) {
+        std::mem::forget(inherited);
+    } else {
+        drop(inherited);
+    }
     match cloned.map_err(StartError::parent("clone"))? {
         CloneResult::Child => {
             // Before the parent may write the spec's own score (after sync).
@@ -1128,6 +1154,49 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
                 }),
                 // The child has exited (or is about to); the caller's reaper collects it.
                 Some(err) => Err(err),
+            }
+        }
+    }
+}
+
+/// The namespaces the caller joined for a clone, and its own to return to
+/// when dropped.
+struct JoinedForClone(Vec<(OwnedFd, libc::c_int)>);
+
+impl JoinedForClone {
+    fn enter(joins: &[(OwnedFd, libc::c_int, String)]) -> Result<JoinedForClone, StartError> {
+        let mut own = JoinedForClone(Vec::with_capacity(joins.len()));
+        for (fd, flag, path) in joins {
+            let name = match *flag {
+                libc::CLONE_NEWNET => "net",
+                libc::CLONE_NEWIPC => "ipc",
+                libc::CLONE_NEWUTS => "uts",
+                _ => "cgroup",
+            };
+            let ours = rustix::fs::open(
+                format!("/proc/thread-self/ns/{name}").as_str(),
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| StartError::Parent {
+                what: format!("open our own {name} namespace"),
+                source: e.into(),
+            })?;
+            sys::setns(fd.as_raw_fd(), *flag).map_err(|e| StartError::Parent {
+                what: format!("join {path} for the container to inherit"),
+                source: e,
+            })?;
+            own.0.push((ours, *flag));
+        }
+        Ok(own)
+    }
+}
+
+impl Drop for JoinedForClone {
+    fn drop(&mut self) {
+        for (fd, flag) in self.0.iter().rev() {
+            if let Err(e) = sys::setns(fd.as_raw_fd(), *flag) {
+                error!("cannot return to our own namespace after starting a container: {e}");
             }
         }
     }

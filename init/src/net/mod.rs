@@ -22,7 +22,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use hafen_proto::net::{hosts_file, resolv_conf};
-pub use hafen_proto::net::{ContainerNet, NetworkConfig, NetworkMode, NETNS_DIR, NET_DIR};
+pub use hafen_proto::net::{
+    ContainerNet, NetworkConfig, NetworkMode, NETNS_DIR, NETWORK_CONFIG, NET_DIR,
+};
 use rustix::io::Errno;
 use rustix::mount::{self, UnmountFlags};
 use rustix::thread::{self as rthread, LinkNameSpaceType};
@@ -175,6 +177,68 @@ pub fn peer_name(container: &str) -> String {
         _ => peer.push_str(container),
     }
     peer
+}
+
+/// PID 1's network setup at boot, from the plan `hafen build` wrote to
+/// [`NETWORK_CONFIG`]: the VM's NIC, then each container's files and
+/// namespace, whose path goes into its bundle's `network` namespace entry
+/// (the runtime joins it there). An image without a plan keeps only `lo`.
+/// Failures are logged with the container, interface and operation; a
+/// container whose namespace could not be made starts in a fresh one with
+/// only `lo`, rather than not at all.
+pub fn set_up(bundles: &mut [crate::bundle::Bundle]) {
+    let text = match fs::read(NETWORK_CONFIG) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+        Err(e) => {
+            error!("network: cannot read {NETWORK_CONFIG}: {e}");
+            return;
+        }
+    };
+    let config: NetworkConfig = match serde_json::from_slice(&text) {
+        Ok(config) => config,
+        Err(e) => {
+            error!(
+                "network: {NETWORK_CONFIG} is malformed ({e}); rebuild the image with this hafen"
+            );
+            return;
+        }
+    };
+    match configure_uplink(&config) {
+        Ok(iface) => info!(
+            "network: {iface} {}/{} via {}{}",
+            config.guest,
+            config.prefix,
+            config.gateway,
+            if config.outbound {
+                ", outbound allowed"
+            } else {
+                ""
+            }
+        ),
+        Err(e) => warn!("{e}; containers reach only each other"),
+    }
+    for bundle in bundles.iter_mut() {
+        let Some(net) = config.containers.iter().find(|n| n.name == bundle.name) else {
+            continue;
+        };
+        if let Err(e) = write_files(&config, net) {
+            error!("{e}");
+        }
+        match prepare_container(&config, net) {
+            Ok(Some(path)) => {
+                let joined =
+                    bundle.spec.linux.as_mut().and_then(|linux| {
+                        linux.namespaces.iter_mut().find(|n| n.kind == "network")
+                    });
+                if let Some(ns) = joined {
+                    ns.path = Some(path.to_string_lossy().into_owned());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => error!("{e}"),
+        }
+    }
 }
 
 /// The path of `container`'s network namespace.

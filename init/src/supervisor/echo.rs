@@ -15,8 +15,10 @@ use crate::sys;
 
 /// The most console output held back while the console is busy.
 const MAX_PENDING: usize = 64 * 1024;
-/// The longest line echoed; the log ring keeps the whole of it.
-const MAX_LINE: usize = 4096;
+/// The longest line echoed; the log ring keeps the whole of it. Room for a
+/// one-line JSON report (hafen-check's is about 4.5 KiB); the byte rate
+/// below bounds a flood whatever the line length.
+const MAX_LINE: usize = 8192;
 /// Console bytes per second for container output, after the burst.
 const RATE: u64 = 16 * 1024;
 /// Once lines are being dropped, echoing resumes only when the budget is
