@@ -11,21 +11,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{build_image, eventually, hafen_cli, wait_child, Scratch, Vm};
+use common::{
+    build_image, eventually, free_tcp_port, free_udp_port, hafen_cli, wait_child, Scratch, Vm,
+};
 
 const CLI: Duration = Duration::from_secs(60);
-
-/// A TCP port free on 127.0.0.1 a moment ago (the kernel picked it).
-fn free_tcp_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-/// A UDP port free on 127.0.0.1 a moment ago.
-fn free_udp_port() -> u16 {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
-}
 
 /// Two busybox containers, `web` publishing `web_ports`. `outbound` is
 /// on: UDP ports need it (slirp's restricted mode drops the guest's UDP);

@@ -13,19 +13,9 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::{build_image, eventually, Scratch, Vm};
+use common::{build_image, eventually, free_tcp_port, free_udp_port, Scratch, Vm};
 
 const READY: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-fn free_udp_port() -> u16 {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
-}
 
 /// One HTTP/1.0 GET of `/` on 127.0.0.1:`port`: the body.
 fn http_get(port: u16) -> Result<String, String> {
@@ -65,7 +55,7 @@ fn udp_echo(port: u16) -> Result<String, String> {
 #[test]
 fn published_ports_names_aliases_and_isolation() {
     let scratch = Scratch::new("netguest");
-    let tcp = free_port();
+    let tcp = free_tcp_port();
     // Something on the host no container may reach.
     let outside = TcpListener::bind("127.0.0.1:0").expect("bind");
     outside.set_nonblocking(true).expect("nonblocking");
@@ -209,5 +199,50 @@ exec hafen-check udp-echo 5353
     vm.signal(libc::SIGTERM);
     // The echo server, a container's init without a handler, ignores
     // SIGTERM: it is killed after its one-second stop timeout.
+    assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.console());
+}
+
+/// An ordinary user's VM publishes a port as well: user networking needs
+/// no privilege.
+#[test]
+fn an_ordinary_users_vm_publishes_a_port() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("netnobody");
+    let port = free_tcp_port();
+    let image = build_image(
+        &scratch,
+        &format!(
+            r#"
+name = "netnobody"
+
+[[container]]
+name = "web"
+image = "oci:busybox:1"
+ports = ["{port}:80"]
+command = ["/bin/sh", "-c", """
+mkdir -p /srv && echo "served for nobody" > /srv/index.html
+httpd -f -p 80 -h /srv & h=$!
+trap 'kill $h; exit 0' TERM
+wait
+"""]
+"#
+        ),
+    );
+    let home = scratch.0.join("home");
+    std::fs::create_dir_all(&home).expect("mkdir");
+    std::os::unix::fs::chown(&home, Some(common::NOBODY), Some(common::NOBODY)).expect("chown");
+    for dir in [&scratch.0, &image] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let mut command = common::hafen_as_nobody(&home);
+    command.args(["run", "--accel", "tcg"]).arg(&image);
+    let mut vm = Vm::spawn(command);
+    vm.checked(|| {
+        let body = eventually("the published port of nobody's VM", READY, || {
+            http_get(port)
+        });
+        assert_eq!(body, "served for nobody\n");
+    });
+    vm.signal(libc::SIGTERM);
     assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.console());
 }

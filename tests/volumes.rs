@@ -373,8 +373,8 @@ fn qemu_pid(vm: &Vm) -> libc::pid_t {
 /// imports a volume.
 #[test]
 fn a_host_directory_backs_a_volume_for_an_ordinary_user() {
+    use common::NOBODY;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    const NOBODY: u32 = 65534;
     let scratch = Scratch::new("hostdir");
     let image = build_image(
         &scratch,
@@ -426,26 +426,16 @@ command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo staying; while true; do sl
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     let name = format!("hostdir-{}", std::process::id());
-    let mut command = Command::new("setpriv");
+    let mut command = common::hafen_as_nobody(&home);
     command
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(common::hafen())
         .args(["run", "--accel", "tcg", "--name", &name, "-v"])
         .arg(format!("{}:share", share.display()))
         .arg("-v")
         .arg(format!("{}:docs:ro", docs.display()))
-        .arg(&image)
-        .env("HOME", &home)
-        .env("XDG_RUNTIME_DIR", home.join("run"))
-        .env("XDG_DATA_HOME", home.join("data"));
+        .arg(&image);
     let as_nobody = |args: &[&str]| {
-        let out = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(common::hafen())
+        let out = common::hafen_as_nobody(&home)
             .args(args)
-            .env("HOME", &home)
-            .env("XDG_RUNTIME_DIR", home.join("run"))
-            .env("XDG_DATA_HOME", home.join("data"))
             .output()
             .expect("hafen as nobody");
         assert!(

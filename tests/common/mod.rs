@@ -311,6 +311,38 @@ impl Vm {
     }
 }
 
+/// A TCP port free on 127.0.0.1 a moment ago (the kernel picked it).
+#[allow(dead_code)]
+pub fn free_tcp_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// A UDP port free on 127.0.0.1 a moment ago.
+#[allow(dead_code)]
+pub fn free_udp_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("addr").port()
+}
+
+/// The uid and gid of `nobody`, the ordinary user tests run `hafen` as.
+#[allow(dead_code)]
+pub const NOBODY: u32 = 65534;
+
+/// `hafen` as nobody (through setpriv), with HOME and the XDG runtime and
+/// data directories under `home`, which nobody must own; add the verb.
+#[allow(dead_code)]
+pub fn hafen_as_nobody(home: &Path) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(hafen())
+        .env("HOME", home)
+        .env("XDG_RUNTIME_DIR", home.join("run"))
+        .env("XDG_DATA_HOME", home.join("data"));
+    command
+}
+
 /// What a `hafen` command printed and how it ended.
 #[derive(Debug)]
 pub struct Ran {
