@@ -563,8 +563,10 @@ mod tests {
             name: "web".into(),
             image: ImageRef {
                 text: "oci:x".into(),
-                layout: "x".into(),
-                tag: None,
+                source: crate::manifest::ImageSource::Oci {
+                    layout: "x".into(),
+                    tag: None,
+                },
             },
             command: command.map(|c| c.into_iter().map(String::from).collect()),
             env: env.into_iter().map(String::from).collect(),

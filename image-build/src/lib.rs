@@ -3,12 +3,15 @@
 //! OCI runtime bundle per container and each image's flattened root, and
 //! `image.json`. See docs/architecture.md for the layout.
 
+pub mod archive;
 pub mod bundle;
 pub mod cpio;
+pub mod images_cli;
 pub mod import;
 pub mod manifest;
 pub mod oci;
 pub mod seccomp;
+pub mod store;
 pub mod tree;
 
 use std::collections::BTreeMap;
@@ -19,9 +22,11 @@ use std::sync::Arc;
 
 use hafen_proto::image::{ImageInfo, ImageNetwork, IMAGE_INFO_FILE};
 use hafen_proto::{layout, net};
+use hafen_registry::Reference;
 
 pub use import::import;
-use manifest::ImageRef;
+use manifest::{ArchivePick, ImageRef, ImageSource};
+use store::Store;
 use tree::{Kind, Tree};
 
 /// Base files every image carries (the repository's `rootfs/`), embedded so
@@ -140,7 +145,7 @@ pub enum Error {
         container: String,
         /// The cause.
         #[source]
-        source: oci::OciError,
+        source: Box<ImageError>,
     },
     /// A layer is corrupt or hostile.
     #[error("image {image}: layer {digest}")]
@@ -154,7 +159,7 @@ pub enum Error {
         source: tree::LayerError,
     },
     /// A layer's media type is not supported.
-    #[error("image {image}: layer {digest} has media type {media_type:?}, which is not supported (use tar or tar+gzip layers)")]
+    #[error("image {image}: layer {digest} has media type {media_type:?}, which is not supported (use tar, tar+gzip or tar+zstd layers)")]
     LayerType {
         /// The image reference.
         image: String,
@@ -205,7 +210,7 @@ pub enum Error {
     /// An argument is invalid.
     #[error("{0}")]
     Invalid(String),
-    /// Writing an OCI layout failed.
+    /// Reading or writing an OCI layout failed.
     #[error(transparent)]
     Oci(#[from] oci::OciError),
 }
@@ -343,56 +348,173 @@ struct Resolved {
     guest_dir: String,
 }
 
-fn resolve_image(r: &ImageRef, container: &str) -> Result<Resolved, Error> {
-    let wrap = |source| Error::Image {
-        container: container.to_owned(),
-        source,
-    };
-    let layout = oci::Layout::open(&r.layout, &r.text).map_err(wrap)?;
-    let image = layout.resolve(r.tag.as_deref()).map_err(wrap)?;
+/// Why an image could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A layout's or archive's image is unreadable, corrupt or unusable.
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
+    /// An archive is unreadable, hostile or not an image archive.
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
+    /// The local store does not have it ([`store::StoreError::NotFound`])
+    /// or cannot be read.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// An image opened for reading: where its blobs are, and what it is.
+#[derive(Debug, Clone)]
+pub struct OpenedImage {
+    /// Reads its blobs, verified.
+    pub layout: oci::Layout,
+    /// Its manifest and config.
+    pub image: oci::Image,
+}
+
+/// Opens the image a reference names. A name without a transport is
+/// looked up in the local store, which is opened (into `store`) on first
+/// use, so builds from layouts and archives never touch it.
+pub fn open_image(r: &ImageRef, store: &mut Option<Store>) -> Result<OpenedImage, ImageError> {
+    match &r.source {
+        ImageSource::Oci { layout, tag } => {
+            let layout = oci::Layout::open(layout, &r.text)?;
+            let image = layout.resolve(tag.as_deref())?;
+            Ok(OpenedImage { layout, image })
+        }
+        ImageSource::OciArchive { file, tag } => {
+            let opened = archive::ImageArchive::open(file, &r.text)?;
+            let image = opened.layout.resolve(tag.as_deref())?;
+            Ok(OpenedImage {
+                layout: opened.layout,
+                image,
+            })
+        }
+        ImageSource::DockerArchive { file, pick } => {
+            let opened = archive::ImageArchive::open(file, &r.text)?;
+            let chosen = match pick {
+                None => opened.pick(None)?,
+                Some(ArchivePick::Name(name)) => opened.pick(Some(name))?,
+                Some(ArchivePick::Index(i)) => opened.pick_index(*i)?,
+            };
+            let image = opened
+                .layout
+                .resolve_descriptor(chosen.descriptor.clone())?;
+            Ok(OpenedImage {
+                layout: opened.layout,
+                image,
+            })
+        }
+        ImageSource::Registry(reference) => {
+            let store = match store {
+                Some(store) => store,
+                None => store.insert(Store::open_default()?),
+            };
+            stored_image(store, reference, &r.text)
+        }
+    }
+}
+
+/// Opens a named image from the local store; [`store::StoreError::NotFound`]
+/// when the store does not have it.
+pub fn stored_image(
+    store: &Store,
+    reference: &Reference,
+    text: &str,
+) -> Result<OpenedImage, ImageError> {
+    let descriptor = store.find(reference)?;
+    let layout = store.layout(text)?;
+    let image = layout.resolve_descriptor(descriptor)?;
+    Ok(OpenedImage { layout, image })
+}
+
+/// A reader that hashes what passes through (a layer's diff id).
+struct Hashing<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Unpacks an image's layers, bottom first, into one tree: each blob is
+/// streamed through its decompressor, and its digest and diff id are
+/// checked (a corrupt blob is reported as such, before whatever error its
+/// content caused).
+pub fn flatten_image(opened: &OpenedImage) -> Result<Tree, Error> {
+    let OpenedImage { layout, image } = opened;
+    let name = layout.image().to_owned();
     let mut tree = Tree::new();
     let diff_ids = &image.config.rootfs.diff_ids;
     for (i, desc) in image.manifest.layers.iter().enumerate() {
-        let compressed = layout.read_blob(desc).map_err(wrap)?;
-        let tar = match desc.media_type.as_str() {
-            oci::media::LAYER_TAR => compressed,
-            oci::media::LAYER_GZIP | oci::media::DOCKER_LAYER => {
-                let mut out = Vec::new();
-                flate2::read::GzDecoder::new(compressed.as_slice())
-                    .read_to_end(&mut out)
-                    .map_err(|source| Error::Layer {
-                        image: r.text.clone(),
-                        digest: desc.digest.clone(),
-                        source: tree::LayerError::Tar { layer: i, source },
-                    })?;
-                out
-            }
-            other => {
-                return Err(Error::LayerType {
-                    image: r.text.clone(),
-                    digest: desc.digest.clone(),
-                    media_type: other.to_owned(),
-                })
-            }
+        let compression =
+            oci::layer_compression(&desc.media_type).ok_or_else(|| Error::LayerType {
+                image: name.clone(),
+                digest: desc.digest.clone(),
+                media_type: desc.media_type.clone(),
+            })?;
+        let layer_err = |source| Error::Layer {
+            image: name.clone(),
+            digest: desc.digest.clone(),
+            source,
         };
-        if let Some(expected) = diff_ids.get(i) {
-            let actual = oci::digest_of(&tar);
+        let tar_err = |source| layer_err(tree::LayerError::Tar { layer: i, source });
+        let mut blob = layout.open_blob(desc)?;
+        let expected = diff_ids.get(i);
+        let (applied, drained, actual) = {
+            let decoder = compression.decoder(&mut blob).map_err(tar_err)?;
+            let mut hashed = Hashing {
+                inner: decoder,
+                hasher: sha2::Digest::new(),
+            };
+            let applied = tree.apply_layer(i, &mut hashed);
+            // The tar reader stops at its end marker; the diff id covers all.
+            let drained = std::io::copy(&mut hashed, &mut std::io::sink());
+            let hex: String = sha2::Digest::finalize(hashed.hasher)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            (applied, drained, format!("sha256:{hex}"))
+        };
+        blob.finish()?;
+        applied.map_err(layer_err)?;
+        drained.map_err(tar_err)?;
+        if let Some(expected) = expected {
             if &actual != expected {
                 return Err(Error::DiffId {
-                    image: r.text.clone(),
+                    image: name.clone(),
                     digest: desc.digest.clone(),
                     expected: expected.clone(),
                     actual,
                 });
             }
         }
-        tree.apply_layer(i, tar.as_slice())
-            .map_err(|source| Error::Layer {
-                image: r.text.clone(),
-                digest: desc.digest.clone(),
-                source,
-            })?;
     }
+    Ok(tree)
+}
+
+fn resolve_image(
+    r: &ImageRef,
+    container: &str,
+    store: &mut Option<Store>,
+) -> Result<Resolved, Error> {
+    let opened = open_image(r, store).map_err(|source| Error::Image {
+        container: container.to_owned(),
+        source: Box::new(source),
+    })?;
+    let tree = flatten_image(&opened).map_err(|e| match e {
+        Error::Oci(source) => Error::Image {
+            container: container.to_owned(),
+            source: Box::new(source.into()),
+        },
+        other => other,
+    })?;
+    let image = opened.image;
     let hex = oci::digest_hex(&image.digest).unwrap_or("unknown");
     let guest_dir = format!("{}/sha256-{hex}", layout::IMAGES_DIR);
     Ok(Resolved {
@@ -490,9 +612,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
 
     // Resolve each distinct image once.
     let mut images: BTreeMap<ImageRef, Resolved> = BTreeMap::new();
+    let mut store = None;
     for c in &manifest.containers {
         if !images.contains_key(&c.image) {
-            let resolved = resolve_image(&c.image, &c.name)?;
+            let resolved = resolve_image(&c.image, &c.name, &mut store)?;
             images.insert(c.image.clone(), resolved);
         }
     }

@@ -8,6 +8,7 @@ use hafen_proto::net::{
     self, ContainerNet, NetworkConfig, NetworkMode, PortMapping, Protocol, Subnet,
 };
 use hafen_proto::supervision::{self, Condition, Dependency, Healthcheck, RestartPolicy};
+use hafen_registry::Reference;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -504,36 +505,132 @@ pub fn parse_healthcheck(value: &toml::Value) -> Result<Healthcheck, String> {
     })
 }
 
-/// `oci:PATH[:TAG]`, with PATH resolved against the manifest's folder.
+/// Where a container's image comes from, as the manifest's `image =`
+/// names it; paths are resolved against the manifest's folder.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ImageRef {
     /// The reference as written.
     pub text: String,
-    /// The OCI image layout directory.
-    pub layout: PathBuf,
-    /// The `org.opencontainers.image.ref.name` to pick, if given.
-    pub tag: Option<String>,
+    /// What it names.
+    pub source: ImageSource,
 }
 
-/// Parses `oci:PATH[:TAG]`; the last `:` starts a tag only when no `/` follows it.
-pub fn parse_image_ref(text: &str, base: &Path) -> Result<ImageRef, String> {
-    let rest = text.strip_prefix("oci:").ok_or_else(|| {
-        format!("{text:?} is not supported: use \"oci:PATH[:TAG]\" (an OCI image layout directory)")
-    })?;
+/// The transports an image reference can name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ImageSource {
+    /// `oci:PATH[:TAG]`: an OCI image layout directory.
+    Oci {
+        /// The layout directory.
+        layout: PathBuf,
+        /// The `org.opencontainers.image.ref.name` to pick, if given.
+        tag: Option<String>,
+    },
+    /// `oci-archive:FILE[:TAG]`: a tar of an OCI image layout.
+    OciArchive {
+        /// The archive.
+        file: PathBuf,
+        /// The `org.opencontainers.image.ref.name` to pick, if given.
+        tag: Option<String>,
+    },
+    /// `docker-archive:FILE[:NAME:TAG]` or `docker-archive:FILE:@N`: what
+    /// `docker save` writes.
+    DockerArchive {
+        /// The archive.
+        file: PathBuf,
+        /// Which of its images, if it holds more than one.
+        pick: Option<ArchivePick>,
+    },
+    /// A name without a transport (`busybox:1.36`, `ghcr.io/org/app:2`,
+    /// `localhost:5000/app@sha256:…`): looked up in the local image store.
+    Registry(Reference),
+}
+
+/// Which image of a docker archive.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ArchivePick {
+    /// The one with this name among its `RepoTags`.
+    Name(Reference),
+    /// The Nth (from 0) of its manifest.json.
+    Index(usize),
+}
+
+/// What `image =` accepts, for error messages.
+pub const IMAGE_FORMS: &str = "NAME[:TAG], NAME@sha256:DIGEST, oci:PATH[:TAG], \
+                               oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME:TAG]";
+
+/// Splits `PATH[:TAG]`: the last `:` starts a tag only when no `/` follows it.
+fn path_and_tag<'a>(text: &str, rest: &'a str) -> Result<(&'a str, Option<&'a str>), String> {
     let (path, tag) = match rest.rsplit_once(':') {
         Some((path, tag)) if !tag.contains('/') && !path.is_empty() => (path, Some(tag)),
         _ => (rest, None),
     };
     if path.is_empty() {
-        return Err(format!("{text:?} names no layout directory"));
+        return Err(format!("{text:?} names no file or directory"));
     }
     if tag.is_some_and(str::is_empty) {
         return Err(format!("{text:?} has an empty tag"));
     }
+    Ok((path, tag))
+}
+
+/// Parses an image reference in any of the [`IMAGE_FORMS`]; the
+/// transports come first, so `oci:x` is a layout, not docker.io/library/oci:x.
+pub fn parse_image_ref(text: &str, base: &Path) -> Result<ImageRef, String> {
+    let source = if let Some(rest) = text.strip_prefix("oci:") {
+        let (path, tag) = path_and_tag(text, rest)?;
+        ImageSource::Oci {
+            layout: base.join(path),
+            tag: tag.map(str::to_owned),
+        }
+    } else if let Some(rest) = text.strip_prefix("oci-archive:") {
+        let (path, tag) = path_and_tag(text, rest)?;
+        ImageSource::OciArchive {
+            file: base.join(path),
+            tag: tag.map(str::to_owned),
+        }
+    } else if let Some(rest) = text.strip_prefix("docker-archive:") {
+        // As skopeo: the first ':' ends the file name.
+        let (path, pick) = match rest.split_once(':') {
+            Some((path, pick)) => (path, Some(pick)),
+            None => (rest, None),
+        };
+        if path.is_empty() {
+            return Err(format!("{text:?} names no archive file"));
+        }
+        let pick = match pick {
+            None => None,
+            Some(index) if index.starts_with('@') => {
+                Some(ArchivePick::Index(index[1..].parse().map_err(|_| {
+                    format!("{text:?}: {index:?} is not @ and an image's position")
+                })?))
+            }
+            Some(name) => {
+                let name: Reference = name.parse().map_err(|e| format!("{text:?}: {e}"))?;
+                if name.digest.is_some() {
+                    return Err(format!(
+                        "{text:?}: a docker archive names its images NAME:TAG, not by digest"
+                    ));
+                }
+                Some(ArchivePick::Name(name))
+            }
+        };
+        ImageSource::DockerArchive {
+            file: base.join(path),
+            pick,
+        }
+    } else {
+        let name = text.strip_prefix("docker://").unwrap_or(text);
+        let reference: Reference = name.parse().map_err(|e: hafen_registry::ReferenceError| {
+            format!(
+                "{text:?} is not an image reference ({}); use {IMAGE_FORMS}",
+                e.kind
+            )
+        })?;
+        ImageSource::Registry(reference)
+    };
     Ok(ImageRef {
         text: text.to_owned(),
-        layout: base.join(path),
-        tag: tag.map(str::to_owned),
+        source,
     })
 }
 
@@ -1629,14 +1726,24 @@ image = "oci:/abs/layout"
         assert_eq!(m.hostname, "hello");
         assert_eq!(m.containers.len(), 2);
         let greet = &m.containers[0];
-        assert_eq!(greet.image.layout, PathBuf::from("/m/images/busybox"));
-        assert_eq!(greet.image.tag.as_deref(), Some("1"));
+        assert_eq!(
+            greet.image.source,
+            ImageSource::Oci {
+                layout: PathBuf::from("/m/images/busybox"),
+                tag: Some("1".into())
+            }
+        );
         assert_eq!(greet.phase, Phase::Once);
         assert_eq!(greet.stop_timeout, Some(3));
         let svc = &m.containers[1];
         assert_eq!(svc.phase, Phase::Service);
-        assert_eq!(svc.image.layout, PathBuf::from("/abs/layout"));
-        assert_eq!(svc.image.tag, None);
+        assert_eq!(
+            svc.image.source,
+            ImageSource::Oci {
+                layout: PathBuf::from("/abs/layout"),
+                tag: None
+            }
+        );
     }
 
     fn error_of(text: &str) -> String {
@@ -1676,9 +1783,9 @@ image = "oci:/abs/layout"
             "{e}"
         );
         let e =
-            error_of("name = \"x\"\n[[container]]\nname = \"a\"\nimage = \"docker.io/busybox\"\n");
+            error_of("name = \"x\"\n[[container]]\nname = \"a\"\nimage = \"docker.io/Busybox\"\n");
         assert!(
-            e.contains("container[0].image") && e.contains("oci:"),
+            e.contains("container[0].image") && e.contains("lowercase") && e.contains("oci:"),
             "{e}"
         );
         let e = error_of("name = \"x\"\n");
@@ -2489,15 +2596,82 @@ image = "oci:/abs/layout"
     #[test]
     fn image_refs_split_tags_only_after_the_last_slash() {
         let base = Path::new("/b");
-        let r = parse_image_ref("oci:dir/x:tag", base).expect("ok");
+        let oci = |text: &str| parse_image_ref(text, base).map(|r| r.source);
         assert_eq!(
-            (r.layout, r.tag.as_deref()),
-            (PathBuf::from("/b/dir/x"), Some("tag"))
+            oci("oci:dir/x:tag"),
+            Ok(ImageSource::Oci {
+                layout: "/b/dir/x".into(),
+                tag: Some("tag".into())
+            })
         );
-        let r = parse_image_ref("oci:weird:dir/x", base).expect("ok");
-        assert_eq!((r.layout, r.tag), (PathBuf::from("/b/weird:dir/x"), None));
+        assert_eq!(
+            oci("oci:weird:dir/x"),
+            Ok(ImageSource::Oci {
+                layout: "/b/weird:dir/x".into(),
+                tag: None
+            })
+        );
         assert!(parse_image_ref("oci:", base).is_err());
         assert!(parse_image_ref("oci:x:", base).is_err());
+        assert_eq!(
+            oci("oci-archive:/a/img.tar:2"),
+            Ok(ImageSource::OciArchive {
+                file: "/a/img.tar".into(),
+                tag: Some("2".into())
+            })
+        );
+    }
+
+    #[test]
+    fn image_refs_without_a_transport_are_docker_references() {
+        let base = Path::new("/b");
+        let parse = |text: &str| parse_image_ref(text, base).map(|r| r.source);
+        let reg = |text: &str| ImageSource::Registry(text.parse().expect("reference"));
+        assert_eq!(
+            parse("busybox:1.36"),
+            Ok(reg("docker.io/library/busybox:1.36"))
+        );
+        assert_eq!(parse("docker://busybox"), Ok(reg("busybox:latest")));
+        let pinned = format!("localhost:5000/app@sha256:{}", "a".repeat(64));
+        assert_eq!(parse(&pinned), Ok(reg(&pinned)));
+        let err = parse("Busybox").expect_err("uppercase");
+        assert!(
+            err.contains("lowercase") && err.contains("docker-archive:FILE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn docker_archive_refs_split_at_the_first_colon_as_skopeo_does() {
+        let base = Path::new("/b");
+        let parse = |text: &str| parse_image_ref(text, base).map(|r| r.source);
+        assert_eq!(
+            parse("docker-archive:img.tar"),
+            Ok(ImageSource::DockerArchive {
+                file: "/b/img.tar".into(),
+                pick: None
+            })
+        );
+        assert_eq!(
+            parse("docker-archive:img.tar:localhost:5000/app:2"),
+            Ok(ImageSource::DockerArchive {
+                file: "/b/img.tar".into(),
+                pick: Some(ArchivePick::Name(
+                    "localhost:5000/app:2".parse().expect("reference")
+                ))
+            })
+        );
+        assert_eq!(
+            parse("docker-archive:img.tar:@1"),
+            Ok(ImageSource::DockerArchive {
+                file: "/b/img.tar".into(),
+                pick: Some(ArchivePick::Index(1))
+            })
+        );
+        assert!(parse("docker-archive:").is_err());
+        assert!(parse("docker-archive:x.tar:@one").is_err());
+        let pinned = format!("docker-archive:x.tar:app@sha256:{}", "a".repeat(64));
+        assert!(parse(&pinned).expect_err("digest").contains("NAME:TAG"));
     }
 
     fn with_network(network: &str, containers: &[(&str, &str)]) -> String {

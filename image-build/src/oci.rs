@@ -2,8 +2,9 @@
 //! size), and writing blobs atomically.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hafen_proto::supervision::Healthcheck;
 use serde::{Deserialize, Serialize};
@@ -21,8 +22,20 @@ pub mod media {
     pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
     /// gzip layer.
     pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-    /// zstd layer (not supported yet).
+    /// zstd layer.
     pub const LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    /// Non-distributable layers (deprecated; read like the others).
+    pub const LAYER_NONDIST_TAR: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
+    /// Non-distributable gzip layer.
+    pub const LAYER_NONDIST_GZIP: &str =
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+    /// Non-distributable zstd layer.
+    pub const LAYER_NONDIST_ZSTD: &str =
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
+    /// Docker's image config.
+    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+    /// Docker's uncompressed layer.
+    pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
     /// Docker's manifest list.
     pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
     /// Docker's manifest.
@@ -38,23 +51,23 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
     /// A file of the layout could not be read.
-    #[error("image {image}: cannot read {}", path.display())]
+    #[error("image {image}: cannot read {location}")]
     Read {
         /// The image reference.
         image: String,
-        /// The file.
-        path: PathBuf,
+        /// The file (or archive entry).
+        location: String,
         /// The cause.
         #[source]
         source: std::io::Error,
     },
     /// A JSON document is malformed.
-    #[error("image {image}: {} is not a valid {what}", path.display())]
+    #[error("image {image}: {location} is not a valid {what}")]
     Json {
         /// The image reference.
         image: String,
-        /// The file.
-        path: PathBuf,
+        /// The file, archive entry or blob.
+        location: String,
         /// What it should be.
         what: &'static str,
         /// The cause.
@@ -226,11 +239,57 @@ pub struct Image {
     pub config: ImageConfig,
 }
 
-/// An OCI image layout directory.
+/// Where a layout's files are: a directory, or a tar archive of one
+/// (`oci-archive:`, `docker save`).
+#[derive(Debug, Clone)]
+pub enum Files {
+    /// An image layout directory.
+    Dir(PathBuf),
+    /// A tar archive, read in place.
+    Archive(Arc<crate::archive::Archive>),
+}
+
+impl Files {
+    /// How a file is named in messages.
+    pub fn location(&self, rel: &str) -> String {
+        match self {
+            Files::Dir(dir) => dir.join(rel).display().to_string(),
+            Files::Archive(archive) => archive.location(rel),
+        }
+    }
+
+    fn len(&self, rel: &str) -> io::Result<u64> {
+        match self {
+            Files::Dir(dir) => std::fs::metadata(dir.join(rel)).map(|m| m.len()),
+            Files::Archive(archive) => archive.len(rel),
+        }
+    }
+
+    fn open(&self, rel: &str) -> io::Result<Box<dyn Read + Send + '_>> {
+        match self {
+            Files::Dir(dir) => Ok(Box::new(std::fs::File::open(dir.join(rel))?)),
+            Files::Archive(archive) => Ok(Box::new(archive.member_reader(rel)?)),
+        }
+    }
+}
+
+/// Where a blob is when not at `blobs/sha256/HEX`: the configs and layers
+/// of a legacy `docker save` archive, and the manifest made up for them.
+#[derive(Debug, Clone)]
+pub enum BlobAt {
+    /// A file of the layout or archive.
+    File(String),
+    /// Bytes in memory.
+    Bytes(Arc<Vec<u8>>),
+}
+
+/// An OCI image layout (a directory or an archive), every blob read
+/// through it verified against its descriptor.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    dir: PathBuf,
+    files: Files,
     image: String,
+    aliases: BTreeMap<String, BlobAt>,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -253,13 +312,157 @@ pub fn digest_hex(digest: &str) -> Option<&str> {
     .then_some(hex)
 }
 
-impl Layout {
-    /// Opens a layout; `image` is the reference, used in error messages.
-    pub fn open(dir: &Path, image: &str) -> Result<Layout, OciError> {
-        let layout = Layout {
-            dir: dir.to_owned(),
-            image: image.to_owned(),
+/// The compression of a layer media type: `None` when Hafen cannot unpack it.
+pub fn layer_compression(media_type: &str) -> Option<Compression> {
+    match media_type {
+        media::LAYER_TAR | media::DOCKER_LAYER_TAR | media::LAYER_NONDIST_TAR => {
+            Some(Compression::None)
+        }
+        media::LAYER_GZIP | media::DOCKER_LAYER | media::LAYER_NONDIST_GZIP => {
+            Some(Compression::Gzip)
+        }
+        media::LAYER_ZSTD | media::LAYER_NONDIST_ZSTD => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
+/// How a layer (or an archive) is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// A plain tar.
+    None,
+    /// gzip.
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+impl Compression {
+    /// Recognises gzip and zstd by their magic numbers.
+    pub fn sniff(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+
+    /// A reader of `input` decompressed.
+    pub fn decoder<'a>(
+        self,
+        input: impl Read + Send + 'a,
+    ) -> io::Result<Box<dyn Read + Send + 'a>> {
+        Ok(match self {
+            Compression::None => Box::new(input),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(input)?),
+        })
+    }
+}
+
+/// A blob being read: counts and hashes what passes through;
+/// [`BlobReader::finish`] reads the rest and checks size and digest.
+pub struct BlobReader<'a> {
+    inner: Box<dyn Read + Send + 'a>,
+    hasher: Sha256,
+    read: u64,
+    digest: String,
+    size: u64,
+    location: String,
+    image: String,
+}
+
+impl std::fmt::Debug for BlobReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobReader")
+            .field("digest", &self.digest)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Read for BlobReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        if self.read > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "blob {} is longer than the {} bytes its descriptor says",
+                    self.digest, self.size
+                ),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+impl BlobReader<'_> {
+    /// The blob's digest.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Reads what is left and checks the size and digest.
+    pub fn finish(&mut self) -> Result<(), OciError> {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match self.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => break,
+                Err(source) => {
+                    return Err(OciError::Read {
+                        image: self.image.clone(),
+                        location: self.location.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        let corrupt = |detail: String| OciError::Corrupt {
+            image: self.image.clone(),
+            digest: self.digest.clone(),
+            detail,
         };
+        if self.read > self.size {
+            return Err(corrupt(format!(
+                "{} is longer than the {} bytes the descriptor says",
+                self.location, self.size
+            )));
+        }
+        if self.read < self.size {
+            return Err(corrupt(format!(
+                "{} has {} bytes, the descriptor says {}",
+                self.location, self.read, self.size
+            )));
+        }
+        let actual: String = self
+            .hasher
+            .clone()
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if Some(actual.as_str()) != digest_hex(&self.digest) {
+            return Err(corrupt(format!(
+                "{} hashes to sha256:{actual}",
+                self.location
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Layout {
+    /// Opens a layout directory; `image` is the reference, used in error messages.
+    pub fn open(dir: &Path, image: &str) -> Result<Layout, OciError> {
+        let layout = Layout::from_files(Files::Dir(dir.to_owned()), image);
         let marker = dir.join("oci-layout");
         if !marker.is_file() {
             return Err(layout.unusable(format!(
@@ -268,6 +471,30 @@ impl Layout {
             )));
         }
         Ok(layout)
+    }
+
+    /// A layout over `files` (not checked for an `oci-layout` file).
+    pub fn from_files(files: Files, image: &str) -> Layout {
+        Layout {
+            files,
+            image: image.to_owned(),
+            aliases: BTreeMap::new(),
+        }
+    }
+
+    /// Serves the blob `digest` from `at` instead of `blobs/sha256/HEX`.
+    pub fn add_alias(&mut self, digest: &str, at: BlobAt) {
+        self.aliases.insert(digest.to_owned(), at);
+    }
+
+    /// The image reference this layout was opened for.
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
+    /// Where the files are.
+    pub fn files(&self) -> &Files {
+        &self.files
     }
 
     fn unusable(&self, message: String) -> OciError {
@@ -279,65 +506,122 @@ impl Layout {
 
     fn read_json<T: serde::de::DeserializeOwned>(
         &self,
-        path: &Path,
+        location: &str,
         bytes: &[u8],
         what: &'static str,
     ) -> Result<T, OciError> {
         serde_json::from_slice(bytes).map_err(|source| OciError::Json {
             image: self.image.clone(),
-            path: path.to_owned(),
+            location: location.to_owned(),
             what,
             source,
         })
     }
 
+    fn read_error(&self, location: String) -> impl FnOnce(io::Error) -> OciError + '_ {
+        move |source| OciError::Read {
+            image: self.image.clone(),
+            location,
+            source,
+        }
+    }
+
+    /// Whether the blob is present (not whether it is intact).
+    pub fn has_blob(&self, digest: &str) -> bool {
+        if self.aliases.contains_key(digest) {
+            return true;
+        }
+        digest_hex(digest).is_some_and(|hex| self.files.len(&format!("blobs/sha256/{hex}")).is_ok())
+    }
+
+    /// Opens a blob for reading; [`BlobReader::finish`] verifies it.
+    pub fn open_blob(&self, desc: &Descriptor) -> Result<BlobReader<'_>, OciError> {
+        let (inner, len, location): (Box<dyn Read + Send + '_>, u64, String) =
+            match self.aliases.get(&desc.digest) {
+                Some(BlobAt::Bytes(bytes)) => (
+                    Box::new(io::Cursor::new(bytes.as_ref().clone())),
+                    bytes.len() as u64,
+                    format!("{} (made from the archive's manifest.json)", desc.digest),
+                ),
+                Some(BlobAt::File(rel)) => {
+                    let location = self.files.location(rel);
+                    let len = self
+                        .files
+                        .len(rel)
+                        .map_err(self.read_error(location.clone()))?;
+                    let file = self
+                        .files
+                        .open(rel)
+                        .map_err(self.read_error(location.clone()))?;
+                    (file, len, location)
+                }
+                None => {
+                    let hex = digest_hex(&desc.digest).ok_or_else(|| {
+                        self.unusable(format!("unsupported digest {:?}", desc.digest))
+                    })?;
+                    let rel = format!("blobs/sha256/{hex}");
+                    let location = self.files.location(&rel);
+                    let len = self
+                        .files
+                        .len(&rel)
+                        .map_err(self.read_error(location.clone()))?;
+                    let file = self
+                        .files
+                        .open(&rel)
+                        .map_err(self.read_error(location.clone()))?;
+                    (file, len, location)
+                }
+            };
+        if len != desc.size {
+            return Err(OciError::Corrupt {
+                image: self.image.clone(),
+                digest: desc.digest.clone(),
+                detail: format!(
+                    "{location} has {len} bytes, the descriptor says {}",
+                    desc.size
+                ),
+            });
+        }
+        Ok(BlobReader {
+            inner,
+            hasher: Sha256::new(),
+            read: 0,
+            digest: desc.digest.clone(),
+            size: desc.size,
+            location,
+            image: self.image.clone(),
+        })
+    }
+
     /// Reads a blob and checks its size and digest against the descriptor.
     pub fn read_blob(&self, desc: &Descriptor) -> Result<Vec<u8>, OciError> {
-        let hex = digest_hex(&desc.digest)
-            .ok_or_else(|| self.unusable(format!("unsupported digest {:?}", desc.digest)))?;
-        let path = self.dir.join("blobs/sha256").join(hex);
-        let corrupt = |detail: String| OciError::Corrupt {
-            image: self.image.clone(),
-            digest: desc.digest.clone(),
-            detail,
-        };
-        let meta = std::fs::metadata(&path).map_err(|source| OciError::Read {
-            image: self.image.clone(),
-            path: path.clone(),
-            source,
-        })?;
-        if meta.len() != desc.size {
-            return Err(corrupt(format!(
-                "{} has {} bytes, the descriptor says {}",
-                path.display(),
-                meta.len(),
-                desc.size
-            )));
+        let mut reader = self.open_blob(desc)?;
+        let mut bytes = Vec::with_capacity(usize::try_from(desc.size).unwrap_or(0).min(64 << 20));
+        if let Err(source) = reader.read_to_end(&mut bytes) {
+            if source.kind() != io::ErrorKind::InvalidData {
+                let location = reader.location.clone();
+                return Err(self.read_error(location)(source));
+            }
         }
-        let bytes = std::fs::read(&path).map_err(|source| OciError::Read {
-            image: self.image.clone(),
-            path: path.clone(),
-            source,
-        })?;
-        let actual = sha256_hex(&bytes);
-        if actual != hex {
-            return Err(corrupt(format!(
-                "{} hashes to sha256:{actual}",
-                path.display()
-            )));
-        }
+        reader.finish()?;
         Ok(bytes)
+    }
+
+    /// The layout's index.json.
+    pub fn index(&self) -> Result<Index, OciError> {
+        let location = self.files.location("index.json");
+        let mut bytes = Vec::new();
+        self.files
+            .open("index.json")
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(self.read_error(location.clone()))?;
+        self.read_json(&location, &bytes, "image index")
     }
 
     /// Picks the image tagged `tag` (or the only image) and reads its manifest and config.
     pub fn resolve(&self, tag: Option<&str>) -> Result<Image, OciError> {
-        let index_path = self.dir.join("index.json");
-        let bytes = std::fs::read(&index_path).map_err(|source| OciError::Read {
-            image: self.image.clone(),
-            path: index_path.clone(),
-            source,
-        })?;
-        let index: Index = self.read_json(&index_path, &bytes, "image index")?;
+        let index = self.index()?;
+        let index_path = self.files.location("index.json");
         let chosen = match tag {
             Some(tag) => index
                 .manifests
@@ -350,8 +634,7 @@ impl Layout {
                         .filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str))
                         .collect();
                     self.unusable(format!(
-                        "no image tagged {tag:?} in {}; it has: {}",
-                        index_path.display(),
+                        "no image tagged {tag:?} in {index_path}; it has: {}",
                         if tags.is_empty() {
                             "no tags".into()
                         } else {
@@ -361,25 +644,35 @@ impl Layout {
                 })?,
             None => match index.manifests.as_slice() {
                 [one] => one,
-                [] => return Err(self.unusable(format!("{} lists no image", index_path.display()))),
+                [] => return Err(self.unusable(format!("{index_path} lists no image"))),
                 _ => {
                     return Err(self.unusable(format!(
-                        "{} holds {} images: name one with oci:PATH:TAG",
-                        index_path.display(),
+                        "{index_path} holds {} images: name one with a tag",
                         index.manifests.len()
                     )))
                 }
             },
         };
-        let mut desc = chosen.clone();
+        self.resolve_descriptor(chosen.clone())
+    }
+
+    /// Reads the image `desc` points at: through nested indexes to the
+    /// linux/amd64 manifest, then its config.
+    pub fn resolve_descriptor(&self, desc: Descriptor) -> Result<Image, OciError> {
+        let mut desc = desc;
         // A nested index (multi-platform image): take linux/amd64.
         for _ in 0..4 {
             if desc.media_type != media::INDEX && desc.media_type != media::DOCKER_LIST {
                 break;
             }
             let bytes = self.read_blob(&desc)?;
-            let nested: Index =
-                self.read_json(&self.dir.join(&desc.digest), &bytes, "image index")?;
+            let nested: Index = self.read_json(&desc.digest, &bytes, "image index")?;
+            let platforms: Vec<String> = nested
+                .manifests
+                .iter()
+                .filter_map(|d| d.platform.as_ref())
+                .map(|p| format!("{}/{}", p.os, p.architecture))
+                .collect();
             desc = nested
                 .manifests
                 .into_iter()
@@ -388,7 +681,16 @@ impl Layout {
                         .as_ref()
                         .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
                 })
-                .ok_or_else(|| self.unusable("the image has no linux/amd64 variant".into()))?;
+                .ok_or_else(|| {
+                    self.unusable(format!(
+                        "the image has no linux/amd64 variant (it has: {})",
+                        if platforms.is_empty() {
+                            "none with a platform".to_owned()
+                        } else {
+                            platforms.join(", ")
+                        }
+                    ))
+                })?;
         }
         if desc.media_type != media::MANIFEST && desc.media_type != media::DOCKER_MANIFEST {
             return Err(self.unusable(format!(
@@ -397,14 +699,10 @@ impl Layout {
             )));
         }
         let bytes = self.read_blob(&desc)?;
-        let manifest: ImageManifest =
-            self.read_json(&self.dir.join(&desc.digest), &bytes, "image manifest")?;
+        let manifest: ImageManifest = self.read_json(&desc.digest, &bytes, "image manifest")?;
         let config_bytes = self.read_blob(&manifest.config)?;
-        let config: ImageConfig = self.read_json(
-            &self.dir.join(&manifest.config.digest),
-            &config_bytes,
-            "image config",
-        )?;
+        let config: ImageConfig =
+            self.read_json(&manifest.config.digest, &config_bytes, "image config")?;
         if !config.os.is_empty() && config.os != "linux"
             || !config.architecture.is_empty() && config.architecture != "amd64"
         {
@@ -418,6 +716,61 @@ impl Layout {
             manifest,
             config,
         })
+    }
+
+    /// Every blob `desc` reaches that this layout holds, parents before
+    /// children: the index (and those of its manifests present, so an
+    /// archive of one platform of a multi-platform image copies whole),
+    /// each manifest, its config and layers. A manifest's config or layer
+    /// that is missing is an error; an index's child that is missing is
+    /// skipped.
+    pub fn closure(&self, desc: &Descriptor) -> Result<Vec<Descriptor>, OciError> {
+        #[derive(serde::Deserialize)]
+        struct Links {
+            #[serde(default)]
+            manifests: Vec<Descriptor>,
+            #[serde(default)]
+            config: Option<Descriptor>,
+            #[serde(default)]
+            layers: Vec<Descriptor>,
+        }
+        let mut out: Vec<Descriptor> = Vec::new();
+        let mut stack = vec![(desc.clone(), true)];
+        while let Some((d, required)) = stack.pop() {
+            if out.iter().any(|o| o.digest == d.digest) {
+                continue;
+            }
+            if !self.has_blob(&d.digest) {
+                if required {
+                    return Err(self.unusable(format!(
+                        "blob {} ({}) is missing from {}",
+                        d.digest,
+                        d.media_type,
+                        self.files.location("")
+                    )));
+                }
+                continue;
+            }
+            let is_index = d.media_type == media::INDEX || d.media_type == media::DOCKER_LIST;
+            let is_manifest =
+                d.media_type == media::MANIFEST || d.media_type == media::DOCKER_MANIFEST;
+            if is_index || is_manifest {
+                let bytes = self.read_blob(&d)?;
+                let links: Links = self.read_json(&d.digest, &bytes, "image manifest or index")?;
+                // Pushed in reverse, so they pop in order.
+                for layer in links.layers.into_iter().rev() {
+                    stack.push((layer, true));
+                }
+                if let Some(config) = links.config {
+                    stack.push((config, true));
+                }
+                for child in links.manifests.into_iter().rev() {
+                    stack.push((child, false));
+                }
+            }
+            out.push(d);
+        }
+        Ok(out)
     }
 }
 

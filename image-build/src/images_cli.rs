@@ -1,0 +1,1 @@
+//! `hafen image ls|rm|tag|inspect|history|save|load|prune` over the local image store.
