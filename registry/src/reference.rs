@@ -318,7 +318,7 @@ fn check_component(component: &str) -> Result<(), ReferenceErrorKind> {
 
 /// A host name (dot-separated labels) or a bracketed IPv6 address, with an
 /// optional `:PORT`.
-fn check_registry(registry: &str) -> Result<(), ReferenceErrorKind> {
+pub(crate) fn check_registry(registry: &str) -> Result<(), ReferenceErrorKind> {
     let bad = || ReferenceErrorKind::Registry(registry.to_owned());
     let (host, port) = if let Some(rest) = registry.strip_prefix('[') {
         let (addr, after) = rest.split_once(']').ok_or_else(bad)?;
