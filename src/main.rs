@@ -359,18 +359,107 @@ enum AccelArg {
 
 #[derive(Debug, Subcommand)]
 enum ImageCommand {
-    /// Make an OCI image layout from a root filesystem directory or tar.
+    /// Make an image from a root filesystem directory or tar: into the local
+    /// image store (named by --tag), or with -o into an OCI image layout.
     Import(ImportArgs),
+    /// List the images in the local store.
+    #[command(alias = "list")]
+    Ls(ImageLsArgs),
+    /// Remove image names from the local store (the content goes at prune).
+    #[command(alias = "rmi")]
+    Rm(ImageRmArgs),
+    /// Give an image in the local store another name.
+    Tag {
+        /// The image: a name or an id.
+        source: String,
+        /// The new name, NAME[:TAG].
+        target: String,
+    },
+    /// Show images in detail (JSON): digest, config, layers, platform, size.
+    Inspect {
+        /// Names or ids.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Show how an image was made, newest step first.
+    History(ImageHistoryArgs),
+    /// Write images from the local store to an archive.
+    Save(ImageSaveArgs),
+    /// Read images from an archive (docker-archive in either form, or
+    /// oci-archive; gzip or zstd compressed too) into the local store.
+    Load(ImageLoadArgs),
+    /// Remove unnamed images and everything no named image uses.
+    Prune,
+}
+
+#[derive(Debug, Args)]
+struct ImageLsArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct ImageRmArgs {
+    /// Names or ids.
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// Remove every name of an image given by id, even across repositories.
+    #[arg(short, long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct ImageHistoryArgs {
+    /// A name or an id.
+    image: String,
+    /// Do not shorten ids and commands.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+/// The archive forms `hafen image save` writes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ArchiveFormat {
+    /// docker save's form, with RepoTags (docker load and skopeo read it).
+    DockerArchive,
+    /// A tar of an OCI image layout.
+    OciArchive,
+}
+
+#[derive(Debug, Args)]
+struct ImageSaveArgs {
+    /// Names or ids.
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// The archive to write (it appears only once complete).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// The archive's form.
+    #[arg(long, value_enum, default_value_t = ArchiveFormat::DockerArchive)]
+    format: ArchiveFormat,
+}
+
+#[derive(Debug, Args)]
+struct ImageLoadArgs {
+    /// The archive to read.
+    #[arg(short, long, value_name = "FILE")]
+    input: PathBuf,
 }
 
 #[derive(Debug, Args)]
 struct ImportArgs {
     /// A directory or a tar archive (optionally gzip-compressed) holding the root filesystem.
     rootfs: PathBuf,
-    /// The OCI image layout directory to create or add to.
+    /// Write into this OCI image layout directory (created or added to)
+    /// instead of the local image store.
     #[arg(short, long)]
-    out: PathBuf,
-    /// Tag recorded as org.opencontainers.image.ref.name.
+    out: Option<PathBuf>,
+    /// With -o: the org.opencontainers.image.ref.name to record. Without:
+    /// the image's name in the local store, NAME[:TAG].
     #[arg(long)]
     tag: Option<String>,
     /// Entrypoint, one argument per use (--entrypoint /bin/sh --entrypoint -c).
@@ -527,20 +616,60 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Ok(ExitCode::from(outcome.exit_code().clamp(0, 255) as u8))
         }
         Command::Image(ImageCommand::Import(args)) => {
-            let summary = hafen_image_build::import(&hafen_image_build::ImportOptions {
+            let opts = hafen_image_build::ImportOptions {
                 rootfs: args.rootfs,
-                layout: args.out,
-                tag: args.tag,
+                layout: args.out.clone().unwrap_or_default(),
+                tag: args.tag.clone(),
                 entrypoint: (!args.entrypoint.is_empty()).then_some(args.entrypoint),
                 cmd: (!args.cmd.is_empty()).then_some(args.cmd),
                 env: args.env,
                 workdir: args.workdir,
                 volumes: args.volumes,
-            })?;
+            };
+            let summary = match args.out {
+                Some(_) => hafen_image_build::import(&opts)?,
+                None => {
+                    let name = args.tag.as_deref().map(str::parse).transpose()?;
+                    let store = hafen_image_build::store::Store::open_default()?;
+                    hafen_image_build::import_into_store(&opts, &store, name.as_ref())?
+                }
+            };
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Image(verb) => image_verb(verb),
         Command::Control(verb) => Ok(control(verb)),
+    }
+}
+
+/// Runs a verb over the local image store.
+fn image_verb(verb: ImageCommand) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use hafen_image_build::archive::SaveFormat;
+    use hafen_image_build::images_cli as cli;
+    let mut store = hafen_image_build::store::Store::open_default()?;
+    let result = match verb {
+        ImageCommand::Import(_) => Err(cli::CliError::Invalid("import is not a store verb".into())),
+        ImageCommand::Ls(a) => cli::ls(&store, a.format == Format::Json),
+        ImageCommand::Rm(a) => cli::rm(&store, &a.images, a.force),
+        ImageCommand::Tag { source, target } => cli::tag(&store, &source, &target),
+        ImageCommand::Inspect { images } => cli::inspect(&store, &images),
+        ImageCommand::History(a) => {
+            cli::history(&store, &a.image, a.no_trunc, a.format == Format::Json)
+        }
+        ImageCommand::Save(a) => {
+            let format = match a.format {
+                ArchiveFormat::DockerArchive => SaveFormat::DockerArchive,
+                ArchiveFormat::OciArchive => SaveFormat::OciArchive,
+            };
+            cli::save(&store, &a.images, &a.output, format)
+        }
+        ImageCommand::Load(a) => cli::load(&store, &a.input),
+        ImageCommand::Prune => cli::prune(&mut store),
+    };
+    match result {
+        Ok(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))),
+        Err(err) if err.is_broken_pipe() => Ok(ExitCode::SUCCESS),
+        Err(err) => Err(err.into()),
     }
 }
 

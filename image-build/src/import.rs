@@ -6,9 +6,12 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use hafen_registry::Reference;
+
 use crate::oci::{
     self, media, Descriptor, ImageConfig, ImageManifest, Index, RootFs, RunConfig, REF_NAME,
 };
+use crate::store::Store;
 use crate::{Error, ImportOptions, ImportSummary};
 
 /// gzip with a fixed header (mtime 0), so equal input gives equal output.
@@ -124,8 +127,15 @@ pub fn tar_directory(root: &Path) -> Result<Vec<u8>, Error> {
     builder.into_inner().map_err(err(Path::new("")))
 }
 
-/// Makes (or adds to) an OCI image layout from `opts.rootfs`.
-pub fn import(opts: &ImportOptions) -> Result<ImportSummary, Error> {
+/// An imported image before it is written anywhere.
+struct Made {
+    layer_gz: Vec<u8>,
+    config_json: Vec<u8>,
+}
+
+/// Reads `opts.rootfs`, checks it as `hafen build` would, and makes the
+/// layer and config.
+fn make(opts: &ImportOptions) -> Result<Made, Error> {
     let input = &opts.rootfs;
     let meta = std::fs::metadata(input).map_err(|source| Error::Input {
         path: input.clone(),
@@ -170,17 +180,11 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary, Error> {
             "--volume {bad:?} is not an absolute path"
         )));
     }
-    let layout = &opts.layout;
-    std::fs::create_dir_all(layout).map_err(|source| Error::Output {
-        path: layout.clone(),
-        source,
-    })?;
     let diff_id = oci::digest_of(&layer_tar);
-    let compressed = gzip(&layer_tar).map_err(|source| Error::Output {
-        path: layout.clone(),
+    let layer_gz = gzip(&layer_tar).map_err(|source| Error::Input {
+        path: input.clone(),
         source,
     })?;
-    let layer = oci::write_blob(layout, media::LAYER_GZIP, &compressed)?;
     let config = ImageConfig {
         architecture: "amd64".into(),
         os: "linux".into(),
@@ -205,16 +209,59 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary, Error> {
     };
     let config_json = serde_json::to_vec(&config)
         .map_err(|e| Error::Invalid(format!("cannot encode the image config: {e}")))?;
-    let config_desc = oci::write_blob(layout, media::CONFIG, &config_json)?;
+    Ok(Made {
+        layer_gz,
+        config_json,
+    })
+}
+
+fn manifest_json(config: Descriptor, layer: Descriptor) -> Result<Vec<u8>, Error> {
     let manifest = ImageManifest {
         schema_version: 2,
         media_type: Some(media::MANIFEST.into()),
-        config: config_desc,
+        config,
         layers: vec![layer],
     };
-    let manifest_json = serde_json::to_vec(&manifest)
-        .map_err(|e| Error::Invalid(format!("cannot encode the image manifest: {e}")))?;
-    let mut desc: Descriptor = oci::write_blob(layout, media::MANIFEST, &manifest_json)?;
+    serde_json::to_vec(&manifest)
+        .map_err(|e| Error::Invalid(format!("cannot encode the image manifest: {e}")))
+}
+
+/// Makes an image from `opts.rootfs` in the local store, named `name`
+/// (unnamed when `None`); `opts.layout` and `opts.tag` are not used.
+pub fn import_into_store(
+    opts: &ImportOptions,
+    store: &Store,
+    name: Option<&Reference>,
+) -> Result<ImportSummary, Error> {
+    let made = make(opts)?;
+    let layer = store.put_blob(media::LAYER_GZIP, &made.layer_gz)?;
+    let config = store.put_blob(media::CONFIG, &made.config_json)?;
+    let desc = store.put_blob(media::MANIFEST, &manifest_json(config, layer)?)?;
+    match name {
+        Some(name) => store.tag(name, &desc)?,
+        None => store.add_unnamed(&desc)?,
+    }
+    Ok(ImportSummary {
+        layout: store.root().to_owned(),
+        digest: desc.digest,
+        tag: name.map(Reference::familiar),
+        layer_bytes: made.layer_gz.len() as u64,
+        stored: true,
+    })
+}
+
+/// Makes (or adds to) an OCI image layout from `opts.rootfs`.
+pub fn import(opts: &ImportOptions) -> Result<ImportSummary, Error> {
+    let made = make(opts)?;
+    let layout = &opts.layout;
+    std::fs::create_dir_all(layout).map_err(|source| Error::Output {
+        path: layout.clone(),
+        source,
+    })?;
+    let layer = oci::write_blob(layout, media::LAYER_GZIP, &made.layer_gz)?;
+    let config_desc = oci::write_blob(layout, media::CONFIG, &made.config_json)?;
+    let mut desc: Descriptor =
+        oci::write_blob(layout, media::MANIFEST, &manifest_json(config_desc, layer)?)?;
 
     let index_path = layout.join("index.json");
     let mut index = match std::fs::read(&index_path) {
@@ -255,6 +302,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportSummary, Error> {
         layout: layout.clone(),
         digest,
         tag: opts.tag.clone(),
-        layer_bytes: compressed.len() as u64,
+        layer_bytes: made.layer_gz.len() as u64,
+        stored: false,
     })
 }

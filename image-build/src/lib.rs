@@ -24,7 +24,7 @@ use hafen_proto::image::{ImageInfo, ImageNetwork, IMAGE_INFO_FILE};
 use hafen_proto::{layout, net};
 use hafen_registry::Reference;
 
-pub use import::import;
+pub use import::{import, import_into_store};
 use manifest::{ArchivePick, ImageRef, ImageSource};
 use store::Store;
 use tree::{Kind, Tree};
@@ -120,11 +120,17 @@ pub struct ImportSummary {
     pub tag: Option<String>,
     /// Size of the compressed layer.
     pub layer_bytes: u64,
+    /// Whether it went into the local image store (`layout` is its root).
+    pub stored: bool,
 }
 
 impl fmt::Display for ImportSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "imported {} into {}", self.digest, self.layout.display())?;
+        if self.stored {
+            write!(f, "imported {} into the local image store", self.digest)?;
+        } else {
+            write!(f, "imported {} into {}", self.digest, self.layout.display())?;
+        }
         if let Some(tag) = &self.tag {
             write!(f, " as {tag}")?;
         }
@@ -213,6 +219,21 @@ pub enum Error {
     /// Reading or writing an OCI layout failed.
     #[error(transparent)]
     Oci(#[from] oci::OciError),
+    /// The local image store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// An error and its causes on one line, `: `-separated.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The kernel cache `kernel-config/build.sh` fills.
