@@ -261,6 +261,7 @@ impl Channel {
             }
         }
         if events & EPOLL_HANGUP != 0 && events & EPOLL_INPUT == 0 {
+            debug!("control port: the host hung up (events {events:#x})");
             self.hang_up(epoll);
             return true;
         }

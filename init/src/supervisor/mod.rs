@@ -222,6 +222,8 @@ pub struct Supervisor {
     bad_frames: RateLimit,
     /// Requests read but not yet handled (reused buffer).
     incoming: Vec<Incoming>,
+    /// Which stream [`Supervisor::pump`] serves first this time.
+    pump_turn: usize,
 }
 
 impl Supervisor {
@@ -337,6 +339,7 @@ impl Supervisor {
             events_heard: false,
             bad_frames: RateLimit::new(1, 5),
             incoming: Vec::new(),
+            pump_turn: 0,
         })
     }
 

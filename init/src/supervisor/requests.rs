@@ -502,7 +502,12 @@ impl Supervisor {
     pub(super) fn pump(&mut self) {
         self.echo.flush();
         let mut finished = Vec::new();
-        for s in 0..self.sessions.len() {
+        // Each pump starts at the next stream: the first one must not take
+        // all the channel's room every time while another waits.
+        let count = self.sessions.len();
+        self.pump_turn = self.pump_turn.wrapping_add(1);
+        for k in 0..count {
+            let s = (self.pump_turn + k) % count;
             if let Session::Logs(_) = &self.sessions[s] {
                 if self.pump_logs(s) {
                     finished.push(self.sessions[s].id());
