@@ -158,6 +158,18 @@ pub struct MemberReader<'a> {
     end: u64,
 }
 
+impl<'a> MemberReader<'a> {
+    /// Reads `file` from byte `start` up to `end`, by position (the
+    /// file's offset is not moved).
+    pub(crate) fn new(file: &'a File, start: u64, end: u64) -> MemberReader<'a> {
+        MemberReader {
+            file,
+            pos: start,
+            end,
+        }
+    }
+}
+
 impl Read for MemberReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let left = self.end.saturating_sub(self.pos);

@@ -823,6 +823,32 @@ impl Write for BlobWriter {
     }
 }
 
+/// The registry client downloads straight into the store: it verifies
+/// what it wrote, then the caller commits.
+impl hafen_registry::BlobSink for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+        Write::write_all(self, buf)
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn reset(&mut self) -> io::Result<()> {
+        BlobWriter::reset(self).map_err(io::Error::other)
+    }
+
+    fn existing(&mut self) -> io::Result<Option<Box<dyn Read + '_>>> {
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("blob writer already committed"))?;
+        Ok(Some(Box::new(crate::archive::MemberReader::new(
+            file, 0, self.len,
+        ))))
+    }
+}
+
 impl Drop for BlobWriter {
     fn drop(&mut self) {
         if self.file.take().is_some() {
@@ -940,6 +966,31 @@ mod tests {
             store.blob_writer("sha256:abc", 1),
             Err(StoreError::Digest(_))
         ));
+    }
+
+    #[test]
+    fn the_registry_client_can_write_resume_and_reset_a_blob_writer() {
+        use hafen_registry::BlobSink;
+        let (_dir, store) = store();
+        let content = b"downloaded blob";
+        let digest = oci::digest_of(content);
+        let mut w = store
+            .blob_writer(&digest, content.len() as u64)
+            .expect("writer");
+        BlobSink::write(&mut w, b"junk").expect("write");
+        BlobSink::reset(&mut w).expect("reset");
+        BlobSink::write(&mut w, &content[..5]).expect("write");
+        let mut seen = Vec::new();
+        w.existing()
+            .expect("existing")
+            .expect("readable")
+            .read_to_end(&mut seen)
+            .expect("read");
+        assert_eq!(seen, &content[..5], "what a resumed download hashes first");
+        BlobSink::write(&mut w, &content[5..]).expect("write");
+        assert_eq!(BlobSink::len(&w), content.len() as u64);
+        w.commit().expect("commit");
+        assert_eq!(store.read_blob(&digest).expect("read"), content);
     }
 
     #[test]
