@@ -425,20 +425,8 @@ impl Client {
                 {
                     continue
                 }
-                Err(RegistryError::Connection {
-                    what,
-                    registry,
-                    source,
-                    ..
-                }) => {
-                    return Err(RegistryError::Connection {
-                        what,
-                        registry,
-                        attempts: attempt,
-                        source,
-                    })
-                }
-                other => return other,
+                Err(err) => return Err(err.after_attempts(attempt)),
+                Ok(response) => return Ok(response),
             }
         }
     }

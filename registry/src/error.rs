@@ -266,6 +266,24 @@ impl RegistryError {
         }
     }
 
+    /// The same error, counting `attempts` tries for a connection failure.
+    pub(crate) fn after_attempts(self, attempts: u32) -> RegistryError {
+        match self {
+            RegistryError::Connection {
+                what,
+                registry,
+                source,
+                ..
+            } => RegistryError::Connection {
+                what,
+                registry,
+                attempts,
+                source,
+            },
+            other => other,
+        }
+    }
+
     /// The delay a 429 or 503 answer asked for.
     pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -401,20 +401,7 @@ impl Client {
                     if matches!(err, RegistryError::TooLarge { .. }) {
                         sink.reset().map_err(sink_error)?;
                     }
-                    return Err(match err {
-                        RegistryError::Connection {
-                            what,
-                            registry,
-                            source,
-                            ..
-                        } => RegistryError::Connection {
-                            what,
-                            registry,
-                            attempts: attempt,
-                            source,
-                        },
-                        other => other,
-                    });
+                    return Err(err.after_attempts(attempt));
                 }
             }
         }

@@ -149,7 +149,8 @@ impl Client {
                 Err(err)
                     if err.is_transient()
                         && self.should_retry(attempt, started, err.retry_after()) => {}
-                other => return other,
+                Err(err) => return Err(err.after_attempts(attempt)),
+                Ok(push) => return Ok(push),
             }
         }
     }
@@ -261,13 +262,15 @@ impl Client {
         if size > chunk {
             while sent < size {
                 let n = chunk.min(size - sent);
-                let body = Exact::new(&mut reader, n, sent, digest, progress);
+                let mut body = Exact::new(&mut reader, n, sent, digest, progress);
                 let headers = vec![
                     ("Content-Type", "application/octet-stream".to_owned()),
                     ("Content-Range", format!("{}-{}", sent, sent + n - 1)),
                 ];
-                let response =
-                    self.send_stream(session, "PATCH", &location, scopes, headers, body, n, &what)?;
+                let outcome = self.send_stream(
+                    session, "PATCH", &location, scopes, headers, &mut body, n, &what,
+                );
+                let response = body.check(outcome).map_err(source_error)??;
                 if response.status() != 202 {
                     return Err(self.status_error(session, response, &what, None));
                 }
@@ -277,11 +280,12 @@ impl Client {
         }
         location.query_pairs_mut().append_pair("digest", digest);
         let remaining = size - sent;
-        let body = Exact::new(&mut reader, remaining, sent, digest, progress);
+        let mut body = Exact::new(&mut reader, remaining, sent, digest, progress);
         let headers = vec![("Content-Type", "application/octet-stream".to_owned())];
-        let response = self.send_stream(
-            session, "PUT", &location, scopes, headers, body, remaining, &what,
-        )?;
+        let outcome = self.send_stream(
+            session, "PUT", &location, scopes, headers, &mut body, remaining, &what,
+        );
+        let response = body.check(outcome).map_err(source_error)??;
         if response.status() != 201 {
             return Err(self.status_error(session, response, &what, None));
         }
@@ -405,6 +409,8 @@ struct Exact<'a, R> {
     done: u64,
     digest: &'a str,
     progress: &'a dyn Progress,
+    /// A failure reading the source (not the network).
+    failed: Option<io::Error>,
 }
 
 impl<'a, R: Read> Exact<'a, R> {
@@ -421,6 +427,17 @@ impl<'a, R: Read> Exact<'a, R> {
             done,
             digest,
             progress,
+            failed: None,
+        }
+    }
+
+    /// The request's outcome, unless reading the source failed: the
+    /// transport error that caused is then the source's error, which no
+    /// retry mends.
+    fn check<T>(&mut self, outcome: T) -> Result<T, io::Error> {
+        match self.failed.take() {
+            Some(err) => Err(err),
+            None => Ok(outcome),
         }
     }
 }
@@ -433,13 +450,25 @@ impl<R: Read> Read for Exact<'_, R> {
         let max = buf
             .len()
             .min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..max])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the blob is shorter than its descriptor's size",
-            ));
-        }
+        let n = match self.inner.read(&mut buf[..max]) {
+            Ok(0) => {
+                let short = || {
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the blob is shorter than its descriptor's size",
+                    )
+                };
+                self.failed = Some(short());
+                return Err(short());
+            }
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => return Err(err),
+            Err(err) => {
+                let copy = io::Error::new(err.kind(), err.to_string());
+                self.failed = Some(err);
+                return Err(copy);
+            }
+        };
         self.left -= n as u64;
         self.done += n as u64;
         self.progress.advance(self.digest, self.done);
