@@ -33,8 +33,31 @@ enum Command {
     /// Work with OCI images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Log in to a registry: the credentials are checked with it, then kept in
+    /// $XDG_CONFIG_HOME/hafen/auth.json (mode 0600).
+    Login(LoginArgs),
+    /// Remove a registry's credentials from hafen's auth file.
+    Logout(LogoutArgs),
     #[command(flatten)]
     Control(Control),
+}
+
+#[derive(Debug, Args)]
+struct LoginArgs {
+    /// The registry: `ghcr.io`, `localhost:5000`, `docker.io`.
+    registry: String,
+    /// The user name (asked for on a terminal when not given).
+    #[arg(short, long)]
+    username: Option<String>,
+    /// Read the password from stdin instead of asking for it.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+struct LogoutArgs {
+    /// The registry.
+    registry: String,
 }
 
 /// The verbs that operate a running VM (through its monitor's api.sock).
@@ -638,6 +661,34 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Image(verb) => image_verb(verb),
+        Command::Login(args) => {
+            let options = hafen_registry::ClientOptions::from_env();
+            let registry = hafen_registry::login::login(
+                &options,
+                &args.registry,
+                args.username,
+                args.password_stdin,
+            )?;
+            println!("Login succeeded for {registry}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logout(args) => {
+            let options = hafen_registry::ClientOptions::from_env();
+            let logout = hafen_registry::login::logout(&options, &args.registry)?;
+            if logout.removed {
+                println!("Removed the credentials for {}", logout.registry);
+            } else {
+                println!("Not logged in to {} with hafen", logout.registry);
+            }
+            for path in logout.still_in {
+                eprintln!(
+                    "hafen: {} still holds credentials for {} (hafen reads them too)",
+                    path.display(),
+                    logout.registry
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Control(verb) => Ok(control(verb)),
     }
 }

@@ -7,14 +7,19 @@ use std::path::PathBuf;
 use crate::client::{Client, ClientOptions};
 use crate::credentials::{self, normalize_key, Credential, CredentialsError};
 use crate::error::RegistryError;
-use crate::reference::{check_registry, ReferenceError};
+use crate::reference::{check_registry, ReferenceErrorKind};
 
 /// A login failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
     /// The registry argument is not `host[:port]`.
-    #[error(transparent)]
-    Registry(#[from] ReferenceError),
+    #[error("invalid registry {input:?}: {kind}")]
+    BadRegistry {
+        /// What was given.
+        input: String,
+        /// What is wrong with it.
+        kind: ReferenceErrorKind,
+    },
     /// There is no terminal to ask on and the password was not piped.
     #[error(
         "no terminal to ask for the {0} on: pass -u USER and the password with --password-stdin"
@@ -28,7 +33,7 @@ pub enum LoginError {
     Credentials(#[from] CredentialsError),
     /// The registry refused the credentials or could not be asked.
     #[error(transparent)]
-    Registry2(#[from] RegistryError),
+    Registry(#[from] RegistryError),
 }
 
 /// What `hafen logout` did.
@@ -44,9 +49,9 @@ pub struct Logout {
 
 /// `REGISTRY` as typed (`docker.io`, `https://index.docker.io/v1/`,
 /// `localhost:5000`) in the form references use.
-pub fn normalize_registry(registry: &str) -> Result<String, ReferenceError> {
+pub fn normalize_registry(registry: &str) -> Result<String, LoginError> {
     let normalized = normalize_key(registry);
-    check_registry(&normalized).map_err(|kind| ReferenceError {
+    check_registry(&normalized).map_err(|kind| LoginError::BadRegistry {
         input: registry.to_owned(),
         kind,
     })?;
@@ -90,9 +95,19 @@ pub fn login(
     if password.is_empty() {
         return Err(LoginError::EmptyPassword);
     }
-    let credential = Credential { username, password };
-    Client::new(options.clone()).check_credential(&registry, &credential)?;
-    options.auth.store(&registry, &credential)?;
+    store_checked(options, &registry, &Credential { username, password })
+}
+
+/// Checks `credential` against `registry` and, if the registry takes it,
+/// stores it in hafen's auth file. The normalized registry.
+pub fn store_checked(
+    options: &ClientOptions,
+    registry: &str,
+    credential: &Credential,
+) -> Result<String, LoginError> {
+    let registry = normalize_registry(registry)?;
+    Client::new(options.clone()).check_credential(&registry, credential)?;
+    options.auth.store(&registry, credential)?;
     Ok(registry)
 }
 

@@ -13,7 +13,7 @@ use common::{
 use hafen_registry::credentials::AuthFiles;
 use hafen_registry::manifest::sha256_digest;
 use hafen_registry::{
-    media, Client, ClientOptions, Credential, NoProgress, Platform, Reference, RegistryError,
+    login, media, Client, ClientOptions, Credential, NoProgress, Platform, Reference, RegistryError,
 };
 
 fn reference(text: &str) -> Reference {
@@ -116,6 +116,59 @@ fn htpasswd_registry_takes_good_credentials_and_names_wrong_ones() {
         matches!(err, RegistryError::WrongCredentials { .. }),
         "{err}"
     );
+}
+
+#[test]
+fn login_stores_only_checked_credentials_and_logout_removes_them() {
+    let registry = htpasswd_registry();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let own = dir.path().join("hafen/auth.json");
+    let docker = dir.path().join("docker.json");
+    std::fs::write(
+        &docker,
+        format!(
+            r#"{{"auths": {{"http://{}": {{"auth": "{}"}}}}}}"#,
+            registry.addr(),
+            credential("old", "x").basic()
+        ),
+    )
+    .expect("docker config");
+    let options = ClientOptions {
+        auth: AuthFiles {
+            read: vec![own.clone(), docker.clone()],
+            own: Some(own.clone()),
+        },
+        ..options()
+    };
+    let err = login::store_checked(&options, &registry.addr(), &credential("alice", "wrong"))
+        .expect_err("wrong password");
+    assert!(err.to_string().contains("wrong credentials"), "{err}");
+    assert!(!own.exists(), "nothing stored for refused credentials");
+
+    let stored = login::store_checked(
+        &options,
+        &format!("https://{}/", registry.addr()),
+        &credential("alice", "s3cret:x"),
+    )
+    .expect("login");
+    assert_eq!(stored, registry.addr());
+    assert_eq!(
+        options.auth.lookup(&registry.addr(), None).expect("lookup"),
+        Some(credential("alice", "s3cret:x")),
+        "hafen's own file is read before docker's"
+    );
+    // Authenticated, so an absent image is a plain "not found".
+    let err = Client::new(options.clone())
+        .fetch_manifest(&reference(&format!("{}/none:1", registry.addr())))
+        .expect_err("no such image");
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+
+    let out = login::logout(&options, &registry.addr()).expect("logout");
+    assert!(out.removed);
+    assert_eq!(out.still_in, vec![docker]);
+    let again = login::logout(&options, &registry.addr()).expect("second logout");
+    assert!(!again.removed);
+    assert!(login::logout(&options, "bad host/x").is_err());
 }
 
 #[test]
