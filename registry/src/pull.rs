@@ -380,19 +380,49 @@ impl Client {
                 message: format!("lists blob {digest:?}: only sha256 digests are supported"),
             });
         }
-        let mut state = Transfer {
-            hasher: Sha256::new(),
-            have: 0,
-        };
+        let mut state = Transfer::new();
+        let mut adopted = false;
         if !sink.is_empty() {
             state.adopt(sink, descriptor.size).map_err(sink_error)?;
+            adopted = state.have > 0;
         }
+        match self.transfer(session, reference, descriptor, sink, progress, &mut state) {
+            // Bytes kept from an earlier run were bad (they are gone now):
+            // one fresh download.
+            Err(RegistryError::DigestMismatch { .. } | RegistryError::TooLarge { .. })
+                if adopted =>
+            {
+                let mut fresh = Transfer::new();
+                fresh.restart(sink).map_err(sink_error)?;
+                self.transfer(session, reference, descriptor, sink, progress, &mut fresh)
+            }
+            other => other,
+        }
+    }
+
+    /// Downloads the rest of the blob after `state`, retrying transient
+    /// failures (resuming each time), and checks the digest. A blob that is
+    /// too large or hashes wrong is removed from the sink.
+    fn transfer(
+        &self,
+        session: &Session,
+        reference: &Reference,
+        descriptor: &Descriptor,
+        sink: &mut dyn BlobSink,
+        progress: &dyn Progress,
+        state: &mut Transfer,
+    ) -> Result<(), RegistryError> {
+        let digest = &descriptor.digest;
+        let sink_error = |source| RegistryError::Sink {
+            reference: reference.familiar(),
+            digest: digest.clone(),
+            source,
+        };
         let started = Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.download_attempt(session, reference, descriptor, sink, progress, &mut state)
-            {
+            match self.download_attempt(session, reference, descriptor, sink, progress, state) {
                 Ok(()) => break,
                 Err(err)
                     if err.is_transient()
@@ -405,7 +435,8 @@ impl Client {
                 }
             }
         }
-        let actual = format!("sha256:{}", hex(&state.hasher.finalize()));
+        let hasher = std::mem::take(&mut state.hasher);
+        let actual = format!("sha256:{}", hex(&hasher.finalize()));
         if &actual != digest {
             sink.reset().map_err(sink_error)?;
             return Err(RegistryError::DigestMismatch {
@@ -537,6 +568,13 @@ struct Transfer {
 }
 
 impl Transfer {
+    fn new() -> Transfer {
+        Transfer {
+            hasher: Sha256::new(),
+            have: 0,
+        }
+    }
+
     /// Takes over what a sink already holds if it can show it (and it is
     /// not more than the blob), else empties the sink.
     fn adopt(&mut self, sink: &mut dyn BlobSink, size: u64) -> std::io::Result<()> {

@@ -318,3 +318,45 @@ fn retries_on_503_then_gives_up_with_the_status() {
     // 3 for the first fetch, then the policy's 4 attempts.
     assert_eq!(manifest_requests, 3 + 4);
 }
+
+#[test]
+fn a_partial_blob_from_an_earlier_run_is_resumed_and_a_bad_one_replaced() {
+    let registry = Registry::start();
+    let name = format!("{}/app:1", registry.addr());
+    let image = populate(
+        &name,
+        &Platform::default(),
+        &[filler(10, 100_000)],
+        &["--dest-tls-verify=false"],
+    );
+    let (bytes, layer) = image.layers[0].clone();
+    let front = proxy(registry.addr(), |_, response| response);
+    let client = Client::new(options());
+    let r = reference(&format!("{}/app:1", front.addr()));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("blob");
+    let half = bytes.len() / 2;
+    let mut sink = FileSink::create(&path).expect("sink");
+    sink.write(&bytes[..half]).expect("write");
+    drop(sink);
+    let mut sink = FileSink::create(&path).expect("reopen");
+    client
+        .pull_blob(&r, &layer, &mut sink, &NoProgress)
+        .expect("resumed from the partial file");
+    sink.commit().expect("commit");
+    assert_eq!(std::fs::read(&path).expect("read"), bytes);
+    let ranges: Vec<String> = front
+        .requests()
+        .iter()
+        .filter_map(|q| q.header("range").map(str::to_owned))
+        .collect();
+    assert_eq!(ranges, vec![format!("bytes={half}-")]);
+
+    // Bytes that are not the blob's beginning: found out, and replaced.
+    let mut garbage = filler(11, 1000);
+    client
+        .pull_blob(&r, &layer, &mut garbage, &NoProgress)
+        .expect("fresh download after a bad partial");
+    assert_eq!(garbage, bytes);
+}
