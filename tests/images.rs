@@ -1,0 +1,384 @@
+//! `hafen image` verbs over the local image store, from the command line:
+//! a round trip through every verb with skopeo reading what `save` wrote,
+//! builds from store names and archives, two processes writing the store
+//! at once, and an ordinary user's own store. No VM is booted: builds use a
+//! stand-in kernel and init.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{hafen, NOBODY};
+use serde_json::Value;
+
+/// A scratch directory with a store of its own (`XDG_CACHE_HOME`), a small
+/// root filesystem, a stand-in kernel and a stand-in static init.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
+        std::fs::create_dir_all(rootfs.join("etc")).expect("mkdir");
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static");
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).expect("symlink");
+        std::fs::write(rootfs.join("etc/motd"), b"hello\n").expect("write");
+        std::fs::write(dir.path().join("vmlinux"), b"not really a kernel").expect("write");
+        // A 64-bit ELF header without program headers counts as static.
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        std::fs::write(dir.path().join("init"), elf).expect("write");
+        Env { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path("cache/hafen")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(hafen());
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("XDG_CACHE_HOME", self.path("cache"))
+            .env_remove("HAFEN_CACHE")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run hafen")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "hafen {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "hafen {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).expect("json output")
+    }
+
+    /// Builds a one-container manifest using `image`; returns the build's output.
+    fn build(&self, image: &str, out: &str) -> Output {
+        let manifest = self.path(&format!("{out}.toml"));
+        std::fs::write(
+            &manifest,
+            format!("name = \"t\"\n[[container]]\nname = \"app\"\nimage = \"{image}\"\n"),
+        )
+        .expect("write manifest");
+        let (m, o, k, i) = (
+            manifest,
+            self.path(out),
+            self.path("vmlinux"),
+            self.path("init"),
+        );
+        self.command(&[])
+            .arg("build")
+            .arg(m)
+            .arg("-o")
+            .arg(o)
+            .arg("--kernel")
+            .arg(k)
+            .arg("--init")
+            .arg(i)
+            .output()
+            .expect("run hafen build")
+    }
+
+    fn built(&self, image: &str, out: &str) -> Vec<u8> {
+        let result = self.build(image, out);
+        assert!(
+            result.status.success(),
+            "build of {image}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        std::fs::read(self.path(out).join("initramfs.cpio.lz4")).expect("initramfs")
+    }
+}
+
+fn names(ls: &Value) -> Vec<String> {
+    let mut names: Vec<String> = ls
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|i| i["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+fn skopeo_inspect(target: &str) -> Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", target])
+        .output()
+        .expect("run skopeo (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "skopeo inspect {target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn temp_files(root: &Path) -> Vec<String> {
+    [root.to_owned(), root.join("blobs/sha256")]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).expect("list").flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect()
+}
+
+#[test]
+fn image_verbs_round_trip_through_the_local_store() {
+    let env = Env::new();
+    let imported = env.ok(&[
+        "image", "import", "rootfs", "--tag", "app:1", "--cmd", "/bin/sh",
+    ]);
+    assert!(
+        imported.contains("into the local image store as app:1"),
+        "{imported}"
+    );
+    env.ok(&["image", "tag", "app:1", "localhost:5000/app:2"]);
+    let ls = env.json(&["image", "ls", "--format", "json"]);
+    assert_eq!(
+        names(&ls),
+        ["docker.io/library/app:1", "localhost:5000/app:2"]
+    );
+    let table = env.ok(&["image", "ls"]);
+    let id = ls[0]["id"].as_str().expect("id").to_owned();
+    let short = &id["sha256:".len().."sha256:".len() + 12];
+    assert!(
+        table.starts_with("REPOSITORY")
+            && table.contains("localhost:5000/app")
+            && table.contains(short),
+        "{table}"
+    );
+
+    // inspect by name and by a prefix of the id.
+    let inspect = env.json(&["image", "inspect", "app:1"]);
+    let image = &inspect[0];
+    assert_eq!(image["id"], id.as_str());
+    assert_eq!(image["platform"]["os"], "linux");
+    assert_eq!(image["config"]["Cmd"][0], "/bin/sh");
+    assert_eq!(image["names"].as_array().expect("names").len(), 2);
+    let diff_ids = image["diff_ids"].clone();
+    assert_eq!(env.json(&["image", "inspect", short])[0]["id"], id.as_str());
+    let history = env.ok(&["image", "history", "app:1"]);
+    assert!(
+        history.starts_with("IMAGE") && history.contains(short),
+        "{history}"
+    );
+
+    // save: skopeo reads both forms.
+    env.ok(&[
+        "image",
+        "save",
+        "app:1",
+        "localhost:5000/app:2",
+        "-o",
+        "saved.tar",
+    ]);
+    let docker = skopeo_inspect(&format!(
+        "docker-archive:{}:localhost:5000/app:2",
+        env.path("saved.tar").display()
+    ));
+    assert_eq!(docker["Layers"], diff_ids);
+    env.ok(&[
+        "image",
+        "save",
+        "app:1",
+        "--format",
+        "oci-archive",
+        "-o",
+        "saved-oci.tar",
+    ]);
+    let oci = skopeo_inspect(&format!(
+        "oci-archive:{}",
+        env.path("saved-oci.tar").display()
+    ));
+    let layers: Vec<Value> = image["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].clone())
+        .collect();
+    assert_eq!(oci["Layers"], Value::Array(layers));
+
+    // Builds by either name, and from both archives.
+    env.built("app:1", "out-name");
+    env.built("localhost:5000/app:2", "out-other");
+    env.built("docker-archive:saved.tar:app:1", "out-archive");
+    env.built("oci-archive:saved-oci.tar", "out-oci-archive");
+
+    // rm takes names away; a build then says how to get the image.
+    let rm = env.ok(&["image", "rm", "app:1"]);
+    assert_eq!(rm, "Untagged: app:1\n");
+    let failed = env.build("app:1", "out-gone");
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        !failed.status.success()
+            && err.contains("image app:1 is not in the local store: hafen image pull app:1"),
+        "{err}"
+    );
+    let err = env.fails(&["image", "rm", "nope:1", "localhost:5000/app:2"]);
+    assert!(err.contains("\"nope:1\""), "{err}");
+    assert_eq!(
+        env.json(&["image", "ls", "--format", "json"]),
+        Value::Array(vec![])
+    );
+
+    // prune frees what no name reaches; load brings the names back.
+    let pruned = env.ok(&["image", "prune"]);
+    assert!(pruned.contains("Removed 3 blobs"), "{pruned}");
+    assert_eq!(
+        std::fs::read_dir(env.store().join("blobs/sha256"))
+            .expect("list")
+            .count(),
+        0
+    );
+    let loaded = env.ok(&["image", "load", "-i", "saved.tar"]);
+    assert_eq!(
+        loaded,
+        "Loaded image: app:1\nLoaded image: localhost:5000/app:2\n"
+    );
+    env.built("app:1", "out-loaded");
+    assert!(temp_files(&env.store()).is_empty());
+}
+
+/// Two processes loading and tagging at once, many times: every name they
+/// made is there and no temporary file is left.
+#[test]
+fn two_processes_writing_the_store_at_once_lose_no_name() {
+    let env = Env::new();
+    env.ok(&["image", "import", "rootfs", "--tag", "base:1"]);
+    env.ok(&["image", "save", "base:1", "-o", "base.tar"]);
+    env.ok(&["image", "rm", "base:1"]);
+    env.ok(&["image", "prune"]);
+    const ROUNDS: usize = 15;
+    let script = format!(
+        "for i in $(seq 1 {ROUNDS}); do \
+           \"$HAFEN\" image load -i base.tar >/dev/null || exit 1; \
+           \"$HAFEN\" image tag base:1 \"$WHO-$i:1\" || exit 1; \
+         done"
+    );
+    let mut children: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|who| {
+            Command::new("sh")
+                .args(["-c", &script])
+                .current_dir(env.dir.path())
+                .env("HAFEN", hafen())
+                .env("WHO", who)
+                .env("XDG_CACHE_HOME", env.path("cache"))
+                .env_remove("HAFEN_CACHE")
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for child in &mut children {
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "a writer failed: {status}");
+    }
+    let mut want = vec!["docker.io/library/base:1".to_owned()];
+    for who in ["a", "b"] {
+        for i in 1..=ROUNDS {
+            want.push(format!("docker.io/library/{who}-{i}:1"));
+        }
+    }
+    want.sort();
+    assert_eq!(names(&env.json(&["image", "ls", "--format", "json"])), want);
+    assert!(
+        temp_files(&env.store()).is_empty(),
+        "{:?}",
+        temp_files(&env.store())
+    );
+}
+
+/// An ordinary user's store is in their own cache (`~/.cache/hafen`), and
+/// their build of the same import gives the same bytes as root's.
+#[test]
+fn a_build_as_nobody_uses_its_own_store_and_gives_the_same_bytes() {
+    let env = Env::new();
+    env.ok(&[
+        "image", "import", "rootfs", "--tag", "app:1", "--cmd", "/bin/sh",
+    ]);
+    let root_build = env.built("app:1", "root-out");
+
+    let home = env.path("home");
+    std::fs::create_dir_all(&home).expect("mkdir");
+    std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).expect("chown");
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    std::fs::write(
+        home.join("hafen.toml"),
+        "name = \"t\"\n[[container]]\nname = \"app\"\nimage = \"app:1\"\n",
+    )
+    .expect("write");
+    let as_nobody = |args: &[&str]| {
+        let out = common::hafen_as_nobody(&home)
+            .args(args)
+            .current_dir(&home)
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("HAFEN_CACHE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hafen as nobody");
+        assert!(
+            out.status.success(),
+            "hafen {args:?} as nobody: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let rootfs = env.path("rootfs");
+    as_nobody(&[
+        "image",
+        "import",
+        rootfs.to_str().expect("utf-8"),
+        "--tag",
+        "app:1",
+        "--cmd",
+        "/bin/sh",
+    ]);
+    let (kernel, init) = (env.path("vmlinux"), env.path("init"));
+    as_nobody(&[
+        "build",
+        "hafen.toml",
+        "-o",
+        "out",
+        "--kernel",
+        kernel.to_str().expect("utf-8"),
+        "--init",
+        init.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        home.join(".cache/hafen/index.json").is_file(),
+        "nobody's own store"
+    );
+    let nobody_build = std::fs::read(home.join("out/initramfs.cpio.lz4")).expect("initramfs");
+    assert!(
+        nobody_build == root_build,
+        "nobody's build differs from root's"
+    );
+}
