@@ -382,3 +382,60 @@ fn a_build_as_nobody_uses_its_own_store_and_gives_the_same_bytes() {
         "nobody's build differs from root's"
     );
 }
+
+/// Images from a docker-archive (skopeo's legacy form, uncompressed
+/// layers) and with zstd layers boot and run: what the tree tests compare
+/// is what the guest gets.
+#[test]
+fn images_from_a_docker_archive_and_with_zstd_layers_boot_and_run() {
+    let scratch = common::Scratch::new("images-boot");
+    let layout = format!("oci:{}:1", common::busybox_layout().display());
+    let skopeo = |args: &[&str]| {
+        let out = Command::new("skopeo")
+            .args(args)
+            .output()
+            .expect("run skopeo (scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "skopeo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let zstd = scratch.0.join("zstd");
+    let archive = scratch.0.join("busybox.tar");
+    skopeo(&[
+        "copy",
+        "-q",
+        "--dest-compress-format",
+        "zstd",
+        &layout,
+        &format!("oci:{}:1", zstd.display()),
+    ]);
+    skopeo(&[
+        "copy",
+        "-q",
+        &layout,
+        &format!("docker-archive:{}:busybox:1.36", archive.display()),
+    ]);
+    let image = common::build_image(
+        &scratch,
+        r#"
+name = "archives"
+[[container]]
+name = "fromzstd"
+image = "oci:zstd:1"
+command = ["/bin/sh", "-c", "test -x /bin/busybox && echo zstd-layers-run"]
+phase = "once"
+[[container]]
+name = "fromarchive"
+image = "docker-archive:busybox.tar:busybox:1.36"
+command = ["/bin/sh", "-c", "test -x /bin/busybox && echo docker-archive-runs"]
+phase = "once"
+"#,
+    );
+    let mut vm = common::Vm::boot(&image);
+    vm.wait_for("fromzstd | zstd-layers-run");
+    vm.wait_for("fromarchive | docker-archive-runs");
+    let status = vm.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", vm.console());
+}
