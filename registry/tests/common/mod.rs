@@ -48,7 +48,14 @@ pub struct RegistrySetup {
     pub users: Vec<(String, String)>,
     /// Serve TLS with this certificate and key.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Bearer token auth: the token endpoint's URL, and the certificate
+    /// that signs its tokens.
+    pub token: Option<(String, PathBuf)>,
 }
+
+/// The `service` and `issuer` a token-auth test registry expects.
+pub const TOKEN_SERVICE: &str = "hafen-test-registry";
+pub const TOKEN_ISSUER: &str = "hafen-test-issuer";
 
 /// Debian's `docker-registry` on 127.0.0.1, killed (by PID) and waited for
 /// when dropped, even when the test panics.
@@ -98,6 +105,13 @@ impl Registry {
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
                 htpasswd.display()
+            ));
+        }
+        if let Some((realm, cert)) = &setup.token {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    \
+                 issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                cert.display()
             ));
         }
         let config_path = dir.path().join("config.yml");
