@@ -72,6 +72,18 @@ impl Registry {
     }
 
     pub fn start_with(setup: RegistrySetup) -> Registry {
+        // A port found free may be taken by another test before the
+        // registry binds it: try another one then.
+        for _ in 0..3 {
+            if let Some(registry) = Registry::try_start(&setup) {
+                return registry;
+            }
+        }
+        panic!("docker-registry found no free port in three tries");
+    }
+
+    /// `None` when the port was taken meanwhile.
+    fn try_start(setup: &RegistrySetup) -> Option<Registry> {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let storage = dir.path().join("storage");
@@ -132,18 +144,22 @@ impl Registry {
         }
         let child = command.spawn().expect("start docker-registry");
         let mut registry = Registry { child, port, dir };
-        registry.wait_ready();
-        registry
+        registry.wait_ready().then_some(registry)
     }
 
-    fn wait_ready(&mut self) {
+    /// Whether the registry listens (false: its port was taken).
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("docker-registry exited ({status}): {}", self.log());
+                let log = self.log();
+                if log.contains("address already in use") {
+                    return false;
+                }
+                panic!("docker-registry exited ({status}): {log}");
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+                return true;
             }
             assert!(
                 Instant::now() < deadline,
