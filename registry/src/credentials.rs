@@ -118,8 +118,9 @@ pub struct AuthFiles {
 
 impl AuthFiles {
     /// The files of this user's environment: `$REGISTRY_AUTH_FILE`,
-    /// hafen's own, `$XDG_RUNTIME_DIR/containers/auth.json`,
-    /// `~/.docker/config.json` (or `$DOCKER_CONFIG/config.json`).
+    /// hafen's own, podman's (`$XDG_RUNTIME_DIR/containers/auth.json`, then
+    /// `$XDG_CONFIG_HOME/containers/auth.json`), docker's
+    /// (`~/.docker/config.json` or `$DOCKER_CONFIG/config.json`).
     pub fn from_env() -> AuthFiles {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let own = config_dir().map(|dir| dir.join("hafen/auth.json"));
@@ -130,6 +131,9 @@ impl AuthFiles {
         read.extend(own.clone());
         if let Some(dir) = var("XDG_RUNTIME_DIR") {
             read.push(PathBuf::from(dir).join("containers/auth.json"));
+        }
+        if let Some(dir) = config_dir() {
+            read.push(dir.join("containers/auth.json"));
         }
         if let Some(dir) = var("DOCKER_CONFIG") {
             read.push(PathBuf::from(dir).join("config.json"));
