@@ -855,6 +855,8 @@ pub fn save(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // One of an earlier process that had our pid and died.
+    let _ = std::fs::remove_file(&tmp);
     let file = File::options()
         .write(true)
         .create_new(true)
