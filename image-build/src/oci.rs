@@ -902,6 +902,71 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A multi-platform index: linux/amd64 is picked, a missing platform is
+    /// named with those there are, and an archive of one platform (other
+    /// children absent) still copies whole.
+    #[test]
+    fn nested_indexes_pick_linux_amd64_and_name_the_platforms_there_are() {
+        let (dir, amd64) = layout_with("multi");
+        let platform = |arch: &str| Platform {
+            architecture: arch.into(),
+            os: "linux".into(),
+        };
+        let child = |mut d: Descriptor, arch: &str| {
+            d.annotations.clear();
+            d.platform = Some(platform(arch));
+            d
+        };
+        let mut absent = amd64.clone();
+        absent.digest = digest_of(b"an arm64 manifest this layout lacks");
+        let index_of = |children: Vec<Descriptor>| {
+            let index = Index {
+                schema_version: 2,
+                media_type: Some(media::INDEX.into()),
+                manifests: children,
+            };
+            write_blob(
+                &dir,
+                media::INDEX,
+                &serde_json::to_vec(&index).expect("json"),
+            )
+            .expect("index blob")
+        };
+        let both = index_of(vec![
+            child(absent.clone(), "arm64"),
+            child(amd64.clone(), "amd64"),
+        ]);
+        let layout = Layout::open(&dir, "oci:multi").expect("open");
+        let image = layout.resolve_descriptor(both.clone()).expect("amd64");
+        assert_eq!(image.digest, amd64.digest);
+        let closure: Vec<String> = layout
+            .closure(&both)
+            .expect("closure")
+            .into_iter()
+            .map(|d| d.digest)
+            .collect();
+        assert_eq!(closure.len(), 3, "index, manifest, config: {closure:?}");
+        assert!(!closure.contains(&absent.digest));
+
+        let arm_only = index_of(vec![child(absent, "arm64")]);
+        let err = layout
+            .resolve_descriptor(arm_only)
+            .expect_err("no amd64")
+            .to_string();
+        assert!(
+            err.contains("no linux/amd64 variant") && err.contains("linux/arm64"),
+            "{err}"
+        );
+        let mut odd = amd64;
+        odd.media_type = "application/vnd.example.unknown+json".into();
+        let err = layout
+            .resolve_descriptor(odd)
+            .expect_err("media type")
+            .to_string();
+        assert!(err.contains("unsupported manifest media type"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_directory_without_oci_layout_is_explained() {
         let err = Layout::open(Path::new("/nonexistent-layout"), "oci:x")
