@@ -468,8 +468,8 @@ struct ImageSaveArgs {
 
 #[derive(Debug, Args)]
 struct ImageLoadArgs {
-    /// The archive to read.
-    #[arg(short, long, value_name = "FILE")]
+    /// The archive to read (default: standard input).
+    #[arg(short, long, value_name = "FILE", default_value = "-")]
     input: PathBuf,
 }
 

@@ -258,7 +258,18 @@ fn image_verbs_round_trip_through_the_local_store() {
             .count(),
         0
     );
-    let loaded = env.ok(&["image", "load", "-i", "saved.tar"]);
+    // (from standard input, as `docker save IMAGE | hafen image load`)
+    let loaded = env
+        .command(&["image", "load"])
+        .stdin(std::fs::File::open(env.path("saved.tar")).expect("open"))
+        .output()
+        .expect("run hafen image load");
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let loaded = String::from_utf8_lossy(&loaded.stdout);
     assert_eq!(
         loaded,
         "Loaded image: app:1\nLoaded image: localhost:5000/app:2\n"

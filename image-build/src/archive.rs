@@ -30,6 +30,8 @@ use crate::tree::clean_path;
 
 /// containerd's (and Docker 25's) annotation for an image's full name.
 pub const CONTAINERD_NAME: &str = "io.containerd.image.name";
+/// The path that stands for standard input.
+pub const STDIN: &str = "-";
 /// How many links may lead to a member before it counts as a loop.
 const MAX_LINK_HOPS: usize = 32;
 /// manifest.json, index.json and configs are small.
@@ -190,14 +192,22 @@ impl Read for MemberReader<'_> {
 }
 
 impl Archive {
-    /// Indexes the archive at `path`, refusing absolute paths, `..` and
-    /// links that leave the archive, naming the entry.
+    /// Indexes the archive at `path` (`-`: standard input, spooled to an
+    /// unnamed file first), refusing absolute paths, `..` and links that
+    /// leave the archive, naming the entry.
     pub fn open(path: &Path) -> Result<Archive, ArchiveError> {
         let read_err = |source| ArchiveError::Read {
             path: path.to_owned(),
             source,
         };
-        let mut file = File::open(path).map_err(read_err)?;
+        let mut file = if path == Path::new(STDIN) {
+            let mut spool = anonymous_file(&std::env::temp_dir()).map_err(read_err)?;
+            io::copy(&mut io::stdin().lock(), &mut spool).map_err(read_err)?;
+            spool
+        } else {
+            File::open(path).map_err(read_err)?
+        };
+        file.rewind().map_err(read_err)?;
         let mut head = [0u8; 4];
         let n = file.read(&mut head).map_err(read_err)?;
         let compression = Compression::sniff(&head[..n]);

@@ -681,8 +681,15 @@ pub fn save(
     Ok(0)
 }
 
-/// `hafen image load -i FILE`.
+/// `hafen image load [-i FILE]` (standard input without `-i`).
 pub fn load(store: &Store, input: &Path) -> Result<i32, CliError> {
+    use std::io::IsTerminal;
+    if input == Path::new(archive::STDIN) && io::stdin().is_terminal() {
+        return Err(CliError::Invalid(
+            "no archive: give -i FILE, or pipe one in (docker save IMAGE | hafen image load)"
+                .into(),
+        ));
+    }
     let loaded = archive::load(store, input)?;
     let mut text = String::new();
     for image in &loaded {

@@ -2806,7 +2806,7 @@ image = "oci:/abs/layout"
             let container = field.starts_with("container").then_some("container \"b\"");
             assert!(
                 e.starts_with(&format!("/m/hafen.toml: {field}: "))
-                    && container.map_or(true, |c| e.contains(c))
+                    && container.is_none_or(|c| e.contains(c))
                     && e.contains(says),
                 "{second}{network}: {e}"
             );
