@@ -36,7 +36,7 @@ impl RestartPolicy {
     pub fn restarts_after(self, success: bool, restarts: u32) -> bool {
         match self {
             RestartPolicy::No => false,
-            RestartPolicy::OnFailure { max } => !success && max.map_or(true, |m| restarts < m),
+            RestartPolicy::OnFailure { max } => !success && max.is_none_or(|m| restarts < m),
             RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
         }
     }

@@ -346,7 +346,7 @@ impl Client {
                     {
                         failed.store(true, Ordering::Relaxed);
                         let mut slot = lock(&first_error);
-                        if slot.as_ref().map_or(true, |(j, _)| i < *j) {
+                        if slot.as_ref().is_none_or(|(j, _)| i < *j) {
                             *slot = Some((i, err));
                         }
                     }

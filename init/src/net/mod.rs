@@ -122,7 +122,7 @@ fn find_uplink(class_net: &Path) -> io::Result<String> {
             continue;
         }
         if let Ok(name) = entry.file_name().into_string() {
-            if first.as_ref().map_or(true, |f| name < *f) {
+            if first.as_ref().is_none_or(|f| name < *f) {
                 first = Some(name);
             }
         }

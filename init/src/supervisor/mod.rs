@@ -815,7 +815,7 @@ impl Supervisor {
         let secs = timeout_secs.unwrap_or(c.bundle.stop_timeout_secs);
         let deadline = sys::monotonic_ns() + u64::from(secs) * 1_000_000_000;
         // An earlier deadline stands.
-        if stop_deadline.map_or(true, |d| deadline < d) {
+        if stop_deadline.is_none_or(|d| deadline < d) {
             *stop_deadline = Some(deadline);
             c.stop_secs = secs;
         }
