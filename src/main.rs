@@ -413,6 +413,30 @@ enum ImageCommand {
     Load(ImageLoadArgs),
     /// Remove unnamed images and everything no named image uses.
     Prune,
+    /// Download an image from a registry into the local store (only the
+    /// blobs the store lacks). Prints the name pinned to its digest.
+    Pull {
+        /// NAME[:TAG] or NAME@DIGEST, by docker's rules (docker.io and
+        /// library/ when no registry is named, latest when no tag).
+        image: String,
+        /// The platform to take from a multi-platform image: OS/ARCH[/VARIANT].
+        #[arg(long, default_value = "linux/amd64")]
+        platform: String,
+        /// No progress display.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Upload an image from the local store to a registry (blobs the
+    /// registry has are not sent again). Prints the pushed digest.
+    Push {
+        /// The image in the local store: a name or an id.
+        image: String,
+        /// Where to push it, NAME[:TAG] (default: the image's own name).
+        destination: Option<String>,
+        /// No progress display.
+        #[arg(short, long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -716,12 +740,90 @@ fn image_verb(verb: ImageCommand) -> Result<ExitCode, Box<dyn std::error::Error>
         }
         ImageCommand::Load(a) => cli::load(&store, &a.input),
         ImageCommand::Prune => cli::prune(&mut store),
+        ImageCommand::Pull {
+            image,
+            platform,
+            quiet,
+        } => return transfer(&store, Transfer::Pull { image, platform }, quiet),
+        ImageCommand::Push {
+            image,
+            destination,
+            quiet,
+        } => return transfer(&store, Transfer::Push { image, destination }, quiet),
     };
     match result {
         Ok(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))),
         Err(err) if err.is_broken_pipe() => Ok(ExitCode::SUCCESS),
         Err(err) => Err(err.into()),
     }
+}
+
+/// A pull or a push.
+enum Transfer {
+    Pull {
+        image: String,
+        platform: String,
+    },
+    Push {
+        image: String,
+        destination: Option<String>,
+    },
+}
+
+/// `hafen image pull` and `push`: the registry client over the store.
+fn transfer(
+    store: &hafen_image_build::store::Store,
+    what: Transfer,
+    quiet: bool,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use hafen_image_build::pull;
+    use hafen_registry::{progress, Client, ClientOptions, NoProgress, Progress, Reference};
+    let client = Client::new(ClientOptions::from_env());
+    let shown: Box<dyn Progress> = if quiet {
+        Box::new(NoProgress)
+    } else {
+        progress::stderr_progress()
+    };
+    match what {
+        Transfer::Pull { image, platform } => {
+            let reference: Reference = image.parse()?;
+            let platform: hafen_registry::Platform = platform.parse()?;
+            let pulled = pull::pull(&client, store, &reference, &platform, &*shown)?;
+            if !quiet {
+                eprintln!(
+                    "hafen: {}: {} blob(s) fetched, {} already in the store",
+                    reference.familiar(),
+                    pulled.fetched,
+                    pulled.cached
+                );
+            }
+            println!("{}", reference.with_digest(&pulled.digest));
+        }
+        Transfer::Push { image, destination } => {
+            let found = hafen_image_build::images_cli::find(store, &image)?;
+            let source: Option<Reference> = found.names.first().and_then(|n| n.parse().ok());
+            let target: Reference = match (destination, &source) {
+                (Some(d), _) => d.parse()?,
+                (None, Some(s)) => s.clone(),
+                (None, None) => {
+                    return Err(format!(
+                        "image {image} has no name to push to: give one (hafen image push {image} NAME[:TAG])"
+                    )
+                    .into())
+                }
+            };
+            let digest = pull::push(
+                &client,
+                store,
+                &found.descriptor,
+                source.as_ref(),
+                &target,
+                &*shown,
+            )?;
+            println!("{}", target.with_digest(&digest));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints an error and each of its causes on a line of its own.

@@ -10,6 +10,7 @@ pub mod images_cli;
 pub mod import;
 pub mod manifest;
 pub mod oci;
+pub mod pull;
 pub mod seccomp;
 pub mod store;
 pub mod tree;
