@@ -302,6 +302,11 @@ struct BuildArgs {
     /// Default: $HAFEN_INIT, then the musl build next to this executable.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Ask the registries again for the images' tags and move the pins in
+    /// hafen.lock (without it, pinned digests are used, from the local
+    /// store when it has them, and nothing else touches the network).
+    #[arg(long, visible_alias = "update")]
+    pull: bool,
 }
 
 #[derive(Debug, Args)]
@@ -633,6 +638,7 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 out: args.out,
                 kernel: args.kernel,
                 init: args.init,
+                pull: args.pull,
             })?;
             println!("{summary}");
             Ok(ExitCode::SUCCESS)

@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod cpio;
 pub mod images_cli;
 pub mod import;
+pub mod lock;
 pub mod manifest;
 pub mod oci;
 pub mod pull;
@@ -58,6 +59,9 @@ pub struct BuildOptions {
     pub kernel: Option<PathBuf>,
     /// Static hafen-init binary; `None` looks it up.
     pub init: Option<PathBuf>,
+    /// Resolve registry images' tags again (and move `hafen.lock`'s pins)
+    /// instead of using the pinned digests.
+    pub pull: bool,
 }
 
 /// What a build produced.
@@ -223,6 +227,20 @@ pub enum Error {
     /// The local image store failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// `hafen.lock` cannot be read or written.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    /// Pulling a container's image failed.
+    #[error("container {container}: pull {image}")]
+    Pull {
+        /// The container that uses it.
+        container: String,
+        /// The image as the manifest names it.
+        image: String,
+        /// The cause.
+        #[source]
+        source: Box<pull::TransferError>,
+    },
 }
 
 /// An error and its causes on one line, `: `-separated.
@@ -437,6 +455,48 @@ pub fn open_image(r: &ImageRef, store: &mut Option<Store>) -> Result<OpenedImage
     }
 }
 
+/// The manifest or index `reference` names in the store: by name, or for
+/// a digest reference (a pin), the blob of that digest even when no name
+/// points at it any more (its tag moved on with a later pull; it stays
+/// until `hafen image prune`).
+pub fn find_in_store(
+    store: &Store,
+    reference: &Reference,
+) -> Result<oci::Descriptor, store::StoreError> {
+    let not_found = match store.find(reference) {
+        Ok(descriptor) => return Ok(descriptor),
+        Err(e @ store::StoreError::NotFound { .. }) => e,
+        Err(e) => return Err(e),
+    };
+    let Some(digest) = reference.digest.as_deref().filter(|d| store.has_blob(d)) else {
+        return Err(not_found);
+    };
+    let bytes = store.read_blob(digest)?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Kind {
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+    }
+    let Ok(kind) = serde_json::from_slice::<Kind>(&bytes) else {
+        return Err(not_found);
+    };
+    let media_type = kind.media_type.unwrap_or_else(|| {
+        if kind.manifests.is_some() {
+            oci::media::INDEX.to_owned()
+        } else {
+            oci::media::MANIFEST.to_owned()
+        }
+    });
+    Ok(oci::Descriptor {
+        media_type,
+        digest: digest.to_owned(),
+        size: bytes.len() as u64,
+        platform: None,
+        annotations: BTreeMap::new(),
+    })
+}
+
 /// Opens a named image from the local store; [`store::StoreError::NotFound`]
 /// when the store does not have it.
 pub fn stored_image(
@@ -444,7 +504,7 @@ pub fn stored_image(
     reference: &Reference,
     text: &str,
 ) -> Result<OpenedImage, ImageError> {
-    let descriptor = store.find(reference)?;
+    let descriptor = find_in_store(store, reference)?;
     let layout = store.layout(text)?;
     let image = layout.resolve_descriptor(descriptor)?;
     Ok(OpenedImage { layout, image })
@@ -518,6 +578,93 @@ pub fn flatten_image(opened: &OpenedImage) -> Result<Tree, Error> {
         }
     }
     Ok(tree)
+}
+
+/// Makes sure each registry image of `manifest` is in the local store and
+/// pinned to a digest: the digest `hafen.lock` pins (from the store, pulled
+/// by digest only when the store lacks it), else the image the store has
+/// under that name, else a pull; with `opts.pull`, the registry is asked
+/// again. Writes the lock when a pin changed. Returns the pinned
+/// references by the manifest's text.
+fn pin_registry_images(
+    manifest: &manifest::Manifest,
+    opts: &BuildOptions,
+    store: &mut Option<Store>,
+) -> Result<BTreeMap<String, Reference>, Error> {
+    let wanted: Vec<(&str, &Reference, &str)> = manifest
+        .containers
+        .iter()
+        .filter_map(|c| match &c.image.source {
+            ImageSource::Registry(r) => Some((c.image.text.as_str(), r, c.name.as_str())),
+            _ => None,
+        })
+        .collect();
+    let mut pinned = BTreeMap::new();
+    if wanted.is_empty() {
+        return Ok(pinned);
+    }
+    let lock_path = lock::Lock::path_for(&manifest.path);
+    let mut lock = lock::Lock::load(&lock_path)?;
+    let store = match store {
+        Some(store) => store,
+        None => store.insert(Store::open_default()?),
+    };
+    let mut client = None;
+    let platform = hafen_registry::Platform::default();
+    let progress = hafen_registry::progress::stderr_progress();
+    for (text, reference, container) in wanted {
+        if pinned.contains_key(text) {
+            continue;
+        }
+        let fail = |source: pull::TransferError| Error::Pull {
+            container: container.to_owned(),
+            image: text.to_owned(),
+            source: Box::new(source),
+        };
+        let from_lock = lock
+            .images
+            .get(text)
+            .filter(|_| !opts.pull && reference.digest.is_none())
+            .map(|pin| {
+                pin.parse::<Reference>()
+                    .map_err(|e| lock::LockError::Malformed {
+                        path: lock_path.clone(),
+                        message: format!("{text:?} = {pin:?}: {e}"),
+                    })
+            })
+            .transpose()?;
+        // What to look for in the store, if anything.
+        let local = match (&from_lock, opts.pull) {
+            (Some(pin), _) => Some(pin.clone()),
+            (None, false) => Some(reference.clone()),
+            (None, true) => reference.digest.is_some().then(|| reference.clone()),
+        };
+        let found = match &local {
+            Some(r) => match find_in_store(store, r) {
+                Ok(descriptor) => Some(descriptor.digest),
+                Err(store::StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        let digest = match found {
+            Some(digest) => digest,
+            None => {
+                let client = client.get_or_insert_with(|| {
+                    hafen_registry::Client::new(hafen_registry::ClientOptions::from_env())
+                });
+                let target = local.as_ref().unwrap_or(reference);
+                pull::pull(client, store, target, &platform, &*progress)
+                    .map_err(fail)?
+                    .digest
+            }
+        };
+        let pin = reference.with_digest(&digest);
+        lock.images.insert(text.to_owned(), pin.to_string());
+        pinned.insert(text.to_owned(), pin);
+    }
+    lock.save(&lock_path)?;
+    Ok(pinned)
 }
 
 fn resolve_image(
@@ -632,12 +779,21 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
     let (vmlinux, bzimage) = locate_kernel(opts.kernel.as_deref())?;
     let (_, init) = locate_init(opts.init.as_deref())?;
 
+    // Registry images: pinned by hafen.lock, pulled when the store lacks them.
+    let mut store = None;
+    let pinned = pin_registry_images(&manifest, opts, &mut store)?;
     // Resolve each distinct image once.
     let mut images: BTreeMap<ImageRef, Resolved> = BTreeMap::new();
-    let mut store = None;
     for c in &manifest.containers {
         if !images.contains_key(&c.image) {
-            let resolved = resolve_image(&c.image, &c.name, &mut store)?;
+            let source = match pinned.get(&c.image.text) {
+                Some(reference) => &ImageRef {
+                    text: c.image.text.clone(),
+                    source: ImageSource::Registry(reference.clone()),
+                },
+                None => &c.image,
+            };
+            let resolved = resolve_image(source, &c.name, &mut store)?;
             images.insert(c.image.clone(), resolved);
         }
     }

@@ -42,8 +42,7 @@ pub enum TransferError {
 /// What a pull stored.
 #[derive(Debug, Clone)]
 pub struct Pulled {
-    /// The name it is stored under (the reference as given; for a digest
-    /// reference, unnamed).
+    /// The reference pulled (a digest reference is stored as `repo@digest`).
     pub reference: Reference,
     /// The digest the reference resolved to (the index's, if any).
     pub digest: String,
@@ -116,11 +115,16 @@ pub fn pull(
             ),
         });
     }
-    if reference.tag.is_some() {
-        store.tag(reference, &top)?;
-    } else {
-        store.add_unnamed(&top)?;
-    }
+    // A digest reference is named `repo@digest` (its tag, if given, is
+    // not moved to an old digest); a tag reference names the tag.
+    let name = match &reference.digest {
+        Some(_) => Reference {
+            tag: None,
+            ..reference.clone()
+        },
+        None => reference.clone(),
+    };
+    store.tag(&name, &top)?;
     Ok(Pulled {
         reference: reference.clone(),
         digest: top.digest,

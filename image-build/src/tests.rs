@@ -53,6 +53,7 @@ impl Fixture {
             out: self.dir.join(out),
             kernel: Some(self.dir.join("vmlinux")),
             init: Some(self.dir.join("init")),
+            pull: false,
         })
     }
 }
