@@ -310,3 +310,82 @@ fn a_corrupted_blob_is_refused_and_never_enters_the_store() {
     );
     assert!(!user.ok(&["image", "ls"]).contains("bad"));
 }
+
+/// A zstd-compressed image (skopeo recompresses one on its way to the
+/// registry) pulls and builds; an unknown tag is an error naming the image
+/// and the registry; an ordinary user (nobody) pulls into their own store.
+#[test]
+fn zstd_images_pull_and_build_unknown_tags_are_named_and_nobody_pulls() {
+    use std::os::unix::fs::PermissionsExt;
+    let registry = Registry::start();
+    let name = format!("{}/plain:1", registry.addr());
+    let publisher = Env::new();
+    publisher.push_version(&name, "zstd\n");
+    let archive = publisher.path("plain.tar");
+    publisher.ok(&[
+        "image",
+        "save",
+        &name,
+        "-o",
+        archive.to_str().expect("utf-8"),
+        "--format",
+        "oci-archive",
+    ]);
+    let zstd = format!("{}/zstd:1", registry.addr());
+    let copied = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ])
+        .args(["--dest-compress-format", "zstd"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .arg(format!("docker://{zstd}"))
+        .env_remove("REGISTRY_AUTH_FILE")
+        .output()
+        .expect("skopeo");
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+
+    let user = Env::new();
+    user.ok(&["image", "pull", "--quiet", &zstd]);
+    let inspect = user.ok(&["image", "inspect", &zstd]);
+    assert!(inspect.contains("zstd"), "not a zstd image: {inspect}");
+    let manifest = user.manifest("z", &zstd);
+    user.built(&manifest, "zimg", &[]);
+
+    let missing = format!("{}/plain:nope", registry.addr());
+    let out = user.run(&["image", "pull", "--quiet", &missing]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plain:nope") && err.contains(&registry.addr()),
+        "{err}"
+    );
+
+    // nobody, with a home of their own, pulls into their own store.
+    let home = user.path("nobody");
+    std::fs::create_dir_all(&home).expect("mkdir");
+    std::os::unix::fs::chown(&home, Some(common::NOBODY), Some(common::NOBODY)).expect("chown");
+    std::fs::set_permissions(user.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let pulled = common::hafen_as_nobody(&home)
+        .args(["image", "pull", "--quiet", &name])
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env_remove("HAFEN_CACHE")
+        .output()
+        .expect("hafen as nobody");
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let blobs = home.join("cache/hafen/blobs/sha256");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&blobs).expect("blobs"));
+    assert_eq!(owner, common::NOBODY);
+}
