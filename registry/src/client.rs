@@ -91,9 +91,25 @@ impl ClientOptions {
         ClientOptions {
             auth: AuthFiles::from_env(),
             certs_dirs: tls::default_certs_dirs(),
+            insecure: insecure_from(std::env::var(INSECURE_ENV).ok().as_deref()),
             ..ClientOptions::default()
         }
     }
+}
+
+/// The variable naming registries the user allows over plain HTTP
+/// (`host[:port]`, comma- or space-separated), besides loopback ones.
+pub const INSECURE_ENV: &str = "HAFEN_INSECURE_REGISTRIES";
+
+/// The registries [`INSECURE_ENV`]'s value names.
+fn insecure_from(value: Option<&str>) -> Vec<String> {
+    value
+        .unwrap_or_default()
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A registry client, shared by threads (`&Client` is all a transfer
@@ -820,6 +836,15 @@ pub fn is_loopback(registry: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn insecure_registries_come_from_the_environment_variable() {
+        assert_eq!(
+            insecure_from(Some("reg.lan:5000, other.lan  third")),
+            ["reg.lan:5000", "other.lan", "third"]
+        );
+        assert!(insecure_from(None).is_empty() && insecure_from(Some(" , ")).is_empty());
+    }
+
     use super::*;
 
     #[test]
