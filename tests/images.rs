@@ -79,8 +79,12 @@ impl Env {
         serde_json::from_str(&self.ok(args)).expect("json output")
     }
 
-    /// Builds a one-container manifest using `image`; returns the build's output.
+    /// Builds a one-container manifest using `image`; returns the build's
+    /// output. Each build starts without a `hafen.lock`: these tests move
+    /// names around in the store on purpose (tests/registry.rs tests the
+    /// pins).
     fn build(&self, image: &str, out: &str) -> Output {
+        let _ = std::fs::remove_file(self.path("hafen.lock"));
         let manifest = self.path(&format!("{out}.toml"));
         std::fs::write(
             &manifest,
@@ -235,11 +239,17 @@ fn image_verbs_round_trip_through_the_local_store() {
     // rm takes names away; a build then says how to get the image.
     let rm = env.ok(&["image", "rm", "app:1"]);
     assert_eq!(rm, "Untagged: app:1\n");
-    let failed = env.build("app:1", "out-gone");
+    // A name the store lacks is pulled: from a registry that refuses (port
+    // 9 on loopback, where nothing listens), the build names image and
+    // registry, and nothing leaves the machine.
+    env.ok(&["image", "tag", "localhost:5000/app:2", "127.0.0.1:9/app:1"]);
+    env.ok(&["image", "rm", "127.0.0.1:9/app:1"]);
+    let failed = env.build("127.0.0.1:9/app:1", "out-gone");
     let err = String::from_utf8_lossy(&failed.stderr);
     assert!(
         !failed.status.success()
-            && err.contains("image app:1 is not in the local store: hafen image pull app:1"),
+            && err.contains("pull 127.0.0.1:9/app:1")
+            && err.contains("127.0.0.1:9 is not reachable"),
         "{err}"
     );
     let err = env.fails(&["image", "rm", "nope:1", "localhost:5000/app:2"]);

@@ -654,9 +654,25 @@ fn pin_registry_images(
                     hafen_registry::Client::new(hafen_registry::ClientOptions::from_env())
                 });
                 let target = local.as_ref().unwrap_or(reference);
-                pull::pull(client, store, target, &platform, &*progress)
-                    .map_err(fail)?
-                    .digest
+                match pull::pull(client, store, target, &platform, &*progress) {
+                    Ok(pulled) => pulled.digest,
+                    Err(e) => {
+                        return Err(match &from_lock {
+                            // Say why this digest, and how to take another.
+                            Some(pin) => Error::Pull {
+                                container: container.to_owned(),
+                                image: format!(
+                                    "{text} at {} (pinned by {}; the local store lacks it; \
+                                     `hafen build --pull` takes the tag's current image)",
+                                    pin.digest.as_deref().unwrap_or("?"),
+                                    lock_path.display()
+                                ),
+                                source: Box::new(e),
+                            },
+                            None => fail(e),
+                        });
+                    }
+                }
             }
         };
         let pin = reference.with_digest(&digest);
