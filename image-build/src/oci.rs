@@ -105,60 +105,10 @@ pub enum OciError {
     },
 }
 
-/// A content descriptor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    /// Media type.
-    pub media_type: String,
-    /// `sha256:HEX`.
-    pub digest: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Platform, in an index.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-    /// Annotations.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-/// An index entry's platform.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Platform {
-    /// CPU architecture (`amd64`).
-    pub architecture: String,
-    /// Operating system (`linux`).
-    pub os: String,
-}
-
-/// index.json, or a nested image index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Index {
-    /// Always 2.
-    pub schema_version: u32,
-    /// Media type.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    /// Images.
-    pub manifests: Vec<Descriptor>,
-}
-
-/// An image manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageManifest {
-    /// Always 2.
-    pub schema_version: u32,
-    /// Media type.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    /// The image config.
-    pub config: Descriptor,
-    /// Layers, bottom first.
-    pub layers: Vec<Descriptor>,
-}
+// The descriptor, index, manifest and platform types are the registry
+// client's: one definition for what a registry serves and what a layout
+// or the store holds.
+pub use hafen_registry::manifest::{Descriptor, ImageManifest, Index, Platform};
 
 /// An image config (the parts Hafen uses).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -911,6 +861,7 @@ mod tests {
         let platform = |arch: &str| Platform {
             architecture: arch.into(),
             os: "linux".into(),
+            variant: None,
         };
         let child = |mut d: Descriptor, arch: &str| {
             d.annotations.clear();

@@ -10,12 +10,7 @@
 //! registry's tag resolves to, what docker records and what `hafen.lock`
 //! pins.
 
-use std::collections::BTreeMap;
-
-use hafen_registry::{
-    BlobJob, Client, Descriptor as RemoteDescriptor, Platform, Progress, PushJob, Reference,
-    RegistryError,
-};
+use hafen_registry::{BlobJob, Client, Platform, Progress, PushJob, Reference, RegistryError};
 
 use crate::oci::{self, Descriptor};
 use crate::store::{BlobWriter, Store, StoreError};
@@ -52,16 +47,6 @@ pub struct Pulled {
     pub cached: usize,
 }
 
-fn remote(d: &Descriptor) -> RemoteDescriptor {
-    RemoteDescriptor {
-        media_type: d.media_type.clone(),
-        digest: d.digest.clone(),
-        size: d.size,
-        platform: None,
-        annotations: BTreeMap::new(),
-    }
-}
-
 /// Pulls `reference` for `platform` into `store`.
 pub fn pull(
     client: &Client,
@@ -75,7 +60,7 @@ pub fn pull(
     // everything they point at is in.
     let mut wanted = vec![resolved.image.config.clone()];
     wanted.extend(resolved.image.layers.iter().cloned());
-    let missing: Vec<RemoteDescriptor> = wanted
+    let missing: Vec<Descriptor> = wanted
         .iter()
         .filter(|d| !store.has_blob(&d.digest))
         .cloned()
@@ -254,7 +239,7 @@ pub fn push(
         .iter()
         .zip(&paths)
         .map(|(blob, path)| PushJob {
-            descriptor: remote(blob),
+            descriptor: blob.clone(),
             source: path,
             mount_from: mount_from.clone(),
         })
