@@ -7,74 +7,15 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::{hafen, NOBODY};
 use serde_json::Value;
 
-/// A scratch directory with a store of its own (`XDG_CACHE_HOME`), a small
-/// root filesystem, a stand-in kernel and a stand-in static init.
-struct Env {
-    dir: tempfile::TempDir,
-}
+use common::store_env::StoreEnv as Env;
 
 impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rootfs = dir.path().join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
-        std::fs::create_dir_all(rootfs.join("etc")).expect("mkdir");
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static");
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).expect("symlink");
-        std::fs::write(rootfs.join("etc/motd"), b"hello\n").expect("write");
-        std::fs::write(dir.path().join("vmlinux"), b"not really a kernel").expect("write");
-        // A 64-bit ELF header without program headers counts as static.
-        let mut elf = vec![0u8; 64];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[4] = 2;
-        std::fs::write(dir.path().join("init"), elf).expect("write");
-        Env { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn store(&self) -> PathBuf {
-        self.path("cache/hafen")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(hafen());
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("XDG_CACHE_HOME", self.path("cache"))
-            .env_remove("HAFEN_CACHE")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run hafen")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "hafen {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "hafen {args:?} should fail");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
     fn json(&self, args: &[&str]) -> Value {
         serde_json::from_str(&self.ok(args)).expect("json output")
     }
@@ -91,21 +32,7 @@ impl Env {
             format!("name = \"t\"\n[[container]]\nname = \"app\"\nimage = \"{image}\"\n"),
         )
         .expect("write manifest");
-        let (m, o, k, i) = (
-            manifest,
-            self.path(out),
-            self.path("vmlinux"),
-            self.path("init"),
-        );
-        self.command(&[])
-            .arg("build")
-            .arg(m)
-            .arg("-o")
-            .arg(o)
-            .arg("--kernel")
-            .arg(k)
-            .arg("--init")
-            .arg(i)
+        self.build_command(&manifest, out)
             .output()
             .expect("run hafen build")
     }

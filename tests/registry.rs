@@ -13,62 +13,13 @@ mod common;
 mod registry_common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use registry_common::Registry;
 
-/// A scratch directory with its own store, a root filesystem, a stand-in
-/// kernel and init.
-struct Env {
-    dir: tempfile::TempDir,
-}
+use common::store_env::StoreEnv as Env;
 
 impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rootfs = dir.path().join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static");
-        std::fs::write(rootfs.join("version"), b"1\n").expect("write");
-        std::fs::write(dir.path().join("vmlinux"), b"not really a kernel").expect("write");
-        // A 64-bit ELF header without program headers counts as static.
-        let mut elf = vec![0u8; 64];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[4] = 2;
-        std::fs::write(dir.path().join("init"), elf).expect("write");
-        Env { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(common::hafen());
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("XDG_CACHE_HOME", self.path("cache"))
-            .env("XDG_CONFIG_HOME", self.path("config"))
-            .env_remove("HAFEN_CACHE")
-            .env_remove("REGISTRY_AUTH_FILE")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run hafen")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "hafen {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// Writes a one-container manifest using `image` as `NAME.toml`.
     fn manifest(&self, name: &str, image: &str) -> PathBuf {
         let path = self.path(&format!("{name}.toml"));
@@ -83,23 +34,11 @@ impl Env {
         path
     }
 
-    fn build_command(&self, manifest: &Path, out: &str, extra: &[&str]) -> Command {
-        let mut c = self.command(&["build"]);
-        c.arg(manifest)
-            .arg("-o")
-            .arg(self.path(out))
-            .arg("--kernel")
-            .arg(self.path("vmlinux"))
-            .arg("--init")
-            .arg(self.path("init"))
-            .args(extra);
-        c
-    }
-
     /// Builds and returns the initramfs.
     fn built(&self, manifest: &Path, out: &str, extra: &[&str]) -> Vec<u8> {
         let result = self
-            .build_command(manifest, out, extra)
+            .build_command(manifest, out)
+            .args(extra)
             .output()
             .expect("hafen build");
         assert!(
@@ -113,7 +52,7 @@ impl Env {
     /// Imports the root filesystem (its `version` file set to `version`)
     /// as `name` and pushes it; the pushed digest.
     fn push_version(&self, name: &str, version: &str) -> String {
-        std::fs::write(self.path("rootfs/version"), version).expect("write");
+        std::fs::write(self.path("rootfs/etc/version"), version).expect("write");
         self.ok(&["image", "import", "rootfs", "--tag", name]);
         let out = self.ok(&["image", "push", "--quiet", name]);
         digest_of(&out)
@@ -220,7 +159,7 @@ fn pushed_images_pull_back_with_the_same_digest_and_builds_pin_them() {
     let stranger = Env::new();
     let manifest = stranger.manifest("app", &name);
     let out = stranger
-        .build_command(&manifest, "img", &[])
+        .build_command(&manifest, "img")
         .output()
         .expect("hafen build");
     assert!(!out.status.success());
@@ -248,7 +187,7 @@ fn two_builds_pulling_into_one_store_at_once_both_succeed() {
             std::fs::create_dir_all(&dir).expect("mkdir");
             let moved = dir.join("hafen.toml");
             std::fs::rename(m, &moved).expect("move manifest");
-            user.build_command(&moved, out, &[])
+            user.build_command(&moved, out)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()

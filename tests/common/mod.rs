@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod port;
+pub mod store_env;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
