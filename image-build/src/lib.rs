@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod bundle;
 pub mod cpio;
+pub mod dockerfile;
 pub mod images_cli;
 pub mod import;
 pub mod lock;
