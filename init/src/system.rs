@@ -71,6 +71,7 @@ pub fn main() -> ! {
         if bundles.len() == 1 { "" } else { "s" },
         layout::CONTAINERS_DIR
     );
+    debug!("volumes mounted, bundles read");
     crate::net::set_up(&mut bundles);
     debug!("network set up");
 
