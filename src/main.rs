@@ -387,6 +387,10 @@ enum AccelArg {
 
 #[derive(Debug, Subcommand)]
 enum ImageCommand {
+    /// Build an image from a Dockerfile. Only --check works yet: it parses
+    /// and validates the Dockerfile and the context (.dockerignore, COPY and
+    /// ADD sources) and runs Docker's build checks, without building.
+    Build(ImageBuildArgs),
     /// Make an image from a root filesystem directory or tar: into the local
     /// image store (named by --tag), or with -o into an OCI image layout.
     Import(ImportArgs),
@@ -442,6 +446,41 @@ enum ImageCommand {
         #[arg(short, long)]
         quiet: bool,
     },
+}
+
+#[derive(Debug, Args)]
+struct ImageBuildArgs {
+    /// The build context: the directory COPY and ADD read from.
+    context: PathBuf,
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file", value_name = "DOCKERFILE")]
+    file: Option<PathBuf>,
+    /// Name the result NAME[:TAG] in the local image store (repeatable).
+    #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
+    tags: Vec<String>,
+    /// A build argument KEY=VALUE (repeatable; KEY alone takes the value
+    /// from the environment).
+    #[arg(long = "build-arg", value_name = "K=V")]
+    build_args: Vec<String>,
+    /// Build this stage (and what it needs) instead of the last one.
+    #[arg(long, value_name = "STAGE")]
+    target: Option<String>,
+    /// Use no cached step.
+    #[arg(long)]
+    no_cache: bool,
+    /// Use no cached step for this stage (repeatable).
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    no_cache_filter: Vec<String>,
+    /// The platform to build for (only linux/amd64: steps run in an x86_64 VM).
+    #[arg(long, value_name = "OS/ARCH")]
+    platform: Option<String>,
+    /// Also write the image to oci:DIR or oci-archive:FILE.
+    #[arg(long, value_name = "oci:DIR|oci-archive:FILE")]
+    output: Option<String>,
+    /// Only parse and validate the Dockerfile and the context, and run the
+    /// build checks; exit 1 when the build would fail.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -690,6 +729,7 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Image(ImageCommand::Build(args)) => image_build(args),
         Command::Image(verb) => image_verb(verb),
         Command::Login(args) => {
             let options = hafen_registry::ClientOptions::from_env();
@@ -723,6 +763,41 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
 }
 
+/// `hafen image build`: with --check, the report (exit 1 when the build
+/// would fail); without, the build, which needs the VM executor yet.
+fn image_build(args: ImageBuildArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use hafen_image_build::dockerfile::cli;
+    let request = cli::BuildRequest {
+        context: args.context,
+        dockerfile: args.file,
+        tags: args.tags,
+        build_args: args.build_args,
+        target: args.target,
+        no_cache: args.no_cache,
+        no_cache_filter: args.no_cache_filter,
+        platform: args.platform,
+        output: args.output,
+        check: args.check,
+    };
+    // Base images are looked up in an existing store only; a check never
+    // creates one.
+    let store = hafen_image_build::store::default_root()
+        .ok()
+        .filter(|root| root.join("index.json").is_file())
+        .and_then(|root| hafen_image_build::store::Store::open(&root).ok());
+    if request.check {
+        let outcome = cli::run_check(&request, store.as_ref());
+        if outcome.report.ok() {
+            print!("{}", outcome.rendered);
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprint!("{}", outcome.rendered);
+        return Ok(ExitCode::FAILURE);
+    }
+    cli::build(&request, store.as_ref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a verb over the local image store.
 fn image_verb(verb: ImageCommand) -> Result<ExitCode, Box<dyn std::error::Error>> {
     use hafen_image_build::archive::SaveFormat;
@@ -730,6 +805,7 @@ fn image_verb(verb: ImageCommand) -> Result<ExitCode, Box<dyn std::error::Error>
     let mut store = hafen_image_build::store::Store::open_default()?;
     let result = match verb {
         ImageCommand::Import(_) => Err(cli::CliError::Invalid("import is not a store verb".into())),
+        ImageCommand::Build(_) => Err(cli::CliError::Invalid("build is not a store verb".into())),
         ImageCommand::Ls(a) => cli::ls(&store, a.format == Format::Json),
         ImageCommand::Rm(a) => cli::rm(&store, &a.images, a.force),
         ImageCommand::Tag { source, target } => cli::tag(&store, &source, &target),

@@ -149,14 +149,16 @@ pub fn check(
     let mut report = Report::default();
     let mut warnings = df.warnings.clone();
     let file = df.file.clone();
-    let plan = match plan::plan(
+    let (planned, plan_warnings) = plan::plan_with_warnings(
         df,
         &PlanOptions {
             build_args: opts.build_args.clone(),
             target: opts.target.clone(),
             platform: opts.platform.clone(),
         },
-    ) {
+    );
+    warnings.extend(plan_warnings);
+    let plan = match planned {
         Ok(p) => p,
         Err(errors) => {
             report.errors = errors.0;
@@ -164,7 +166,6 @@ pub fn check(
             return report;
         }
     };
-    warnings.extend(plan.warnings.iter().cloned());
     let scope = BuildScope::new(&plan, &opts.build_args, df.escape);
     let mut states: Vec<Option<StageState>> = Vec::new();
     let mut env_known: Vec<bool> = Vec::new();

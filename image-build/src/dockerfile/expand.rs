@@ -1075,7 +1075,13 @@ fn parse_port(item: &str) -> Result<(Vec<String>, Option<Lint>), String> {
         s.parse::<u32>()
             .ok()
             .filter(|n| *n <= 65535)
-            .ok_or_else(|| format!("{item:?}: {s:?} is not a port number (0 to 65535)"))
+            .ok_or_else(|| {
+                if s == item {
+                    format!("{item:?} is not a port number (0 to 65535)")
+                } else {
+                    format!("{item:?}: {s:?} is not a port number (0 to 65535)")
+                }
+            })
     };
     let (start, end) = match range.split_once('-') {
         Some((a, b)) => (number(a)?, number(b)?),

@@ -193,7 +193,7 @@ pub enum ErrorKind {
     #[error("--build-arg {0:?} is not KEY=VALUE (or KEY, to take the value from the environment)")]
     BuildArg(String),
     /// A COPY or ADD source that leaves the build context.
-    #[error("{instruction} source {path:?} is outside the build context {context}: only files inside it can be copied (Docker would silently read {inside:?} instead)")]
+    #[error("{instruction} source {path:?} is outside the build context {context:?}: only files inside it can be copied (Docker would silently read {inside:?} instead)")]
     OutsideContext {
         /// The keyword.
         instruction: String,
@@ -205,7 +205,7 @@ pub enum ErrorKind {
         inside: String,
     },
     /// A COPY or ADD source that is not there.
-    #[error("{instruction} source {path:?} not found in the build context {context}{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    #[error("{instruction} source {path:?} not found in the build context {context:?}{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
     SourceMissing {
         /// The keyword.
         instruction: String,
@@ -380,17 +380,28 @@ pub fn suggest<'a>(name: &str, options: impl IntoIterator<Item = &'a str>) -> Op
     (d > 0 && d <= limit).then(|| option.to_owned())
 }
 
+/// Edits (insert, delete, substitute, swap two neighbours) from `a` to `b`.
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }

@@ -151,6 +151,15 @@ fn platform_args(target: &Platform) -> Vec<(String, String)> {
 
 /// Works out the build of `df` for `opts`.
 pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Errors> {
+    plan_with_warnings(df, opts).0
+}
+
+/// [`plan`], and the build checks that fired even when it failed (an
+/// undeclared ARG in FROM is often why the base is invalid).
+pub fn plan_with_warnings(
+    df: &Dockerfile,
+    opts: &PlanOptions,
+) -> (Result<Plan, Errors>, Vec<Warning>) {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let file = df.file.as_str();
@@ -333,7 +342,7 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Errors> {
     };
     if !errors.is_empty() {
         errors.sort_by_key(|e| e.line);
-        return Err(Errors(errors));
+        return (Err(Errors(errors)), warnings);
     }
     let mut plan = Plan {
         globals,
@@ -342,7 +351,7 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Errors> {
         target,
         order: Vec::new(),
         platform: opts.platform.clone(),
-        warnings,
+        warnings: warnings.clone(),
     };
     // Every reference points to an earlier stage (the parser refuses the
     // rest), so the needed stages sorted by index are in build order.
@@ -356,5 +365,5 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Errors> {
         }
     }
     plan.order = needed.into_iter().collect();
-    Ok(plan)
+    (Ok(plan), warnings)
 }
