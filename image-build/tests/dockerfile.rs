@@ -1015,6 +1015,7 @@ fn expansion_errors_carry_their_lines_through_check() {
         ("FROM $EMPTY\n", 1, "empty after substitution"),
         ("FROM --platform=linux/arm64 a\n", 1, "not supported"),
         ("FROM a\nRUN --mount=type=cache true\n", 2, "needs a target"),
+        ("FROM later\nFROM busybox AS later\n", 1, "defined after it"),
     ];
     for (text, line, needle) in table {
         let df = parsed(text);

@@ -295,6 +295,21 @@ pub fn plan_with_warnings(
             .position(|s| s.name.as_deref() == Some(image.as_str()))
         {
             Base::Stage(prev)
+        } else if df.stages[stage.index..]
+            .iter()
+            .any(|s| s.name.as_deref() == Some(image.to_ascii_lowercase().as_str()))
+        {
+            // Docker would look for an image of that name; that is never
+            // what a Dockerfile with such a stage means.
+            errors.push(err(
+                line,
+                ErrorKind::StageReference {
+                    instruction: "FROM".into(),
+                    reference: image.clone(),
+                    message: "this stage is this one or defined after it: a stage can only start from stages before it (move it up)".into(),
+                },
+            ));
+            Base::Scratch
         } else {
             match image.parse::<Reference>() {
                 Ok(reference) => Base::Image {
@@ -302,19 +317,11 @@ pub fn plan_with_warnings(
                     written: image,
                 },
                 Err(e) => {
-                    let later = df.stages[stage.index..]
-                        .iter()
-                        .any(|s| s.name.as_deref() == Some(image.to_ascii_lowercase().as_str()));
-                    let message = if later {
-                        format!("{image:?} names a stage defined at or after this one: a stage can only start from stages before it")
-                    } else {
-                        e.to_string()
-                    };
                     errors.push(err(
                         line,
                         ErrorKind::Invalid {
                             instruction: "FROM".into(),
-                            message,
+                            message: e.to_string(),
                         },
                     ));
                     Base::Scratch
