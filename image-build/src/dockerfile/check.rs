@@ -188,14 +188,12 @@ pub fn check(
                 }
             },
         };
-        let mut failed = false;
         for ins in &stage.instructions {
             let line = ins.span.start;
             let applied = match state.apply(ins) {
                 Ok(a) => a,
                 Err(kind) => {
                     report.errors.push(Error::new(&file, line, kind));
-                    failed = true;
                     continue;
                 }
             };
@@ -230,7 +228,6 @@ pub fn check(
                 }
             }
         }
-        let _ = failed;
         states.push(Some(state));
         env_known.push(known);
     }

@@ -223,12 +223,13 @@ impl Context {
             .collect();
         let mut real: Vec<String> = Vec::new();
         let mut links = 0;
+        // The link whose target is being followed, for the error.
+        let mut last_link = rel.to_owned();
         while let Some(name) = todo.pop() {
             if name == ".." {
+                // A `..` above the context's root leaves it.
                 if real.pop().is_none() {
-                    return Err(Unresolved::Outside {
-                        link: rel.to_owned(),
-                    });
+                    return Err(Unresolved::Outside { link: last_link });
                 }
                 continue;
             }
@@ -276,10 +277,7 @@ impl Context {
                 {
                     todo.push(c.to_owned());
                 }
-                // A `..` that leaves the context is refused when popped.
-                if real.is_empty() && todo.last().is_some_and(|c| c == "..") {
-                    return Err(Unresolved::Outside { link: here });
-                }
+                last_link = here;
             } else if !last && !meta.is_dir() {
                 return Err(Unresolved::NotDir { at: here });
             }
@@ -584,9 +582,13 @@ fn is_tar_header(block: &[u8]) -> bool {
     sum == stored
 }
 
-fn read_block(mut r: impl Read) -> Vec<u8> {
+/// The first 512 bytes of `r`, fewer when it ends (or breaks) sooner: a
+/// stream that is not what its magic promised is simply no archive.
+fn read_block(r: impl Read) -> Vec<u8> {
     let mut block = Vec::with_capacity(512);
-    let _ = r.by_ref().take(512).read_to_end(&mut block);
+    if r.take(512).read_to_end(&mut block).is_err() {
+        block.clear();
+    }
     block
 }
 

@@ -696,8 +696,11 @@ impl StageState {
                     ));
                 }
                 self.workdir_set = true;
-                let abs = clean(&format!("{}/{p}", self.settings.workdir_or_root()));
-                let abs = if p.starts_with('/') { clean(&p) } else { abs };
+                let abs = if p.starts_with('/') {
+                    clean(&p)
+                } else {
+                    clean(&format!("{}/{p}", self.settings.workdir_or_root()))
+                };
                 self.settings.workdir = abs.clone();
                 let step = if abs == "/" {
                     Step::Config
@@ -912,7 +915,6 @@ impl StageState {
         vars: &[(String, String)],
         undefined: &mut BTreeSet<String>,
     ) -> Result<CopyStep, ErrorKind> {
-        let kw = ins.keyword.to_ascii_uppercase();
         let mut sources = Vec::new();
         let mut inline = Vec::new();
         for src in &copy.sources {
@@ -985,7 +987,6 @@ impl StageState {
         for w in &copy.excludes {
             excludes.push(self.expand(ins, w, vars, undefined)?.value);
         }
-        let _ = kw;
         Ok(CopyStep {
             add: copy.add,
             from: copy.from.clone(),

@@ -531,7 +531,6 @@ fn parse_line(lexer: &mut Lexer<'_>, logical: Logical, escape: char) -> Result<P
             flags,
             &args,
             heredocs,
-            escape,
         )?)),
         "cmd" | "entrypoint" => {
             Flags::parse(&upper, flags, &[])?.none_given()?;
@@ -787,7 +786,6 @@ fn parse_copy(
     flags: Vec<String>,
     args: &str,
     heredocs: Vec<Heredoc>,
-    escape: char,
 ) -> Result<Copy, ErrorKind> {
     let name = if add { "ADD" } else { "COPY" };
     let mut allowed = vec![
@@ -865,7 +863,6 @@ fn parse_copy(
         // Resolved against the stages once they are all known.
         Some(f) => CopyFrom::Image(f),
     };
-    let _ = escape;
     Ok(Copy {
         add,
         from,
