@@ -1106,6 +1106,57 @@ fn build_checks_warn_like_docker() {
         .is_empty());
 }
 
+#[test]
+fn base_image_settings_are_read_from_its_config_and_onbuild_is_refused() {
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "author": "someone",
+        "config": {
+            "Env": ["PATH=/usr/bin:/bin", "GOPATH=/go"],
+            "User": "1000",
+            "WorkingDir": "/go/src",
+            "Entrypoint": ["/entry"],
+            "Cmd": ["serve"],
+            "ExposedPorts": {"80/tcp": {}},
+            "Volumes": {"/data": {}},
+            "Labels": {"a": "b"},
+            "StopSignal": "SIGINT",
+            "Healthcheck": {"Test": ["CMD", "true"], "Interval": 5000000000u64, "Retries": 2},
+            "OnBuild": ["RUN make"]
+        }
+    });
+    let settings = Settings::from_image_config(&config);
+    assert_eq!(settings.env[1], ("GOPATH".to_owned(), "/go".to_owned()));
+    assert_eq!(settings.user, "1000");
+    assert_eq!(settings.workdir, "/go/src");
+    assert_eq!(settings.entrypoint, Some(vec!["/entry".to_owned()]));
+    assert_eq!(settings.cmd, Some(vec!["serve".to_owned()]));
+    assert!(settings.exposed_ports.contains("80/tcp"));
+    assert!(settings.volumes.contains("/data"));
+    assert_eq!(settings.labels["a"], "b");
+    assert_eq!(settings.stop_signal.as_deref(), Some("SIGINT"));
+    let h = settings.healthcheck.clone().expect("healthcheck");
+    assert_eq!((h.interval_ns, h.retries), (5_000_000_000, 2));
+    assert_eq!(settings.author.as_deref(), Some("someone"));
+    assert_eq!(settings.onbuild, ["RUN make"]);
+    // The base's variables count in substitution and as defined.
+    let df = parsed("FROM golang\nWORKDIR $GOPATH/app\nRUN go build\n");
+    let mut base = settings.clone();
+    base.onbuild.clear();
+    let report = check::check(&df, &CheckOptions::default(), &|_| Some(base.clone()));
+    assert!(
+        report.ok() && report.warnings.is_empty(),
+        "{:?}",
+        report.warnings
+    );
+    // A base with ONBUILD triggers is refused at its FROM.
+    let report = check::check(&df, &CheckOptions::default(), &|_| Some(settings.clone()));
+    assert_eq!(report.errors.len(), 1);
+    assert_eq!(report.errors[0].line, 1);
+    assert!(report.errors[0].to_string().contains("ONBUILD"));
+}
+
 // ---- .dockerignore and the context ----
 
 struct TempContext(tempfile::TempDir);

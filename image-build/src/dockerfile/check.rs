@@ -9,7 +9,7 @@ use super::context::Context;
 use super::expand::{BuildScope, Settings, StageState, Step};
 use super::instructions::{CopyFrom, Kind};
 use super::plan::{self, Base, PlanOptions, PROXY_ARGS};
-use super::{Dockerfile, Error, Warning};
+use super::{Dockerfile, Error, ErrorKind, Warning};
 
 /// What to check with.
 #[derive(Debug, Clone, Default)]
@@ -177,6 +177,21 @@ pub fn check(
                 None => (StageState::new(Settings::default(), scope.clone()), false),
             },
             Base::Image { reference, .. } => match base_settings(reference) {
+                Some(s) if !s.onbuild.is_empty() => {
+                    report.errors.push(Error::new(
+                        &file,
+                        stage.span.start,
+                        ErrorKind::Unsupported {
+                            what: format!(
+                                "{} carries ONBUILD triggers ({}), which",
+                                reference.familiar(),
+                                s.onbuild.join("; ")
+                            ),
+                            hint: "Hafen does not run them; write those instructions into this Dockerfile after FROM".into(),
+                        },
+                    ));
+                    (StageState::new(s, scope.clone()), true)
+                }
                 Some(s) => (StageState::new(s, scope.clone()), true),
                 None => {
                     report.unknown_bases.push(format!(

@@ -77,6 +77,9 @@ pub struct Settings {
     pub healthcheck: Option<HealthConfig>,
     /// The image's `author` (MAINTAINER).
     pub author: Option<String>,
+    /// `OnBuild`: triggers a base image asks builds on it to run. Hafen
+    /// does not run them, so a build on such an image must be refused.
+    pub onbuild: Vec<String>,
 }
 
 impl Settings {
@@ -145,6 +148,7 @@ impl Settings {
                 .get("author")
                 .and_then(|v| v.as_str())
                 .map(str::to_owned),
+            onbuild: strings("OnBuild").unwrap_or_default(),
         }
     }
 
