@@ -241,3 +241,44 @@ fn build_without_check_says_the_vm_executor_is_missing() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_knows_the_variables_of_a_base_image_in_the_local_store() {
+    let ctx = Context::new(
+        "FROM base:1\nWORKDIR $GOPATH/src\nCOPY x$NOPE .\n",
+        &[("x", "x"), ("rootfs/etc/hostname", "h")],
+    );
+    let import = Command::new(env!("CARGO_BIN_EXE_hafen"))
+        .args([
+            "image",
+            "import",
+            "rootfs",
+            "--tag",
+            "base:1",
+            "--env",
+            "GOPATH=/go",
+        ])
+        .current_dir(ctx.path())
+        .env("HAFEN_CACHE", ctx.path().join(".cache-for-test"))
+        .output()
+        .expect("run hafen image import");
+    assert!(import.status.success(), "{:?}", text(&import));
+    let out = ctx.build(&["--check"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    // GOPATH comes from the image; NOPE from nowhere.
+    assert!(!stdout.contains("GOPATH"), "{stdout}");
+    assert!(
+        stdout.contains("Dockerfile:3: warning: UndefinedVar: Usage of undefined variable '$NOPE'"),
+        "{stdout}"
+    );
+    // An image the store lacks: nothing is known, and the report says so.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM other:1\nCOPY x$NOPE .\n",
+    )
+    .expect("write");
+    let (stdout, _) = text(&ctx.build(&["--check"]));
+    assert!(!stdout.contains("warning: UndefinedVar"), "{stdout}");
+    assert!(stdout.contains("not in the local store"), "{stdout}");
+}

@@ -93,6 +93,11 @@ impl Report {
             }
             out.push_str(&excerpt(*line));
         }
+        for base in &self.unknown_bases {
+            out.push_str(&format!(
+                "note: stage {base}: the image is not in the local store, so the variables it defines are unknown and UndefinedVar was not checked (hafen image pull it first)\n"
+            ));
+        }
         let (e, w) = (self.errors.len(), self.warnings.len());
         let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
         if e == 0 && w == 0 {
