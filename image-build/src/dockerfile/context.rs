@@ -536,9 +536,9 @@ impl Context {
                     continue;
                 }
                 for (name, _) in self.list(&dir).map_err(GlobError::Io)? {
-                    let path = join(&c, &name);
-                    if glob.matches(&name) && !self.ignore.excluded(&path) {
-                        next.push(path);
+                    // The rules name real paths, which a link on the way changes.
+                    if glob.matches(&name) && !self.ignore.excluded(&join(&dir, &name)) {
+                        next.push(join(&c, &name));
                     }
                 }
             }
