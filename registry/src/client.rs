@@ -765,6 +765,38 @@ impl Request<'_> {
     }
 }
 
+/// Runs `work` on each item, at most `workers` at once on scoped threads;
+/// once an item has failed, no further one is started. Each item's result,
+/// in order (`None`: never started).
+pub(crate) fn in_parallel<T: Send, R: Send, E: Send>(
+    workers: usize,
+    items: Vec<T>,
+    work: impl Fn(T) -> Result<R, E> + Sync,
+) -> Vec<Option<Result<R, E>>> {
+    let count = items.len();
+    let queue = Mutex::new(items.into_iter().enumerate());
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Mutex<Vec<Option<Result<R, E>>>> = Mutex::new((0..count).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..workers.clamp(1, count.max(1)) {
+            scope.spawn(|| loop {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let Some((i, item)) = lock(&queue).next() else {
+                    return;
+                };
+                let result = work(item);
+                if result.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                lock(&results)[i] = Some(result);
+            });
+        }
+    });
+    results.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Locks a mutex, taking over a poisoned one (its data stays consistent:
 /// every critical section here is a single insert or read).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -2,15 +2,13 @@
 //! every byte verified against its digest before the caller may keep it.
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
 use crate::auth::Scopes;
 use crate::blob::BlobSink;
-use crate::client::{lock, Client, Session};
+use crate::client::{in_parallel, Client, Session};
 use crate::error::RegistryError;
 use crate::manifest::{
     detect_media_type, hex, media, sha256_digest, Descriptor, ImageManifest, Index, Platform,
@@ -329,32 +327,12 @@ impl Client {
         jobs: &mut [BlobJob<'_>],
         progress: &dyn Progress,
     ) -> Result<(), RegistryError> {
-        let workers = self.options.parallel.clamp(1, jobs.len().max(1));
-        let queue = Mutex::new(jobs.iter_mut().enumerate());
-        let failed = AtomicBool::new(false);
-        let first_error: Mutex<Option<(usize, RegistryError)>> = Mutex::new(None);
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| loop {
-                    if failed.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let Some((i, job)) = lock(&queue).next() else {
-                        return;
-                    };
-                    if let Err(err) = self.pull_blob(reference, &job.descriptor, job.sink, progress)
-                    {
-                        failed.store(true, Ordering::Relaxed);
-                        let mut slot = lock(&first_error);
-                        if slot.as_ref().is_none_or(|(j, _)| i < *j) {
-                            *slot = Some((i, err));
-                        }
-                    }
-                });
-            }
+        let results = in_parallel(self.options.parallel, jobs.iter_mut().collect(), |job| {
+            self.pull_blob(reference, &job.descriptor, job.sink, progress)
         });
-        match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            Some((_, err)) => Err(err),
+        // The first failure in job order (others may have failed after it).
+        match results.into_iter().flatten().find_map(Result::err) {
+            Some(err) => Err(err),
             None => Ok(()),
         }
     }

@@ -2,15 +2,13 @@
 //! when possible, else uploaded whole or in chunks) and manifests.
 
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use url::Url;
 
 use crate::auth::Scopes;
 use crate::blob::BlobSource;
-use crate::client::{lock, Body, Client, Session};
+use crate::client::{in_parallel, Body, Client, Session};
 use crate::error::RegistryError;
 use crate::manifest::{sha256_digest, Descriptor};
 use crate::progress::{Outcome, Progress};
@@ -166,35 +164,15 @@ impl Client {
         jobs: &[PushJob<'_>],
         progress: &dyn Progress,
     ) -> Result<Vec<BlobPush>, RegistryError> {
-        let workers = self.options.parallel.clamp(1, jobs.len().max(1));
-        let queue = Mutex::new(jobs.iter().enumerate());
-        let failed = AtomicBool::new(false);
-        let results: Mutex<Vec<Option<Result<BlobPush, RegistryError>>>> =
-            Mutex::new(jobs.iter().map(|_| None).collect());
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| loop {
-                    if failed.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let Some((i, job)) = lock(&queue).next() else {
-                        return;
-                    };
-                    let result = self.push_blob(
-                        target,
-                        &job.descriptor,
-                        job.source,
-                        job.mount_from.as_ref(),
-                        progress,
-                    );
-                    if result.is_err() {
-                        failed.store(true, Ordering::Relaxed);
-                    }
-                    lock(&results)[i] = Some(result);
-                });
-            }
+        let results = in_parallel(self.options.parallel, jobs.iter().collect(), |job| {
+            self.push_blob(
+                target,
+                &job.descriptor,
+                job.source,
+                job.mount_from.as_ref(),
+                progress,
+            )
         });
-        let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::with_capacity(results.len());
         let mut skipped = false;
         for result in results {
