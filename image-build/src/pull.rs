@@ -10,7 +10,9 @@
 //! registry's tag resolves to, what docker records and what `hafen.lock`
 //! pins.
 
-use hafen_registry::{BlobJob, Client, Platform, Progress, PushJob, Reference, RegistryError};
+use hafen_registry::{
+    media, BlobJob, Client, Platform, Progress, PushJob, Reference, RegistryError,
+};
 
 use crate::oci::{self, Descriptor};
 use crate::store::{BlobWriter, Store, StoreError};
@@ -138,9 +140,10 @@ fn plan(store: &Store, top: &Descriptor, name: &str) -> Result<Plan, TransferErr
         blobs: Vec::new(),
     };
     let bytes = store.read_blob(&top.digest)?;
-    if is_index(&top.media_type) {
+    if media::is_index(&top.media_type) {
         let mut index: oci::Index = serde_json::from_slice(&bytes)
             .map_err(|e| bad(format!("its index is not valid JSON: {e}")))?;
+        let listed = index.manifests.len();
         index
             .manifests
             .retain(|child| store.has_blob(&child.digest));
@@ -151,13 +154,10 @@ fn plan(store: &Store, top: &Descriptor, name: &str) -> Result<Plan, TransferErr
             add_image(store, child, &mut plan, name)?;
         }
         // The index as stored, unless children were left out.
-        let kept = serde_json::to_vec(&index).map_err(|e| bad(e.to_string()))?;
-        let original: oci::Index =
-            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-        let bytes = if original.manifests.len() == index.manifests.len() {
+        let bytes = if index.manifests.len() == listed {
             bytes
         } else {
-            kept
+            serde_json::to_vec(&index).map_err(|e| bad(e.to_string()))?
         };
         plan.manifests.push((top.media_type.clone(), bytes));
     } else {
@@ -185,11 +185,6 @@ fn add_image(
     }
     plan.manifests.push((manifest.media_type.clone(), bytes));
     Ok(())
-}
-
-/// Whether `media_type` is an OCI index or a Docker manifest list.
-fn is_index(media_type: &str) -> bool {
-    media_type == oci::media::INDEX || media_type == oci::media::DOCKER_LIST
 }
 
 /// `target`'s repository at `digest`, without its tag.
