@@ -17,7 +17,7 @@ use crate::frame;
 
 /// The protocol version this build speaks. A peer with another one is
 /// refused with a message that says which side to update.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// One message and the request it belongs to (0: the channel itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +234,9 @@ pub enum Body {
         /// Which way.
         direction: CopyDirection,
     },
+    /// A builder VM's part of a Dockerfile build ([`crate::build`]);
+    /// answered like [`Body::Exec`]. Refused by a VM that is no builder.
+    Build(crate::build::BuildOp),
 }
 
 /// Which way [`Body::VolumeCopy`] copies.

@@ -10,6 +10,7 @@
 //! Keeping them in one crate means the two sides cannot drift apart.
 
 pub mod annotations;
+pub mod build;
 mod bytes;
 pub mod capability;
 pub mod control;
