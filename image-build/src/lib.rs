@@ -861,58 +861,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
     data_volumes.sort();
     data_volumes.dedup();
 
-    let mut items: BTreeMap<String, Item> = BTreeMap::new();
-    for dir in [
-        "dev",
-        "proc",
-        "sys",
-        "run",
-        "etc",
-        "var",
-        "var/lib",
-        "var/lib/hafen",
-        "etc/hafen",
-    ] {
-        items.insert(dir.to_owned(), Item::dir(0o755));
-    }
-    items.insert("tmp".into(), Item::dir(0o1777));
-    items.insert("root".into(), Item::dir(0o700));
-    // The kernel opens /dev/console for /init's stdio before devtmpfs exists.
-    items.insert(
-        "dev/console".into(),
-        Item {
-            mode: cpio::kind::CHAR | 0o600,
-            uid: 0,
-            gid: 0,
-            rdev: (5, 1),
-            data: Arc::new(Vec::new()),
-            link: None,
-        },
-    );
-    items.insert(
-        layout::INIT_PATH.trim_start_matches('/').to_owned(),
-        Item::file(0o755, init),
-    );
-    for (path, text) in BASE_FILES {
-        items.insert(
-            (*path).to_owned(),
-            Item::file(0o644, text.as_bytes().to_vec()),
-        );
-    }
-    items.insert(
-        layout::HOSTNAME_FILE.trim_start_matches('/').to_owned(),
-        Item::file(0o644, format!("{}\n", manifest.hostname).into_bytes()),
-    );
-    // Every image gets it: every VM has a NIC, and PID 1 sets up each
-    // container's network from it.
-    let mut network_json = serde_json::to_vec_pretty(&manifest.network)
-        .map_err(|e| Error::Invalid(format!("cannot encode {}: {e}", net::NETWORK_CONFIG)))?;
-    network_json.push(b'\n');
-    items.insert(
-        net::NETWORK_CONFIG.trim_start_matches('/').to_owned(),
-        Item::file(0o644, network_json),
-    );
-
+    let mut items = system_items(init, &manifest.hostname, &manifest.network)?;
     let containers_dir = layout::CONTAINERS_DIR.trim_start_matches('/');
     items.insert(containers_dir.to_owned(), Item::dir(0o755));
     // Images used by user-namespaced containers also get a copy whose
@@ -1027,10 +976,90 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
             ports: manifest.network.published(),
         },
     };
-    let info_json = serde_json::to_vec_pretty(&info)
-        .map_err(|e| Error::Invalid(format!("cannot encode image.json: {e}")))?;
+    write_image_dir(&opts.out, &initramfs, &info, &vmlinux, bzimage.as_deref())?;
 
-    write_output(&opts.out, |tmp| {
+    Ok(BuildSummary {
+        out: opts.out.clone(),
+        containers: manifest.containers.iter().map(|c| c.name.clone()).collect(),
+        images: images.values().map(|r| r.image.digest.clone()).collect(),
+        initramfs_bytes: initramfs.len() as u64,
+    })
+}
+
+/// What every image's initramfs holds besides its containers: the
+/// directories PID 1 expects, /dev/console, hafen-init as /init, the base
+/// files, the hostname and the network plan.
+fn system_items(
+    init: Vec<u8>,
+    hostname: &str,
+    network: &net::NetworkConfig,
+) -> Result<BTreeMap<String, Item>, Error> {
+    let mut items: BTreeMap<String, Item> = BTreeMap::new();
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "etc",
+        "var",
+        "var/lib",
+        "var/lib/hafen",
+        "etc/hafen",
+    ] {
+        items.insert(dir.to_owned(), Item::dir(0o755));
+    }
+    items.insert("tmp".into(), Item::dir(0o1777));
+    items.insert("root".into(), Item::dir(0o700));
+    // The kernel opens /dev/console for /init's stdio before devtmpfs exists.
+    items.insert(
+        "dev/console".into(),
+        Item {
+            mode: cpio::kind::CHAR | 0o600,
+            uid: 0,
+            gid: 0,
+            rdev: (5, 1),
+            data: Arc::new(Vec::new()),
+            link: None,
+        },
+    );
+    items.insert(
+        layout::INIT_PATH.trim_start_matches('/').to_owned(),
+        Item::file(0o755, init),
+    );
+    for (path, text) in BASE_FILES {
+        items.insert(
+            (*path).to_owned(),
+            Item::file(0o644, text.as_bytes().to_vec()),
+        );
+    }
+    items.insert(
+        layout::HOSTNAME_FILE.trim_start_matches('/').to_owned(),
+        Item::file(0o644, format!("{hostname}\n").into_bytes()),
+    );
+    // Every image gets it: every VM has a NIC, and PID 1 sets up each
+    // container's network from it.
+    let mut network_json = serde_json::to_vec_pretty(network)
+        .map_err(|e| Error::Invalid(format!("cannot encode {}: {e}", net::NETWORK_CONFIG)))?;
+    network_json.push(b'\n');
+    items.insert(
+        net::NETWORK_CONFIG.trim_start_matches('/').to_owned(),
+        Item::file(0o644, network_json),
+    );
+    Ok(items)
+}
+
+/// Writes an image directory (initramfs, image.json, the kernels) in one
+/// piece: see [`write_output`].
+fn write_image_dir(
+    out: &Path,
+    initramfs: &[u8],
+    info: &ImageInfo,
+    vmlinux: &Path,
+    bzimage: Option<&Path>,
+) -> Result<(), Error> {
+    let info_json = serde_json::to_vec_pretty(info)
+        .map_err(|e| Error::Invalid(format!("cannot encode image.json: {e}")))?;
+    write_output(out, |tmp| {
         let put = |name: &str, bytes: &[u8]| -> Result<(), Error> {
             let path = tmp.join(name);
             let mut f = std::fs::File::create(&path).map_err(|source| Error::Output {
@@ -1042,7 +1071,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
                 source,
             })
         };
-        put(INITRAMFS, &initramfs)?;
+        put(INITRAMFS, initramfs)?;
         put(IMAGE_INFO_FILE, &info_json)?;
         let copy = |from: &Path, name: &str| {
             std::fs::copy(from, tmp.join(name))
@@ -1052,19 +1081,63 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
                     source,
                 })
         };
-        copy(&vmlinux, "vmlinux")?;
-        if let Some(bz) = &bzimage {
+        copy(vmlinux, "vmlinux")?;
+        if let Some(bz) = bzimage {
             copy(bz, "bzImage")?;
         }
         Ok(())
-    })?;
-
-    Ok(BuildSummary {
-        out: opts.out.clone(),
-        containers: manifest.containers.iter().map(|c| c.name.clone()).collect(),
-        images: images.values().map(|r| r.image.digest.clone()).collect(),
-        initramfs_bytes: initramfs.len() as u64,
     })
+}
+
+/// Guest memory of a builder VM: RUN steps and their layers live in it.
+pub const BUILDER_MEMORY_MIB: u32 = 1024;
+
+/// Writes the image a Dockerfile build boots to run its RUN steps: the
+/// kernel, hafen-init and [`hafen_proto::build::BUILDER_MARKER`], no
+/// containers. `outbound` lets steps with `--network=host` reach beyond
+/// the host (slirp's `restrict=off`). Reproducible, like every image.
+pub fn build_builder(
+    out: &Path,
+    kernel: Option<&Path>,
+    init: Option<&Path>,
+    outbound: bool,
+) -> Result<(), Error> {
+    let (vmlinux, bzimage) = locate_kernel(kernel)?;
+    let (_, init) = locate_init(init)?;
+    let network =
+        net::NetworkConfig::new(net::DEFAULT_SUBNET, outbound, net::DEFAULT_MTU, Vec::new())
+            .map_err(Error::Invalid)?;
+    let mut items = system_items(init, "hafen-build", &network)?;
+    items.insert(
+        hafen_proto::build::BUILDER_MARKER
+            .trim_start_matches('/')
+            .to_owned(),
+        Item::file(0o644, b"hafen image build\n".to_vec()),
+    );
+    items.insert(
+        layout::CONTAINERS_DIR.trim_start_matches('/').to_owned(),
+        Item::dir(0o755),
+    );
+    let archive = write_cpio(&items).map_err(|source| Error::Output {
+        path: out.to_owned(),
+        source,
+    })?;
+    let initramfs = cpio::lz4_legacy(&archive);
+    let info = ImageInfo {
+        name: "hafen-build".into(),
+        kernel: "vmlinux".into(),
+        bzimage: bzimage.as_ref().map(|_| "bzImage".to_owned()),
+        initrd: INITRAMFS.into(),
+        cmdline: Vec::new(),
+        memory_mib: BUILDER_MEMORY_MIB,
+        volumes: Vec::new(),
+        data_size: None,
+        network: ImageNetwork {
+            outbound,
+            ..ImageNetwork::default()
+        },
+    };
+    write_image_dir(out, &initramfs, &info, &vmlinux, bzimage.as_deref())
 }
 
 /// Fills a temporary sibling of `out` and moves it into place only when

@@ -340,6 +340,68 @@ impl Client {
         })
     }
 
+    /// Runs a request answered like `Exec` (`ExecStarted`, `Output`,
+    /// `ExecExit`): `input`'s bytes go to the process's stdin once it has
+    /// started (EOF ends it), its stdout into `stdout`, its stderr into
+    /// `stderr`. Returns its exit code; 128+N when signal N (caught, see
+    /// [`Client::catch_signals`]) made us cancel it.
+    pub fn session(
+        &mut self,
+        body: Body,
+        input: Option<BorrowedFd<'_>>,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+    ) -> Result<i32, Error> {
+        let id = self.fresh_id();
+        self.send(id, body)?;
+        let mut reading = false;
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let also: Vec<BorrowedFd<'_>> = input.filter(|_| reading).into_iter().collect();
+            match self.wait(&also, None)? {
+                Wake::Message(m) if m.id != id => {}
+                Wake::Message(m) => match m.body {
+                    Body::ExecStarted { .. } => reading = input.is_some(),
+                    Body::Output {
+                        stream: hafen_proto::control::Stream::Stdout,
+                        data,
+                    } => {
+                        if let Err(e) = stdout.write_all(&data) {
+                            let _ = self.send(id, Body::Cancel);
+                            return Err(Error::Output(e));
+                        }
+                    }
+                    Body::Output {
+                        stream: hafen_proto::control::Stream::Stderr,
+                        data,
+                    } => {
+                        let _ = stderr.write_all(&data);
+                    }
+                    Body::ExecExit { status } => return Ok(status.code()),
+                    Body::Error { code, message } => {
+                        let _ = self.send(id, Body::Cancel);
+                        return Err(Error::Refused {
+                            vm: self.vm.clone(),
+                            code,
+                            message,
+                        });
+                    }
+                    _ => {}
+                },
+                Wake::Ready => {
+                    if let Some(fd) = input {
+                        reading = self.forward_input(id, fd, &mut buf)?;
+                    }
+                }
+                Wake::Signal(sig) => {
+                    let _ = self.send(id, Body::Cancel);
+                    return Ok(128 + sig);
+                }
+                Wake::Timeout => {}
+            }
+        }
+    }
+
     /// The VM's monitor's description of it.
     pub fn vm_info(&mut self) -> Result<VmInfo, Error> {
         match self.request(Body::VmInfo)? {

@@ -219,10 +219,18 @@ fn power_off(vm: &VmDir, force: bool) -> Result<(), Error> {
 /// `hafen stop VM --time S`: the power button, then up to `time` for the
 /// machine to shut down, then forced off. Prints the VM's name.
 pub fn stop(name: &str, time: Duration) -> Result<i32, Error> {
+    shut_down(name, time)?;
+    out(writeln!(std::io::stdout().lock(), "{name}"))?;
+    Ok(0)
+}
+
+/// Presses the VM's power button and waits up to `time` for its monitor
+/// to exit, then forces it off; quietly, for callers that started the VM
+/// themselves (a build's VM). A VM that is already gone is no error.
+pub fn shut_down(name: &str, time: Duration) -> Result<(), Error> {
     let vm = state::find_vm(&state::vms_dir(&state::runtime_dir()), name)?;
     let Some(pidfd) = watch_monitor(&vm)? else {
-        out(writeln!(std::io::stdout().lock(), "{name}"))?;
-        return Ok(0);
+        return Ok(());
     };
     let waited = |limit| {
         exited_within(&pidfd, limit).map_err(|source| Error::WaitMonitor {
@@ -245,8 +253,7 @@ pub fn stop(name: &str, time: Duration) -> Result<i32, Error> {
             });
         }
     }
-    out(writeln!(std::io::stdout().lock(), "{name}"))?;
-    Ok(0)
+    Ok(())
 }
 
 /// `hafen kill VM`: forces the VM off at once. Prints the VM's name once

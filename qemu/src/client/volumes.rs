@@ -7,11 +7,11 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use hafen_proto::control::{Body, CopyDirection, Stream, VolumeInfo};
+use hafen_proto::control::{Body, CopyDirection, VolumeInfo};
 use serde_json::{json, Value};
 
+use super::format;
 use super::terminal;
-use super::{format, Wake};
 use super::{out, Client, Error};
 
 fn volumes(client: &mut Client) -> Result<Vec<VolumeInfo>, Error> {
@@ -111,60 +111,15 @@ fn copy(
 ) -> Result<i32, Error> {
     let mut client = Client::connect(vm)?;
     client.catch_signals(&[])?;
-    let id = client.fresh_id();
-    client.send(
-        id,
+    client.session(
         Body::VolumeCopy {
             volume: name.to_owned(),
             direction,
         },
-    )?;
-    let mut reading = false;
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        let also: Vec<BorrowedFd<'_>> = input.filter(|_| reading).into_iter().collect();
-        match client.wait(&also, None)? {
-            Wake::Message(m) if m.id != id => {}
-            Wake::Message(m) => match m.body {
-                Body::ExecStarted { .. } => reading = input.is_some(),
-                Body::Output {
-                    stream: Stream::Stdout,
-                    data,
-                } => {
-                    if let Err(e) = sink.write_all(&data) {
-                        let _ = client.send(id, Body::Cancel);
-                        return Err(Error::Output(e));
-                    }
-                }
-                Body::Output {
-                    stream: Stream::Stderr,
-                    data,
-                } => {
-                    let _ = std::io::stderr().write_all(&data);
-                }
-                Body::ExecExit { status } => return Ok(status.code()),
-                Body::Error { code, message } => {
-                    let _ = client.send(id, Body::Cancel);
-                    return Err(Error::Refused {
-                        vm: vm.to_owned(),
-                        code,
-                        message,
-                    });
-                }
-                _ => {}
-            },
-            Wake::Ready => {
-                if let Some(fd) = input {
-                    reading = client.forward_input(id, fd, &mut buf)?;
-                }
-            }
-            Wake::Signal(sig) => {
-                let _ = client.send(id, Body::Cancel);
-                return Ok(128 + sig);
-            }
-            Wake::Timeout => {}
-        }
-    }
+        input,
+        sink,
+        &mut std::io::stderr(),
+    )
 }
 
 /// `FILE`'s temporary sibling, renamed over it once complete.
