@@ -5,6 +5,8 @@
 //!   conmon or containerd, which call a runtime binary with OCI commands;
 //! - called as `hafen-volume-copy`: the volume copier PID 1 starts for
 //!   `hafen volume export|import` (init/src/volume/copy.rs);
+//! - called as `hafen-build`: the build helper a builder VM's PID 1 starts
+//!   for each build op (init/src/build/);
 //! - no arguments: the guest's PID 1 (system mode);
 //! - `runtime ...`: the OCI runtime command line;
 //! - anything else: a tiny init for one child (`hafen-init [OPTIONS] [--] CMD [ARGS...]`).
@@ -25,6 +27,8 @@ fn main() {
         std::process::exit(hafen_init::runtime::main(args))
     } else if program == Some(hafen_init::volume::copy::PROGRAM_NAME.as_ref()) {
         std::process::exit(hafen_init::volume::copy::main(args))
+    } else if program == Some(hafen_init::build::HELPER_NAME.as_ref()) {
+        std::process::exit(hafen_init::build::main(args))
     } else if args.is_empty() {
         hafen_init::system::main()
     } else if args[0] == "runtime" {

@@ -166,6 +166,16 @@ pub fn unshare_netns() -> io::Result<()> {
     Ok(())
 }
 
+/// Moves the calling process into a new mount namespace of its own (a copy
+/// of the current one). For single-threaded helpers only.
+pub fn unshare_mountns() -> io::Result<()> {
+    // SAFETY: CLONE_NEWNS also unshares the filesystem context (root, cwd,
+    // umask), which is what makes unshare unsafe with other threads sharing
+    // it; the callers (the build helper) are single-threaded.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }?;
+    Ok(())
+}
+
 /// Sets a resource limit of the calling process.
 pub fn setrlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
     let limit = libc::rlimit {

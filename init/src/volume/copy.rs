@@ -190,8 +190,63 @@ fn entry_from(stat: &rustix::fs::Stat, path: Vec<u8>) -> Option<Entry> {
     })
 }
 
+/// How [`pack_with`] writes a tree; the default is a volume export.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackOptions {
+    /// The tree is an image layer in overlayfs form, written as an OCI
+    /// layer: a whiteout (a 0/0 character device `NAME`) becomes an empty
+    /// file `.wh.NAME`, an opaque directory (`trusted.overlay.opaque=y`) is
+    /// followed by an empty `DIR/.wh..wh..opq`, no `trusted.overlay.*`
+    /// attribute is written, and the root itself is no entry.
+    pub layer: bool,
+    /// Every modification time later than this (seconds) is written as it.
+    pub clamp_mtime: Option<i64>,
+}
+
+/// The prefix OCI layers mark whiteouts with.
+pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// The name of an OCI layer's opaque-directory marker.
+pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// The extended attribute that makes an overlayfs directory opaque.
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// The attributes overlayfs keeps for itself; never part of a layer.
+const OVERLAY_XATTRS: &[u8] = b"trusted.overlay.";
+
+/// Whether `stat` is an overlayfs whiteout: a character device 0/0.
+fn is_whiteout(stat: &rustix::fs::Stat) -> bool {
+    FileType::from_raw_mode(stat.st_mode) == FileType::CharacterDevice && stat.st_rdev == 0
+}
+
+/// `rel/name` (or `name` at the top).
+fn child_path(rel: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = rel.to_vec();
+    if !path.is_empty() {
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    path
+}
+
+/// An empty root-owned file with mode 0: how an OCI layer writes a whiteout
+/// or an opaque marker.
+fn marker_entry(path: Vec<u8>, mtime: (i64, u32)) -> Entry {
+    Entry {
+        path,
+        kind: Kind::File,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime,
+        link: Vec::new(),
+        device: (0, 0),
+        xattrs: Vec::new(),
+    }
+}
+
 struct Exporter<W: Write> {
     tar: archive::Writer<W>,
+    opts: PackOptions,
     /// The first path of each multiply-linked inode.
     links: std::collections::HashMap<(u64, u64), Vec<u8>>,
     entries: u64,
@@ -201,23 +256,81 @@ struct Exporter<W: Write> {
 impl<W: Write> Exporter<W> {
     fn write(&mut self, e: &Entry) -> Result<(), String> {
         self.entries += 1;
+        let adjusted;
+        let e = if self.opts == PackOptions::default() {
+            e
+        } else {
+            let mut copy = e.clone();
+            if let Some(epoch) = self.opts.clamp_mtime {
+                if copy.mtime > (epoch, 0) {
+                    copy.mtime = (epoch, 0);
+                }
+            }
+            if self.opts.layer {
+                copy.xattrs
+                    .retain(|(name, _)| !name.starts_with(OVERLAY_XATTRS));
+            }
+            adjusted = copy;
+            &adjusted
+        };
         self.tar
             .header(e)
             .map_err(|err| format!("write the archive (at {}): {err}", e.display()))
+    }
+
+    /// In a layer: the opaque marker for the directory at `rel` whose
+    /// attributes are `xattrs`, when it is opaque.
+    fn opaque_marker(
+        &mut self,
+        rel: &[u8],
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+        mtime: (i64, u32),
+    ) -> Result<(), String> {
+        let opaque = xattrs
+            .iter()
+            .any(|(name, value)| name == OPAQUE_XATTR.as_bytes() && value == b"y");
+        if self.opts.layer && opaque {
+            self.write(&marker_entry(child_path(rel, OPAQUE_MARKER), mtime))?;
+        }
+        Ok(())
     }
 
     /// Archives what `dir` (at `rel` in the volume) holds, depth first.
     fn walk(&mut self, dir: &OwnedFd, rel: &[u8]) -> Result<(), String> {
         let shown = |name: &[u8]| String::from_utf8_lossy(name).into_owned();
         let names = names(dir).map_err(|e| format!("read directory ./{}: {e}", shown(rel)))?;
+        // Each name with its stat and the name it is written under (a
+        // whiteout's differs), in the order of the written names.
+        let mut children = Vec::with_capacity(names.len());
         for name in names {
-            let mut path = rel.to_vec();
-            if !path.is_empty() {
-                path.push(b'/');
-            }
-            path.extend_from_slice(&name);
+            let path = child_path(rel, &name);
             let stat = rustix::fs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|e| format!("stat ./{}: {e}", shown(&path)))?;
+            let written = if self.opts.layer && is_whiteout(&stat) {
+                [WHITEOUT_PREFIX, &name].concat()
+            } else {
+                if self.opts.layer && name.starts_with(WHITEOUT_PREFIX) {
+                    return Err(format!(
+                        "./{} has a name OCI layers reserve for whiteouts (.wh.*)",
+                        shown(&path)
+                    ));
+                }
+                name.clone()
+            };
+            children.push((written, name, stat));
+        }
+        if self.opts.layer {
+            children.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        for (written, name, stat) in children {
+            let path = child_path(rel, &name);
+            if written != name {
+                // A whiteout: its own marker, never a hard link (overlayfs
+                // links its whiteouts to one inode).
+                let mtime = (stat.st_mtime, stat.st_mtime_nsec as u32);
+                self.write(&marker_entry(child_path(rel, &written), mtime))?;
+                continue;
+            }
             let Some(mut e) = entry_from(&stat, path) else {
                 eprintln!("hafen: skipped ./{} (a socket)", shown(&name));
                 continue;
@@ -274,6 +387,7 @@ impl<W: Write> Exporter<W> {
                     )
                     .map_err(|err| format!("open directory ./{}: {err}", e.display()))?;
                     self.write(&e)?;
+                    self.opaque_marker(&e.path, &e.xattrs, e.mtime)?;
                     self.walk(&sub, &e.path)?;
                 }
                 _ => self.write(&e)?,
@@ -300,16 +414,26 @@ fn open_volume(name: &str) -> Result<OwnedFd, String> {
 /// Writes the tree under `root` to `out` as an archive; returns the
 /// entries and file bytes.
 pub fn pack(root: &OwnedFd, out: impl Write) -> Result<(u64, u64), String> {
+    pack_with(root, out, PackOptions::default())
+}
+
+/// [`pack`] as `opts` say (an OCI layer, clamped times).
+pub fn pack_with(root: &OwnedFd, out: impl Write, opts: PackOptions) -> Result<(u64, u64), String> {
     let stat = rustix::fs::fstat(root).map_err(|e| format!("stat the volume: {e}"))?;
     let mut exporter = Exporter {
         tar: archive::Writer::new(BufWriter::with_capacity(64 * 1024, out)),
+        opts,
         links: Default::default(),
         entries: 0,
         bytes: 0,
     };
     let mut top = entry_from(&stat, Vec::new()).ok_or("the volume is not a directory")?;
     top.xattrs = read_xattrs(XattrTarget::Fd(root.as_fd()));
-    exporter.write(&top)?;
+    if opts.layer {
+        exporter.opaque_marker(b"", &top.xattrs, top.mtime)?;
+    } else {
+        exporter.write(&top)?;
+    }
     exporter.walk(root, b"")?;
     let Exporter {
         tar,
@@ -344,6 +468,8 @@ struct Extractor {
     dir_times: Vec<(Vec<u8>, (i64, u32))>,
     root_seen: bool,
     warnings: u32,
+    /// Unpacking an OCI layer ([`UnpackOptions::layer`]).
+    layer: bool,
 }
 
 fn timestamps((secs, nanos): (i64, u32)) -> Timestamps {
@@ -557,6 +683,60 @@ impl Extractor {
         Ok(written)
     }
 
+    /// In a layer: turns the OCI whiteout entry `e` into its overlayfs
+    /// form; false when `e` is no whiteout.
+    fn whiteout(&mut self, e: &Entry) -> Result<bool, String> {
+        let leaf = match e.path.iter().rposition(|&b| b == b'/') {
+            Some(slash) => &e.path[slash + 1..],
+            None => &e.path[..],
+        };
+        let Some(name) = leaf.strip_prefix(WHITEOUT_PREFIX) else {
+            return Ok(false);
+        };
+        let fail = |why: &dyn std::fmt::Display| format!("entry {}: {why}", e.display());
+        if e.kind == Kind::Dir {
+            return Err(fail(&"a whiteout (.wh.*) must not be a directory"));
+        }
+        if leaf == OPAQUE_MARKER {
+            let (dir, _) = self.parent(&e.path)?;
+            let path = fd_path(dir.as_fd(), b".");
+            rustix::fs::lsetxattr(
+                path.as_c_str(),
+                OPAQUE_XATTR,
+                b"y",
+                rustix::fs::XattrFlags::empty(),
+            )
+            .map_err(|err| {
+                fail(&format_args!(
+                    "make its directory opaque ({OPAQUE_XATTR}): {err}"
+                ))
+            })?;
+            return Ok(true);
+        }
+        if name.is_empty() || name == b"." || name == b".." || name.starts_with(WHITEOUT_PREFIX) {
+            return Err(fail(&"not a whiteout of a name (.wh..wh.* is reserved)"));
+        }
+        let mut target = e.path[..e.path.len() - leaf.len()].to_vec();
+        target.extend_from_slice(name);
+        let (parent, leaf) = self.parent(&target)?;
+        let device = Entry {
+            path: target.clone(),
+            kind: Kind::Char,
+            ..marker_entry(Vec::new(), e.mtime)
+        };
+        self.make_room(&parent, leaf, &device)?;
+        rustix::fs::mknodat(&parent, leaf, FileType::CharacterDevice, Mode::empty(), 0)
+            .map_err(|err| fail(&format_args!("make the whiteout: {err}")))?;
+        rustix::fs::utimensat(
+            &parent,
+            leaf,
+            &timestamps(e.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|err| fail(&format_args!("set the whiteout's mtime: {err}")))?;
+        Ok(true)
+    }
+
     /// Sets the directories' mtimes, deepest first (making their entries
     /// changed them).
     fn finish(&mut self) -> Result<(), String> {
@@ -609,6 +789,27 @@ fn gid(id: u32) -> rustix::fs::Gid {
 /// Unpacks the archive `input` into the directory `root`; returns the
 /// entries and file bytes.
 pub fn unpack(root: OwnedFd, input: impl Read) -> Result<(u64, u64, bool), String> {
+    unpack_with(root, input, UnpackOptions::default())
+}
+
+/// How [`unpack_with`] reads an archive; the default is a volume import.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnpackOptions {
+    /// The archive is an OCI layer, unpacked into overlayfs form: an entry
+    /// `DIR/.wh.NAME` becomes a 0/0 character device `DIR/NAME`, an entry
+    /// `DIR/.wh..wh..opq` makes `DIR` opaque (`trusted.overlay.opaque=y`),
+    /// and `trusted.overlay.*` attributes in the archive are dropped (a
+    /// layer must not steer overlayfs).
+    pub layer: bool,
+}
+
+/// [`unpack`] as `opts` say; returns the entries, the file bytes and
+/// whether the archive had a root entry.
+pub fn unpack_with(
+    root: OwnedFd,
+    input: impl Read,
+    opts: UnpackOptions,
+) -> Result<(u64, u64, bool), String> {
     let mut reader = archive::Reader::new(input);
     let mut x = Extractor {
         root,
@@ -616,10 +817,18 @@ pub fn unpack(root: OwnedFd, input: impl Read) -> Result<(u64, u64, bool), Strin
         dir_times: Vec::new(),
         root_seen: false,
         warnings: 0,
+        layer: opts.layer,
     };
     let (mut entries, mut bytes) = (0, 0);
-    while let Some(e) = reader.next_entry()? {
+    while let Some(mut e) = reader.next_entry()? {
         entries += 1;
+        if x.layer {
+            if x.whiteout(&e)? {
+                continue;
+            }
+            e.xattrs
+                .retain(|(name, _)| !name.starts_with(OVERLAY_XATTRS));
+        }
         bytes += x.extract(&e, &mut reader)?;
     }
     x.finish()?;
