@@ -24,6 +24,7 @@ pub mod context;
 pub mod expand;
 pub mod ignore;
 pub mod instructions;
+pub mod layer;
 pub mod lexer;
 mod parser;
 pub mod pattern;
