@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
+use hafen_proto::build::LAYERS_DIR;
 use hafen_proto::layout;
 
 use crate::supervisor::{self, BootClock, PowerAction, Supervisor};
-use crate::{bundle, log, mount, sys};
+use crate::{build, bundle, log, mount, sys};
 
 /// Boots the guest. Returns only when not running as PID 1 (an error for the caller to print).
 pub fn main() -> ! {
@@ -57,20 +58,31 @@ pub fn main() -> ! {
     }
 
     debug!("hostname, lo and Ctrl-Alt-Del set up");
-    if let Err(e) = crate::volume::mount_data_disk() {
-        error!("{e}");
-    }
-    crate::volume::mount_host_volumes();
-    let (mut bundles, errors) = bundle::discover(Path::new(layout::CONTAINERS_DIR));
-    for e in &errors {
-        error!("skipping a container: {e}");
-    }
-    info!(
-        "{} container{} found in {}",
-        bundles.len(),
-        if bundles.len() == 1 { "" } else { "s" },
-        layout::CONTAINERS_DIR
-    );
+    let builder = build::is_builder();
+    let mut bundles = if builder {
+        // A builder runs build steps for the host, never containers of its own.
+        match build::mount_storage() {
+            Ok(()) => info!("builder: serving build steps, layers in {LAYERS_DIR}"),
+            Err(e) => error!("builder: {e}; build steps will fail"),
+        }
+        Vec::new()
+    } else {
+        if let Err(e) = crate::volume::mount_data_disk() {
+            error!("{e}");
+        }
+        crate::volume::mount_host_volumes();
+        let (bundles, errors) = bundle::discover(Path::new(layout::CONTAINERS_DIR));
+        for e in &errors {
+            error!("skipping a container: {e}");
+        }
+        info!(
+            "{} container{} found in {}",
+            bundles.len(),
+            if bundles.len() == 1 { "" } else { "s" },
+            layout::CONTAINERS_DIR
+        );
+        bundles
+    };
     debug!("volumes mounted, bundles read");
     crate::net::set_up(&mut bundles);
     debug!("network set up");
@@ -78,6 +90,9 @@ pub fn main() -> ! {
     let action = match signals.map(|fd| Supervisor::new(bundles, fd, BootClock { init_start_ns })) {
         Some(Ok(mut supervisor)) => {
             supervisor.hold_from_last_run(&held);
+            if builder {
+                supervisor.serve_builds();
+            }
             supervisor.run()
         }
         Some(Err(e)) => {

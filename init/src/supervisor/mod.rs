@@ -8,12 +8,14 @@
 //! - [`requests`]: what the host asks over the control channel, and the
 //!   streams (logs, events) it follows;
 //! - [`exec`]: processes started in running containers (`hafen exec`);
+//! - [`build`]: a builder VM's build ops (`hafen image build`);
 //! - [`depends`]: when a container may start, and the order at shutdown;
 //! - [`restart`]: restart policies and their back-off;
 //! - [`health`]: health checks;
 //! - [`echo`]: the containers' output on the console, never blocking;
 //! - [`crate::logs`]: the log rings; [`crate::control`]: the port.
 
+mod build;
 mod depends;
 mod echo;
 mod exec;
@@ -224,6 +226,10 @@ pub struct Supervisor {
     incoming: Vec<Incoming>,
     /// Which stream [`Supervisor::pump`] serves first this time.
     pump_turn: usize,
+    /// A builder VM: serves build ops, stays up without containers.
+    builder: bool,
+    /// The build ops' helpers while they run.
+    builds: Vec<build::BuildJob>,
 }
 
 impl Supervisor {
@@ -340,6 +346,8 @@ impl Supervisor {
             bad_frames: RateLimit::new(1, 5),
             incoming: Vec::new(),
             pump_turn: 0,
+            builder: false,
+            builds: Vec::new(),
         })
     }
 
@@ -627,6 +635,7 @@ impl Supervisor {
     }
 
     fn on_exit(&mut self, pid: libc::pid_t, status: ExitStatus) {
+        self.build_exited(pid);
         if self.exec_exited(pid, status) || self.health_exited(pid, status) {
             return;
         }
@@ -880,6 +889,10 @@ impl Supervisor {
 
     /// `Some(action)` once nothing is left to wait for.
     fn finished(&mut self) -> Option<PowerAction> {
+        if self.builder && self.shutdown.is_none() {
+            // A builder has no containers to wait for: it ends on request.
+            return None;
+        }
         let pending = self.shutdown.is_none()
             && self
                 .containers
@@ -890,7 +903,7 @@ impl Supervisor {
             self.all_exited_at = None;
             return None;
         }
-        if self.end_copies() {
+        if self.end_copies() | self.end_builds() {
             return None;
         }
         let action = match self.shutdown {

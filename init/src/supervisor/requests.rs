@@ -115,6 +115,7 @@ impl Supervisor {
     /// processes lose their terminal and pipes but run on.
     fn host_gone(&mut self) {
         self.sessions.clear();
+        self.cancel_builds();
         self.detach_execs();
     }
 
@@ -169,7 +170,12 @@ impl Supervisor {
                 Some(Body::Hello {
                     nonce,
                     version: PROTOCOL_VERSION,
-                    capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+                    capabilities: CAPABILITIES
+                        .iter()
+                        .copied()
+                        .chain(self.builder.then_some("build"))
+                        .map(str::to_owned)
+                        .collect(),
                     boottime_ns: sys::boottime_ns(),
                 })
             }
@@ -238,6 +244,7 @@ impl Supervisor {
             Body::Resize { rows, cols } => self.exec_resize(id, rows, cols).err().map(Body::from),
             Body::Cancel => {
                 self.sessions.retain(|s| s.id() != id);
+                self.build_cancel(id);
                 self.exec_cancel(id);
                 None
             }
@@ -245,6 +252,7 @@ impl Supervisor {
                 .volume_copy(id, volume, direction)
                 .err()
                 .map(Body::from),
+            Body::Build(op) => self.build_start(id, op).err().map(Body::from),
             Body::GetGuest => Some(Body::Guest(self.guest_info())),
             Body::GetVolumes => {
                 let mounts: Vec<(String, Vec<String>)> = self
