@@ -136,14 +136,18 @@ fn copy_group(
     dest: &str,
     ensure: &str,
 ) -> Result<(), String> {
-    rules.mkdir_all(layer, ensure)?;
-    let dst = rootpath::resolve(layer, "", dest, true).map_err(|e| {
-        format!(
-            "cannot copy to {}: {e}",
-            shown(dest, rules.step.dest_is_dir())
-        )
-    })?;
     for (mi, m) in group.matches.iter().enumerate() {
+        // An archive makes its destination itself (BuildKit unpacks
+        // before it would copy, so the copy's parent making never runs).
+        if m.archive.is_none() {
+            rules.mkdir_all(layer, ensure)?;
+        }
+        let dst = rootpath::resolve(layer, "", dest, true).map_err(|e| {
+            format!(
+                "cannot copy to {}: {e}",
+                shown(dest, rules.step.dest_is_dir())
+            )
+        })?;
         if m.archive.is_some() {
             unpack(rules, layer, gi, mi, &group.source, m, &dst)?;
         } else if m.top.kind == ItemKind::Dir {
@@ -331,10 +335,10 @@ fn unpack(
             .mode()
             .map_err(|e| bad(format!("entry {raw:?}: {e}")))?
             & 0o7777;
+        // An empty or unreadable id field is 0, as Go's tar reader has it.
         let id = |n: std::io::Result<u64>| -> Result<u32, String> {
-            n.ok()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| bad(format!("entry {raw:?}: its owner is out of range")))
+            u32::try_from(n.unwrap_or(0))
+                .map_err(|_| bad(format!("entry {raw:?}: its owner is out of range")))
         };
         let (uid, gid) = match rules.owner {
             Some(o) => o,
