@@ -453,6 +453,15 @@ pub fn open_image(r: &ImageRef, store: &mut Option<Store>) -> Result<OpenedImage
             };
             stored_image(store, reference, &r.text)
         }
+        // What the spec's last build left in the store (`hafen build`
+        // builds first and opens the result by digest instead).
+        ImageSource::Build(spec) => {
+            let store = match store {
+                Some(store) => store,
+                None => store.insert(Store::open_default()?),
+            };
+            stored_image(store, &spec.tag, &r.text)
+        }
     }
 }
 

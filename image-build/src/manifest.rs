@@ -1,6 +1,7 @@
 //! `hafen.toml`: what an image holds. Parsing rejects unknown keys and
 //! checks every value, naming the file and the field in each error.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use hafen_proto::annotations::{self, Phase};
@@ -78,7 +79,8 @@ struct RawVolume {
 #[serde(deny_unknown_fields)]
 struct RawContainer {
     name: String,
-    image: String,
+    image: Option<String>,
+    build: Option<toml::Value>,
     command: Option<Vec<String>>,
     #[serde(default)]
     env: Vec<String>,
@@ -128,6 +130,16 @@ struct RawHealthcheck {
     start_period: Option<toml::Value>,
     start_interval: Option<toml::Value>,
     retries: Option<toml::Value>,
+}
+
+/// `build = { ... }` as written; values are checked by [`parse_build`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuild {
+    context: Option<String>,
+    dockerfile: Option<String>,
+    args: Option<toml::Value>,
+    target: Option<String>,
 }
 
 /// A validated manifest.
@@ -543,6 +555,150 @@ pub enum ImageSource {
     /// A name without a transport (`busybox:1.36`, `ghcr.io/org/app:2`,
     /// `localhost:5000/app@sha256:…`): looked up in the local image store.
     Registry(Reference),
+    /// `build = ...`: an image `hafen build` builds from a Dockerfile into
+    /// the local image store first.
+    Build(BuildSpec),
+}
+
+/// A container's `build`: what to give the Dockerfile builder (compose's
+/// `build` keys), and the name its image gets in the local store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BuildSpec {
+    /// The context directory (`context`, or the string form), resolved
+    /// against the manifest's directory.
+    pub context: PathBuf,
+    /// The Dockerfile: `dockerfile` resolved against the context (as in
+    /// compose), by default `CONTEXT/Dockerfile`.
+    pub dockerfile: PathBuf,
+    /// `args`: build arguments, as `--build-arg NAME=VALUE`.
+    pub args: BTreeMap<String, String>,
+    /// `target`: the stage to build instead of the last one.
+    pub target: Option<String>,
+    /// The image's name in the local store, see [`build_tag`]. Containers
+    /// with the same build share one build, named after the first of them.
+    pub tag: Reference,
+}
+
+impl BuildSpec {
+    /// Whether two specs build the same image (their names aside).
+    pub fn same_build(&self, other: &BuildSpec) -> bool {
+        (&self.context, &self.dockerfile, &self.args, &self.target)
+            == (
+                &other.context,
+                &other.dockerfile,
+                &other.args,
+                &other.target,
+            )
+    }
+}
+
+/// Where the local store's names for built images live: `localhost` is
+/// never a registry `hafen build` pulls from by default, and `hafen-build`
+/// says what made them.
+pub const BUILD_REPOSITORY_PREFIX: &str = "localhost/hafen-build";
+
+/// The name `hafen build` gives the image it builds for `container` of
+/// the manifest `manifest`: `localhost/hafen-build/MANIFEST:CONTAINER`.
+/// Both names are `[a-z0-9-]`; a repository component cannot end with `-`
+/// (a tag can), so those are trimmed from the manifest's name.
+pub fn build_tag(manifest: &str, container: &str) -> Result<Reference, String> {
+    let repository = manifest.trim_end_matches('-');
+    let text = format!("{BUILD_REPOSITORY_PREFIX}/{repository}:{container}");
+    text.parse()
+        .map_err(|e| format!("the built image's name {text:?} is not a reference: {e}"))
+}
+
+/// What `build =` accepts, for error messages.
+pub const BUILD_FORMS: &str =
+    "\"path/to/context\" or { context = \"path\", dockerfile = \"Dockerfile\", \
+                               args = { NAME = \"value\" }, target = \"stage\" }";
+
+/// Checks a `context` or `dockerfile` path: local and not empty.
+fn build_path<'a>(key: &str, text: &'a str) -> Result<&'a str, String> {
+    if text.is_empty() {
+        return Err(format!("{key} is empty: give a path, such as \".\""));
+    }
+    if text.contains("://") || text.starts_with("git@") {
+        return Err(format!(
+            "{key} {text:?} is a URL: hafen build reads a local directory; clone or download it and give its path"
+        ));
+    }
+    Ok(text)
+}
+
+/// Parses a container's `build`: a context directory as a string, or a
+/// table with `context` (default `.`), `dockerfile` (relative to the
+/// context), `args` and `target`. Relative paths are resolved against
+/// `base`, the manifest's directory; `tag` names the result.
+pub fn parse_build(value: &toml::Value, base: &Path, tag: Reference) -> Result<BuildSpec, String> {
+    let raw = match value {
+        toml::Value::String(context) => RawBuild {
+            context: Some(context.clone()),
+            dockerfile: None,
+            args: None,
+            target: None,
+        },
+        toml::Value::Table(_) => value
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("{}; expected {BUILD_FORMS}", e.message()))?,
+        other => return Err(format!("{other} is not a build: expected {BUILD_FORMS}")),
+    };
+    // Collecting the components drops inner `.`s (`/m/./app` is `/m/app`),
+    // so errors show the paths plainly.
+    let context: PathBuf = base
+        .join(build_path(
+            "context",
+            raw.context.as_deref().unwrap_or("."),
+        )?)
+        .components()
+        .collect();
+    let dockerfile = match &raw.dockerfile {
+        Some(file) => context.join(build_path("dockerfile", file)?),
+        None => context.join("Dockerfile"),
+    }
+    .components()
+    .collect();
+    let mut args = BTreeMap::new();
+    match raw.args {
+        None => {}
+        Some(toml::Value::Table(table)) => {
+            for (name, value) in table {
+                if name.is_empty() || name.contains('=') || name.contains(char::is_whitespace) {
+                    return Err(format!(
+                        "args: {name:?} is not a build argument's name (no '=' or blanks)"
+                    ));
+                }
+                match value {
+                    toml::Value::String(v) => {
+                        args.insert(name, v);
+                    }
+                    other => {
+                        return Err(format!(
+                            "args: {name} = {other} is not a string: write {name} = \"{other}\""
+                        ))
+                    }
+                }
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "args: {other} is not a table: expected args = {{ NAME = \"value\" }}"
+            ))
+        }
+    }
+    if let Some(target) = &raw.target {
+        if target.is_empty() || target.contains(char::is_whitespace) {
+            return Err(format!("target: {target:?} is not a stage name"));
+        }
+    }
+    Ok(BuildSpec {
+        context,
+        dockerfile,
+        args,
+        target: raw.target,
+        tag,
+    })
 }
 
 /// Which image of a docker archive.
@@ -966,7 +1122,49 @@ pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
                 ),
             ));
         }
-        let image = parse_image_ref(&c.image, base).map_err(|m| invalid(field("image"), m))?;
+        let image = match (&c.image, &c.build) {
+            (Some(text), None) => {
+                parse_image_ref(text, base).map_err(|m| invalid(field("image"), m))?
+            }
+            (None, Some(build)) => {
+                let tag = build_tag(&raw.name, &c.name).map_err(|m| invalid(field("build"), m))?;
+                let spec = parse_build(build, base, tag)
+                    .map_err(|m| invalid(field("build"), format!("container {:?}: {m}", c.name)))?;
+                // One build for containers that build the same thing.
+                let earlier = containers
+                    .iter()
+                    .find_map(|o: &Container| match &o.image.source {
+                        ImageSource::Build(other) if other.same_build(&spec) => {
+                            Some(o.image.clone())
+                        }
+                        _ => None,
+                    });
+                earlier.unwrap_or_else(|| ImageRef {
+                    text: spec.tag.to_string(),
+                    source: ImageSource::Build(spec),
+                })
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    format!("container[{i}]"),
+                    format!(
+                        "container {:?} has both image and build: give image to use an existing \
+                         image, or build to build one from a Dockerfile",
+                        c.name
+                    ),
+                ))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    format!("container[{i}]"),
+                    format!(
+                        "container {:?} has neither image nor build: give image = \"busybox:1.36\" \
+                         (or another of {IMAGE_FORMS}) or build = \"path/to/context\"",
+                        c.name
+                    ),
+                ))
+            }
+        };
         if let Some(command) = &c.command {
             if command.is_empty() || command[0].is_empty() {
                 return Err(invalid(
@@ -1759,6 +1957,164 @@ image = "oci:/abs/layout"
             "name = \"x\"\n[[container]]\nname = \"a\"\nimage = \"oci:i\"\nrestart_delay = \"1s\"\n",
         );
         assert!(e.contains("restart_delay"), "{e}");
+    }
+
+    fn one_container(body: &str) -> String {
+        format!("name = \"demo\"\n[[container]]\nname = \"web\"\n{body}\n")
+    }
+
+    fn build_of(c: &Container) -> &BuildSpec {
+        match &c.image.source {
+            ImageSource::Build(spec) => spec,
+            other => panic!("not a build: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn build_as_a_string_is_the_context_next_to_the_manifest() {
+        let m = parse_str(&one_container("build = \"app\"")).expect("valid");
+        let web = &m.containers[0];
+        let spec = build_of(web);
+        assert_eq!(spec.context, PathBuf::from("/m/app"));
+        assert_eq!(spec.dockerfile, PathBuf::from("/m/app/Dockerfile"));
+        assert!(spec.args.is_empty());
+        assert_eq!(spec.target, None);
+        assert_eq!(spec.tag.to_string(), "localhost/hafen-build/demo:web");
+        // The name the container's image goes by (hafen ps shows it).
+        assert_eq!(web.image.text, "localhost/hafen-build/demo:web");
+        let abs = parse_str(&one_container("build = \"/srv/ctx\"")).expect("absolute");
+        assert_eq!(
+            build_of(&abs.containers[0]).context,
+            PathBuf::from("/srv/ctx")
+        );
+    }
+
+    #[test]
+    fn build_as_a_table_takes_composes_keys_with_dockerfile_relative_to_the_context() {
+        let m = parse_str(&one_container(
+            "build = { context = \"svc\", dockerfile = \"docker/Prod.Dockerfile\", \
+             args = { VERSION = \"1.2\", EMPTY = \"\" }, target = \"final\" }",
+        ))
+        .expect("valid");
+        let spec = build_of(&m.containers[0]);
+        assert_eq!(spec.context, PathBuf::from("/m/svc"));
+        assert_eq!(
+            spec.dockerfile,
+            PathBuf::from("/m/svc/docker/Prod.Dockerfile")
+        );
+        assert_eq!(
+            spec.args.iter().collect::<Vec<_>>(),
+            [
+                (&"EMPTY".to_owned(), &String::new()),
+                (&"VERSION".to_owned(), &"1.2".to_owned())
+            ]
+        );
+        assert_eq!(spec.target.as_deref(), Some("final"));
+        // The sub-table form, and context defaulting to the manifest's directory.
+        let m = parse_str(
+            "name = \"demo\"\n[[container]]\nname = \"web\"\n[container.build]\ntarget = \"t\"\n",
+        )
+        .expect("valid");
+        let spec = build_of(&m.containers[0]);
+        assert_eq!(spec.context.to_str(), Some("/m"));
+        assert_eq!(spec.dockerfile.to_str(), Some("/m/Dockerfile"));
+    }
+
+    #[test]
+    fn containers_with_the_same_build_share_one_image_named_after_the_first() {
+        let m = parse_str(
+            r#"
+name = "demo"
+[[container]]
+name = "web"
+build = "app"
+[[container]]
+name = "worker"
+build = { context = "./app", dockerfile = "Dockerfile" }
+[[container]]
+name = "other"
+build = { context = "app", target = "debug" }
+"#,
+        )
+        .expect("valid");
+        let [web, worker, other] = &m.containers[..] else {
+            panic!("three containers")
+        };
+        assert_eq!(web.image, worker.image, "one build for the same spec");
+        assert_eq!(worker.image.text, "localhost/hafen-build/demo:web");
+        assert_ne!(other.image, web.image);
+        assert_eq!(other.image.text, "localhost/hafen-build/demo:other");
+    }
+
+    #[test]
+    fn the_built_images_name_is_a_reference_for_every_valid_name() {
+        // A repository component cannot end with '-'; a tag can.
+        let tag = build_tag("demo-", "web-").expect("a reference");
+        assert_eq!(tag.to_string(), "localhost/hafen-build/demo:web-");
+        assert_eq!(
+            build_tag("a--b", "0").expect("a reference").to_string(),
+            "localhost/hafen-build/a--b:0"
+        );
+    }
+
+    #[test]
+    fn image_and_build_are_one_or_the_other() {
+        let e = error_of(&one_container("image = \"oci:i\"\nbuild = \"app\""));
+        assert!(
+            e.contains("container[0]:") && e.contains("both image and build"),
+            "{e}"
+        );
+        let e = error_of(&one_container(""));
+        assert!(
+            e.contains("container[0]:") && e.contains("neither image nor build"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_builds_name_the_field_and_what_is_wrong() {
+        for (build, wanted) in [
+            ("build = \"\"", "context is empty"),
+            ("build = { context = \"\" }", "context is empty"),
+            ("build = { dockerfile = \"\" }", "dockerfile is empty"),
+            (
+                "build = \"https://github.com/org/app.git\"",
+                "is a URL: hafen build reads a local directory",
+            ),
+            ("build = \"git@github.com:org/app.git\"", "is a URL"),
+            (
+                "build = { context = \"app\", dockerfile_inline = \"FROM x\" }",
+                "unknown field `dockerfile_inline`",
+            ),
+            (
+                "build = { context = \"app\", network = \"host\" }",
+                "unknown field `network`",
+            ),
+            ("build = 3", "3 is not a build"),
+            ("build = [\"app\"]", "is not a build"),
+            (
+                "build = { args = { V = 1 } }",
+                "V = 1 is not a string: write V = \"1\"",
+            ),
+            (
+                "build = { args = [\"V=1\"] }",
+                "args: [\"V=1\"] is not a table",
+            ),
+            (
+                "build = { args = { \"A B\" = \"x\" } }",
+                "\"A B\" is not a build argument",
+            ),
+            (
+                "build = { target = \"\" }",
+                "target: \"\" is not a stage name",
+            ),
+        ] {
+            let e = error_of(&one_container(build));
+            assert!(
+                e.contains("container[0].build:") && e.contains(wanted),
+                "{build}: {e}"
+            );
+        }
     }
 
     #[test]
