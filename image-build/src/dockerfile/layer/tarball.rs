@@ -78,11 +78,13 @@ fn write_field(field: &mut [u8], text: &[u8]) {
     field[..n].copy_from_slice(&text[..n]);
 }
 
-/// Writes a numeric field in octal, zero-padded and NUL-terminated.
+/// Writes a numeric field in octal, zero-padded and NUL-terminated (the
+/// caller makes sure it fits; [`numeric_field`] chooses).
 fn octal_field(field: &mut [u8], value: u64) {
     let width = field.len() - 1;
     let text = format!("{value:0width$o}");
-    field[..width].copy_from_slice(text.as_bytes());
+    let start = text.len() - width.min(text.len());
+    field[..width].copy_from_slice(&text.as_bytes()[start..]);
     field[width] = 0;
 }
 
@@ -204,8 +206,8 @@ pub(crate) fn write_entry(out: &mut Vec<u8>, e: &TarEntry<'_>) {
         write_field(&mut h.0[157..257], link.as_bytes());
     }
     if matches!(e.kind, EntryType::Char | EntryType::Block) {
-        octal_field(&mut h.0[329..337], u64::from(e.device.0));
-        octal_field(&mut h.0[337..345], u64::from(e.device.1));
+        numeric_field(&mut h.0[329..337], u64::from(e.device.0));
+        numeric_field(&mut h.0[337..345], u64::from(e.device.1));
     }
     out.extend_from_slice(&h.finish());
     if size > 0 {

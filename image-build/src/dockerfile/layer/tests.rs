@@ -1091,3 +1091,24 @@ fn hostile_archives_and_whiteout_names_are_refused() {
     let layer = copy_from_context(dir.path(), "ADD abs.tar /x/", &root).expect("absolute name");
     assert_eq!(paths(&layer.tar), ["x/", "x/etc/", "x/etc/passwd"]);
 }
+
+#[test]
+fn devices_from_a_stage_stay_devices() {
+    use crate::tree::tests::{tar_of, E};
+    let mut stage = Tree::new();
+    stage
+        .apply_layer(0, tar_of(&[E::Char("dev/null", 1, 3)]).as_slice())
+        .expect("stage");
+    let step = copy_step("COPY --from=src /dev/ /dev/");
+    let layer =
+        copy_layer(&step, CopySource::Tree(&stage), &Tree::new(), "COPY", EPOCH).expect("copy");
+    let lines = gnu_tar_list(&layer.tar);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("crw-rw-rw- 0/0 1,3") && l.ends_with("dev/null")),
+        "{lines:#?}"
+    );
+    let t = applied(&Tree::new(), &layer);
+    assert_eq!(t.nodes["dev/null"].kind, Kind::Char(1, 3));
+}
