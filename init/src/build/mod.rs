@@ -205,7 +205,11 @@ pub fn run_op(place: &Place, op: &BuildOp) -> i32 {
     let result = match op {
         BuildOp::PutLayer { layer } => layer::put(&place.storage, *layer, std::io::stdin().lock()),
         BuildOp::GetLayer { layer, epoch } => {
-            layer::get(&place.storage, *layer, *epoch, std::io::stdout().lock())
+            // As a File, like the volume export's: one copy of the packer.
+            match rustix::stdio::stdout().try_clone_to_owned() {
+                Ok(fd) => layer::get(&place.storage, *layer, *epoch, std::fs::File::from(fd)),
+                Err(e) => Err(format!("stdout: {e}")),
+            }
         }
         BuildOp::DropLayers { layers } => layer::drop_layers(place, layers),
         BuildOp::Run(step) => return step::run(place, step),

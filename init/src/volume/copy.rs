@@ -298,44 +298,46 @@ impl<W: Write> Exporter<W> {
     /// Archives what `dir` (at `rel` in the volume) holds, depth first.
     fn walk(&mut self, dir: &OwnedFd, rel: &[u8]) -> Result<(), String> {
         let shown = |name: &[u8]| String::from_utf8_lossy(name).into_owned();
-        let names = names(dir).map_err(|e| format!("read directory ./{}: {e}", shown(rel)))?;
-        // Each name with its stat and the name it is written under (a
-        // whiteout's differs), in the order of the written names.
-        let mut children = Vec::with_capacity(names.len());
-        for name in names {
-            let path = child_path(rel, &name);
-            let stat = rustix::fs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| format!("stat ./{}: {e}", shown(&path)))?;
-            let written = if self.opts.layer && is_whiteout(&stat) {
-                [WHITEOUT_PREFIX, &name].concat()
-            } else {
-                if self.opts.layer && name.starts_with(WHITEOUT_PREFIX) {
+        let mut names = names(dir).map_err(|e| format!("read directory ./{}: {e}", shown(rel)))?;
+        if self.opts.layer {
+            // Whiteouts are written as `.wh.NAME`, in the order of the
+            // written names (a real `.wh.` name would be taken for one).
+            for name in &mut names {
+                let stat = rustix::fs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| format!("stat ./{}: {e}", shown(&child_path(rel, name))))?;
+                if is_whiteout(&stat) {
+                    name.splice(0..0, WHITEOUT_PREFIX.iter().copied());
+                } else if name.starts_with(WHITEOUT_PREFIX) {
                     return Err(format!(
                         "./{} has a name OCI layers reserve for whiteouts (.wh.*)",
-                        shown(&path)
+                        shown(&child_path(rel, name))
                     ));
                 }
-                name.clone()
+            }
+            names.sort();
+        }
+        for written in names {
+            let whiteout = self.opts.layer && written.starts_with(WHITEOUT_PREFIX);
+            let name = if whiteout {
+                &written[WHITEOUT_PREFIX.len()..]
+            } else {
+                &written[..]
             };
-            children.push((written, name, stat));
-        }
-        if self.opts.layer {
-            children.sort_by(|a, b| a.0.cmp(&b.0));
-        }
-        for (written, name, stat) in children {
-            let path = child_path(rel, &name);
-            if written != name {
-                // A whiteout: its own marker, never a hard link (overlayfs
-                // links its whiteouts to one inode).
+            let path = child_path(rel, name);
+            let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| format!("stat ./{}: {e}", shown(&path)))?;
+            if whiteout {
+                // Its own marker, never a hard link (overlayfs links its
+                // whiteouts to one inode).
                 let mtime = (stat.st_mtime, stat.st_mtime_nsec as u32);
                 self.write(&marker_entry(child_path(rel, &written), mtime))?;
                 continue;
             }
             let Some(mut e) = entry_from(&stat, path) else {
-                eprintln!("hafen: skipped ./{} (a socket)", shown(&name));
+                eprintln!("hafen: skipped ./{} (a socket)", shown(name));
                 continue;
             };
-            e.xattrs = read_xattrs(XattrTarget::Path(fd_path(dir.as_fd(), &name)));
+            e.xattrs = read_xattrs(XattrTarget::Path(fd_path(dir.as_fd(), name)));
             if e.kind != Kind::Dir && stat.st_nlink > 1 {
                 let key = (stat.st_dev, stat.st_ino);
                 if let Some(first) = self.links.get(&key) {
@@ -350,7 +352,7 @@ impl<W: Write> Exporter<W> {
             }
             match e.kind {
                 Kind::Symlink => {
-                    e.link = rustix::fs::readlinkat(dir, name.as_slice(), Vec::new())
+                    e.link = rustix::fs::readlinkat(dir, name, Vec::new())
                         .map_err(|err| format!("read symlink ./{}: {err}", e.display()))?
                         .into_bytes();
                     self.write(&e)?;
@@ -358,7 +360,7 @@ impl<W: Write> Exporter<W> {
                 Kind::File => {
                     let fd = rustix::fs::openat(
                         dir,
-                        name.as_slice(),
+                        name,
                         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                         Mode::empty(),
                     )
@@ -381,7 +383,7 @@ impl<W: Write> Exporter<W> {
                 Kind::Dir => {
                     let sub = rustix::fs::openat(
                         dir,
-                        name.as_slice(),
+                        name,
                         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                         Mode::empty(),
                     )
