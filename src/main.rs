@@ -481,6 +481,14 @@ struct ImageBuildArgs {
     /// build checks; exit 1 when the build would fail.
     #[arg(long)]
     check: bool,
+    /// Resolve every base image in its registry again instead of taking
+    /// the local store's.
+    #[arg(long)]
+    pull: bool,
+    /// RUN steps' network: none (only loopback, the default) or host (the
+    /// build VM's, which reaches beyond this machine).
+    #[arg(long, value_name = "none|host")]
+    network: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -778,6 +786,8 @@ fn image_build(args: ImageBuildArgs) -> Result<ExitCode, Box<dyn std::error::Err
         platform: args.platform,
         output: args.output,
         check: args.check,
+        pull: args.pull,
+        network: args.network,
     };
     // Base images are looked up in an existing store only; a check never
     // creates one.
@@ -794,7 +804,23 @@ fn image_build(args: ImageBuildArgs) -> Result<ExitCode, Box<dyn std::error::Err
         eprint!("{}", outcome.rendered);
         return Ok(ExitCode::FAILURE);
     }
-    cli::build(&request, store.as_ref())?;
+    let store = match store {
+        Some(store) => store,
+        None => hafen_image_build::store::Store::open_default()?,
+    };
+    let built = cli::build(&request, &store)?;
+    eprintln!(
+        "built {} ({} steps cached, {} executed{})",
+        built.digest,
+        built.cached,
+        built.executed,
+        if built.booted_vm {
+            ""
+        } else {
+            "; no VM booted"
+        }
+    );
+    println!("{}", built.digest);
     Ok(ExitCode::SUCCESS)
 }
 

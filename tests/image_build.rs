@@ -1,6 +1,6 @@
 //! `hafen image build --check` from the command line: a good multi-stage
 //! Dockerfile passes; each kind of bad input fails with `Dockerfile:LINE`
-//! and what to do; a build without --check says what is missing.
+//! and what to do; a build names the base image it cannot get.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -224,15 +224,21 @@ fn check_takes_a_dockerfile_from_elsewhere_and_its_own_ignore_file() {
 }
 
 #[test]
-fn build_without_check_says_the_vm_executor_is_missing() {
-    let ctx = Context::new(GOOD, &[("src/hello.txt", "h"), ("bin/run", "r")]);
+fn a_build_names_the_base_image_it_cannot_get_and_its_line() {
+    // Nothing listens on port 1: the pull fails at once, and nothing leaves
+    // this machine.
+    let ctx = Context::new("FROM 127.0.0.1:1/nothing:1\nRUN true\n", &[]);
+    let started = std::time::Instant::now();
     let out = ctx.build(&["-t", "app:1"]);
-    let (_, stderr) = text(&out);
+    let (stdout, stderr) = text(&out);
     assert!(!out.status.success());
+    assert!(stdout.is_empty(), "{stdout}");
     assert!(
-        stderr.contains("not implemented yet: RUN steps need the VM executor (issue 13)"),
+        stderr.contains("Dockerfile:1") && stderr.contains("127.0.0.1:1/nothing:1"),
         "{stderr}"
     );
+    assert!(stderr.contains("pulling it failed"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
     // A bad Dockerfile is still reported as such first.
     let ctx = Context::new("FROM busybox\nFORM x\n", &[]);
     let (_, stderr) = text(&ctx.build(&[]));

@@ -206,6 +206,12 @@ fn make(opts: &ImportOptions) -> Result<Made, Error> {
             kind: "layers".into(),
             diff_ids: vec![diff_id],
         },
+        // Builders on top of it (buildah, hafen image build) expect a
+        // history entry for every layer.
+        history: Some(vec![serde_json::json!({
+            "created": "1970-01-01T00:00:00Z",
+            "created_by": "hafen image import",
+        })]),
     };
     let config_json = serde_json::to_vec(&config)
         .map_err(|e| Error::Invalid(format!("cannot encode the image config: {e}")))?;

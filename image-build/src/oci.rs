@@ -125,6 +125,10 @@ pub struct ImageConfig {
     /// Layer diff ids.
     #[serde(default)]
     pub rootfs: RootFs,
+    /// How each layer was made (`created_by`, `empty_layer`, ...), oldest
+    /// first: one entry per layer besides the empty ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<serde_json::Value>>,
 }
 
 /// The image's defaults for running it.

@@ -35,6 +35,10 @@ pub struct BuildRequest {
     pub output: Option<String>,
     /// `--check`.
     pub check: bool,
+    /// `--pull`: resolve every base image in its registry again.
+    pub pull: bool,
+    /// `--network`: `none` (the default) or `host`, for RUN steps.
+    pub network: Option<String>,
 }
 
 /// Where a build's image goes besides the store.
@@ -80,7 +84,7 @@ impl BuildRequest {
     }
 
     /// Checks the arguments that do not need the Dockerfile.
-    fn arguments(
+    pub(crate) fn arguments(
         &self,
         file: &str,
     ) -> Result<(Platform, std::collections::BTreeMap<String, String>), Errors> {
@@ -196,26 +200,21 @@ pub fn run_check(req: &BuildRequest, store: Option<&Store>) -> CheckOutcome {
     CheckOutcome { report, rendered }
 }
 
-/// Why a build did not run.
+/// Why a build did not run or did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The Dockerfile, the context or the arguments are wrong.
     #[error("{0}")]
     Invalid(Errors),
-    /// The build needs what is not there yet.
-    #[error("not implemented yet: {0}")]
-    NotImplemented(String),
+    /// A step failed: the error names its line.
+    #[error("{0}")]
+    Failed(Box<super::Error>),
+    /// The store, the build VM or the output failed.
+    #[error("{0}")]
+    Builder(String),
 }
 
-/// `hafen image build` without `--check`. Executing RUN steps needs the VM
-/// executor, which does not exist yet: after validating everything this
-/// says so.
-pub fn build(req: &BuildRequest, store: Option<&Store>) -> Result<(), BuildError> {
-    let outcome = run_check(req, store);
-    if !outcome.report.errors.is_empty() {
-        return Err(BuildError::Invalid(Errors(outcome.report.errors)));
-    }
-    Err(BuildError::NotImplemented(
-        "RUN steps need the VM executor (issue 13); `hafen image build --check` validates a Dockerfile and its context now".into(),
-    ))
+/// `hafen image build` without `--check`: builds into the local store.
+pub fn build(req: &BuildRequest, store: &Store) -> Result<super::build::Built, BuildError> {
+    super::build::build(req, store)
 }

@@ -18,6 +18,8 @@
 //!
 //! [`check::check`] runs 1-4 without executing anything.
 
+pub mod build;
+pub mod cache;
 pub mod check;
 pub mod cli;
 pub mod context;
