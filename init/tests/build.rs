@@ -131,7 +131,7 @@ fn a_run_step_writes_its_changes_into_the_new_layer_and_streams_its_output() {
         &[1],
         "echo out; echo err >&2; mkdir /newdir; echo data > /newdir/f; rm /bin/ls; \
          pwd; id -u; hostname; cat /dev/pipes/note; cat /etc/hosts | grep -c builder; \
-         ip -o link | wc -l; ip -o link show lo | grep -c LOWER_UP; grep -c 'CapEff:\t00000000a80425fb' /proc/self/status; \
+         ip -o link | wc -l; ip -o link show lo | grep -c LOWER_UP; grep -c 'no network' /etc/resolv.conf; grep -c 'CapEff:\t00000000a80425fb' /proc/self/status; \
          exit 3",
     );
     s.cwd = "/work/dir".into();
@@ -145,8 +145,20 @@ fn a_run_step_writes_its_changes_into_the_new_layer_and_streams_its_output() {
     let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
     assert_eq!(
         lines,
-        ["out", "/work/dir", "0", "builder", "a note", "1", "1", "1", "1"],
-        "stdout: output, cwd, uid, hostname, /dev/pipes, /etc/hosts, only lo (up), Docker's caps; stderr: {}",
+        [
+            "out",
+            "/work/dir",
+            "0",
+            "builder",
+            "a note",
+            "1",
+            "1",
+            "1",
+            "1",
+            "1"
+        ],
+        "stdout: output, cwd, uid, hostname, /dev/pipes, /etc/hosts, only lo (up), \
+         no nameserver, Docker's caps; stderr: {}",
         stderr(&out)
     );
     assert_eq!(stderr(&out).trim(), "err");

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use hafen_proto::build::{RunStep, StepFile, SETUP_FAILED};
 use hafen_proto::capability;
+use hafen_proto::net::{self, NetworkConfig, NETWORK_CONFIG};
 use hafen_proto::spec::{
     Capabilities, DeviceRule, Linux, Mount, Namespace, Process, Resources, Root, Spec, User,
     OCI_VERSION,
@@ -235,12 +236,7 @@ impl Run<'_> {
         let hosts = dir.join("hosts");
         let resolv = dir.join("resolv.conf");
         write_file(&hosts, hosts_file(&step.hostname).as_bytes()).map_err(setup)?;
-        let resolv_text = if step.host_network {
-            std::fs::read("/etc/resolv.conf").unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        write_file(&resolv, &resolv_text).map_err(setup)?;
+        write_file(&resolv, &resolv_conf(step.host_network)).map_err(setup)?;
         // 5. The new layer and the overlay over it.
         let upper = storage.layer(n);
         rustix::fs::mkdir(&upper, Mode::from_raw_mode(0o755)).map_err(|e| match e {
@@ -468,6 +464,22 @@ fn hosts_file(hostname: &str) -> String {
     }
     text.push_str("\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     text
+}
+
+/// The step's /etc/resolv.conf: with the VM's network, what the VM's
+/// network plan gives its containers (slirp's DNS when outbound traffic is
+/// allowed), else the VM's own file; without a network, no nameserver.
+fn resolv_conf(host_network: bool) -> Vec<u8> {
+    if !host_network {
+        return b"# this build step has no network\n".to_vec();
+    }
+    let plan = std::fs::read(NETWORK_CONFIG)
+        .ok()
+        .and_then(|text| serde_json::from_slice::<NetworkConfig>(&text).ok());
+    match plan {
+        Some(config) => net::resolv_conf(&config).into_bytes(),
+        None => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+    }
 }
 
 /// Makes the stubs layer (once; several helpers may race to).
