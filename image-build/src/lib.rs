@@ -76,10 +76,49 @@ pub struct BuildSummary {
     pub images: Vec<String>,
     /// Size of the compressed initramfs.
     pub initramfs_bytes: u64,
+    /// The images built from Dockerfiles (`build =`), in declared order.
+    pub built: Vec<DockerfileBuild>,
+}
+
+/// An image `hafen build` built from a container's `build =`.
+#[derive(Debug, Clone)]
+pub struct DockerfileBuild {
+    /// Its name in the local store ([`manifest::BuildSpec::tag`]).
+    pub tag: String,
+    /// Its manifest's digest: what the image directory holds.
+    pub digest: String,
+    /// Steps the cache answered.
+    pub cached: usize,
+    /// Steps executed.
+    pub executed: usize,
+    /// Whether a builder VM was booted (not when every RUN was cached).
+    pub booted_vm: bool,
+}
+
+impl fmt::Display for DockerfileBuild {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "built {} ({}): {} step{} cached, {} executed, {}",
+            self.tag,
+            self.digest,
+            self.cached,
+            if self.cached == 1 { "" } else { "s" },
+            self.executed,
+            if self.booted_vm {
+                "in a builder VM"
+            } else {
+                "no VM booted"
+            }
+        )
+    }
 }
 
 impl fmt::Display for BuildSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for built in &self.built {
+            writeln!(f, "{built}")?;
+        }
         write!(
             f,
             "built {}: {} container{} ({}), {} image{}, initramfs {} KiB",
@@ -231,6 +270,18 @@ pub enum Error {
     /// `hafen.lock` cannot be read or written.
     #[error(transparent)]
     Lock(#[from] lock::LockError),
+    /// Building a container's image from its Dockerfile failed; the cause
+    /// names the Dockerfile's line.
+    #[error("container {container}: build {}", context.display())]
+    Dockerfile {
+        /// The container whose `build` it is.
+        container: String,
+        /// The build context.
+        context: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<dockerfile::cli::BuildError>,
+    },
     /// Pulling a container's image failed.
     #[error("container {container}: pull {image}")]
     Pull {
@@ -805,17 +856,28 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
     let (vmlinux, bzimage) = locate_kernel(opts.kernel.as_deref())?;
     let (_, init) = locate_init(opts.init.as_deref())?;
 
-    // Registry images: pinned by hafen.lock, pulled when the store lacks them.
     let mut store = None;
+    // Dockerfile builds come first: one may boot a builder VM, which forks
+    // and needs a process without other threads (the pulls below start
+    // some, and join them).
+    let built = build_dockerfiles(&manifest, opts.pull, &mut store)?;
+    // Registry images: pinned by hafen.lock, pulled when the store lacks them.
     let pinned = pin_registry_images(&manifest, opts, &mut store)?;
-    // Resolve each distinct image once.
+    // Resolve each distinct image once; built and pinned ones by digest.
     let mut images: BTreeMap<ImageRef, Resolved> = BTreeMap::new();
     for c in &manifest.containers {
         if !images.contains_key(&c.image) {
-            let source = match pinned.get(&c.image.text) {
+            let by_digest = match &c.image.source {
+                ImageSource::Build(spec) => built
+                    .iter()
+                    .find(|b| b.tag == c.image.text)
+                    .map(|b| spec.tag.with_digest(&b.digest)),
+                _ => pinned.get(&c.image.text).cloned(),
+            };
+            let source = match by_digest {
                 Some(reference) => &ImageRef {
                     text: c.image.text.clone(),
-                    source: ImageSource::Registry(reference.clone()),
+                    source: ImageSource::Registry(reference),
                 },
                 None => &c.image,
             };
@@ -992,7 +1054,74 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
         containers: manifest.containers.iter().map(|c| c.name.clone()).collect(),
         images: images.values().map(|r| r.image.digest.clone()).collect(),
         initramfs_bytes: initramfs.len() as u64,
+        built,
     })
+}
+
+/// Builds each distinct `build =` image of `manifest` with the Dockerfile
+/// builder into the local store, under its [`manifest::BuildSpec::tag`]
+/// (`pull`: resolve the base images in their registries again). The
+/// results are used by digest and never pinned in `hafen.lock`: the
+/// build's own cache makes an unchanged rebuild the same image.
+fn build_dockerfiles(
+    manifest: &manifest::Manifest,
+    pull: bool,
+    store: &mut Option<Store>,
+) -> Result<Vec<DockerfileBuild>, Error> {
+    let mut done: Vec<DockerfileBuild> = Vec::new();
+    for (i, c) in manifest.containers.iter().enumerate() {
+        let ImageSource::Build(spec) = &c.image.source else {
+            continue;
+        };
+        let tag = spec.tag.to_string();
+        if done.iter().any(|d| d.tag == tag) {
+            continue;
+        }
+        if !spec.context.is_dir() {
+            return Err(Error::Manifest(manifest::ManifestError::Invalid {
+                path: manifest.path.clone(),
+                field: format!("container[{i}].build"),
+                message: format!(
+                    "container {:?}: the context {} is not a directory",
+                    c.name,
+                    spec.context.display()
+                ),
+            }));
+        }
+        let store = match store {
+            Some(store) => store,
+            None => store.insert(Store::open_default()?),
+        };
+        let request = dockerfile::cli::BuildRequest {
+            context: spec.context.clone(),
+            dockerfile: Some(spec.dockerfile.clone()),
+            tags: vec![tag.clone()],
+            build_args: spec.args.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            target: spec.target.clone(),
+            pull,
+            network: None,
+            ..Default::default()
+        };
+        eprintln!(
+            "building {tag} for container {} from {}",
+            c.name,
+            spec.dockerfile.display()
+        );
+        let built =
+            dockerfile::cli::build(&request, store).map_err(|source| Error::Dockerfile {
+                container: c.name.clone(),
+                context: spec.context.clone(),
+                source: Box::new(source),
+            })?;
+        done.push(DockerfileBuild {
+            tag,
+            digest: built.digest,
+            cached: built.cached,
+            executed: built.executed,
+            booted_vm: built.booted_vm,
+        });
+    }
+    Ok(done)
 }
 
 /// What every image's initramfs holds besides its containers: the
