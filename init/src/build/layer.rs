@@ -12,6 +12,7 @@ use rustix::fs::{Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use super::{step_cgroup, Place, Storage};
+use crate::container::cgroup;
 use crate::volume::copy::{self, PackOptions, UnpackOptions};
 
 fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
@@ -104,8 +105,9 @@ pub fn drop_layers(place: &Place, layers: &[u32]) -> Result<(), String> {
             }
         }
         // Left by a step that was killed; empty by now.
-        let cgroup = place.cgroup_root.join(step_cgroup(&place.cgroup_parent, n));
-        let _ = std::fs::remove_dir(cgroup);
+        if let Some(root) = cgroup::find_v2(&place.cgroup_root) {
+            let _ = std::fs::remove_dir(root.join(step_cgroup(&place.cgroup_parent, n)));
+        }
     }
     match failed {
         0 => Ok(()),
