@@ -706,6 +706,7 @@ fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 control: !args.no_control,
                 data_size: args.data_size,
                 host_volumes: args.volumes,
+                stop_with_caller: false,
             };
             if args.detach {
                 println!("{}", hafen_qemu::run_detached(&opts)?);
@@ -788,6 +789,8 @@ fn image_build(args: ImageBuildArgs) -> Result<ExitCode, Box<dyn std::error::Err
         check: args.check,
         pull: args.pull,
         network: args.network,
+        kernel: None,
+        init: None,
     };
     // Base images are looked up in an existing store only; a check never
     // creates one.

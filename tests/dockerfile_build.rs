@@ -612,3 +612,55 @@ CMD [\"sh\"]
         assert_eq!(o, t, "config field {field}");
     }
 }
+
+#[test]
+fn a_killed_build_leaves_no_vm_behind() {
+    let env = Env::new();
+    let ctx = env.context(
+        "killed",
+        &[(
+            "Dockerfile",
+            "FROM busybox:test\nRUN echo step-started && sleep 600\n",
+        )],
+    );
+    let mut child = env
+        .command(&["image", "build"])
+        .arg(&ctx)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("hafen image build");
+    let mut stderr = child.stderr.take().expect("stderr");
+    // Read until the step runs in the VM.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !String::from_utf8_lossy(&seen).contains("step-started") {
+        use std::io::Read;
+        let n = stderr.read(&mut buf).expect("read");
+        assert!(
+            n > 0 && std::time::Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // SIGKILL: no handler of ours runs; the VM must still go.
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let vms = env.path("run/hafen/vms");
+    common::eventually(
+        "the build VM stops with its build",
+        std::time::Duration::from_secs(30),
+        || {
+            let left: Vec<_> = std::fs::read_dir(&vms)
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still there: {left:?}"))
+            }
+        },
+    );
+}

@@ -860,7 +860,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
     // Dockerfile builds come first: one may boot a builder VM, which forks
     // and needs a process without other threads (the pulls below start
     // some, and join them).
-    let built = build_dockerfiles(&manifest, opts.pull, &mut store)?;
+    let built = build_dockerfiles(&manifest, opts, &mut store)?;
     // Registry images: pinned by hafen.lock, pulled when the store lacks them.
     let pinned = pin_registry_images(&manifest, opts, &mut store)?;
     // Resolve each distinct image once; built and pinned ones by digest.
@@ -1065,7 +1065,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
 /// build's own cache makes an unchanged rebuild the same image.
 fn build_dockerfiles(
     manifest: &manifest::Manifest,
-    pull: bool,
+    opts: &BuildOptions,
     store: &mut Option<Store>,
 ) -> Result<Vec<DockerfileBuild>, Error> {
     let mut done: Vec<DockerfileBuild> = Vec::new();
@@ -1098,8 +1098,11 @@ fn build_dockerfiles(
             tags: vec![tag.clone()],
             build_args: spec.args.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             target: spec.target.clone(),
-            pull,
+            pull: opts.pull,
             network: None,
+            // The builder VM runs the kernel and init the image gets.
+            kernel: opts.kernel.clone(),
+            init: opts.init.clone(),
             ..Default::default()
         };
         eprintln!(

@@ -3,7 +3,7 @@
 //!
 //! A builder VM is a Hafen VM booted with no containers and the
 //! [`BUILDER_MARKER`] file in its initramfs; only such a PID 1 accepts
-//! [`BuildOp`]s (any other answers `Error { code: Refused }`). The guest
+//! [`BuildOp`]s (any other answers `Error { code: Unsupported }`). The guest
 //! keeps numbered layers, each a directory in overlayfs form (a whiteout is
 //! a 0/0 character device, an opaque directory has
 //! `trusted.overlay.opaque=y`), under [`LAYERS_DIR`]; the host decides the

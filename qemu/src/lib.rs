@@ -75,6 +75,10 @@ pub struct RunOptions {
     pub data_size: Option<u64>,
     /// Volumes backed by host directories instead of the data disk.
     pub host_volumes: Vec<HostVolume>,
+    /// With [`run_detached`]: shut the VM down when the process that
+    /// started it ends, however it ends (a build's VM must not outlive an
+    /// interrupted or killed build).
+    pub stop_with_caller: bool,
 }
 
 /// How a run ended.
@@ -509,6 +513,7 @@ pub fn run_detached(opts: &RunOptions) -> Result<String, Error> {
     network_card(&opts.image, &info)?;
     let name = vm_name(opts, &info)?;
     let vms = state::vms_dir(&state::runtime_dir());
+    let caller = std::process::id();
     // SAFETY: the caller has no other threads (documented); the child only
     // sets itself up and runs the monitor, as a fresh process would.
     let pid = unsafe { libc::fork() };
@@ -518,6 +523,9 @@ pub fn run_detached(opts: &RunOptions) -> Result<String, Error> {
         });
     }
     if pid == 0 {
+        if opts.stop_with_caller {
+            sys::stop_with_parent(caller);
+        }
         let code = detached_child(opts, &name, &vms);
         std::process::exit(code);
     }

@@ -199,6 +199,27 @@ pub fn spawn_qemu(command: &mut Command, inherit: Option<RawFd>) -> io::Result<C
     command.spawn()
 }
 
+/// Has the kernel send this process SIGTERM (a first shutdown request
+/// once the run's handlers are in) when `parent`, the process that forked
+/// it, ends; if it has ended already, sends it now.
+pub fn stop_with_parent(parent: u32) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) with a valid signal number.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGTERM as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } as u32 != parent {
+        // SAFETY: raise with a valid signal number.
+        unsafe { libc::raise(libc::SIGTERM) };
+    }
+}
+
 /// A pidfd for our child `pid`: readable once it has exited. `None` on
 /// kernels without pidfd_open (before 5.3); callers then poll on a timer.
 pub fn pidfd(child: &Child) -> Option<OwnedFd> {

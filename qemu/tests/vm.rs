@@ -89,6 +89,7 @@ fn child(image: PathBuf) -> ! {
         control: true,
         data_size: None,
         host_volumes: Vec::new(),
+        stop_with_caller: false,
     });
     match result {
         Ok(outcome) => {

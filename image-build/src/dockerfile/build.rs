@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use hafen_proto::build::{BuildOp, StepFile};
 use hafen_proto::control::Body;
+use hafen_qemu::client::SessionEnd;
 use hafen_registry::Reference;
 use serde_json::{json, Map, Value};
 
@@ -143,6 +144,8 @@ pub fn build(req: &BuildRequest, store: &Store) -> Result<Built, BuildError> {
         executed: 0,
         work: std::env::temp_dir().join(format!("hafen-build-{}", std::process::id())),
         builder_id: None,
+        kernel: req.kernel.clone(),
+        init: req.init.clone(),
     };
     let result = exec.run(&plan);
     let booted = exec.vm.is_some();
@@ -211,6 +214,8 @@ struct Executor<'a> {
     work: PathBuf,
     /// What runs RUN steps: hafen-init's and the kernel's digests.
     builder_id: Option<String>,
+    kernel: Option<PathBuf>,
+    init: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Executor<'_> {
@@ -596,9 +601,10 @@ impl Executor<'_> {
         if let Some(id) = &self.builder_id {
             return Ok(id.clone());
         }
-        let (_, init) = crate::locate_init(None).map_err(|e| BuildError::Builder(e.to_string()))?;
-        let (vmlinux, _) =
-            crate::locate_kernel(None).map_err(|e| BuildError::Builder(e.to_string()))?;
+        let (_, init) = crate::locate_init(self.init.as_deref())
+            .map_err(|e| BuildError::Builder(e.to_string()))?;
+        let (vmlinux, _) = crate::locate_kernel(self.kernel.as_deref())
+            .map_err(|e| BuildError::Builder(e.to_string()))?;
         let kernel = std::fs::read(&vmlinux)
             .map_err(|e| BuildError::Builder(format!("{}: {e}", vmlinux.display())))?;
         let id = format!("{} {}", oci::digest_of(&init), oci::digest_of(&kernel));
@@ -659,7 +665,12 @@ impl Executor<'_> {
             Network::Default => self.host_network,
         };
         if self.vm.is_none() {
-            let vm = BuilderVm::boot(self.host_network, &self.work)?;
+            let vm = BuilderVm::boot(
+                self.host_network,
+                &self.work,
+                self.kernel.as_deref(),
+                self.init.as_deref(),
+            )?;
             self.vm = Some(vm);
         }
         // Every layer of the stage must be in the VM.
@@ -1032,11 +1043,16 @@ struct BuilderVm {
 impl BuilderVm {
     /// Writes the builder image and boots it detached; returns once its
     /// PID 1 answers.
-    fn boot(outbound: bool, work: &Path) -> Result<BuilderVm, BuildError> {
+    fn boot(
+        outbound: bool,
+        work: &Path,
+        kernel: Option<&Path>,
+        init: Option<&Path>,
+    ) -> Result<BuilderVm, BuildError> {
         let vm_err = |e: &dyn std::fmt::Display| BuildError::Builder(format!("the build VM: {e}"));
         std::fs::create_dir_all(work).map_err(|e| vm_err(&e))?;
         let image_dir = work.join("vm");
-        crate::build_builder(&image_dir, None, None, outbound).map_err(|e| vm_err(&e))?;
+        crate::build_builder(&image_dir, kernel, init, outbound).map_err(|e| vm_err(&e))?;
         let name = format!("build-{}", std::process::id());
         eprintln!("   booting the build VM ({name})");
         let opts = hafen_qemu::RunOptions {
@@ -1050,6 +1066,7 @@ impl BuilderVm {
             control: true,
             data_size: None,
             host_volumes: Vec::new(),
+            stop_with_caller: true,
         };
         let name = hafen_qemu::run_detached(&opts).map_err(|e| vm_err(&e))?;
         let client = match hafen_qemu::client::Client::connect(&name) {
@@ -1086,7 +1103,7 @@ impl BuilderVm {
         input: Option<&File>,
         stdout: &mut dyn Write,
     ) -> Result<i32, BuildError> {
-        let code = self
+        let end = self
             .client
             .session(
                 Body::Build(op),
@@ -1095,10 +1112,12 @@ impl BuilderVm {
                 &mut std::io::stderr(),
             )
             .map_err(|e| BuildError::Builder(format!("the build VM: {e}")))?;
-        if (129..=160).contains(&code) {
-            return Err(BuildError::Builder("interrupted".into()));
+        match end {
+            SessionEnd::Exited(code) => Ok(code),
+            SessionEnd::Interrupted(sig) => Err(BuildError::Builder(format!(
+                "interrupted (signal {sig}); the build VM is shut down"
+            ))),
         }
-        Ok(code)
     }
 
     /// Sends a layer's tar; returns its number in the VM.

@@ -39,6 +39,11 @@ pub struct BuildRequest {
     pub pull: bool,
     /// `--network`: `none` (the default) or `host`, for RUN steps.
     pub network: Option<String>,
+    /// The builder VM's kernel (`None`: `$HAFEN_KERNEL`, then the cache).
+    pub kernel: Option<PathBuf>,
+    /// The builder VM's static hafen-init (`None`: `$HAFEN_INIT`, then
+    /// beside this program).
+    pub init: Option<PathBuf>,
 }
 
 /// Where a build's image goes besides the store.

@@ -186,6 +186,25 @@ enum Wake {
     Timeout,
 }
 
+/// How a [`Client::session`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The process exited with this code (128+N for signal N).
+    Exited(i32),
+    /// We caught signal N and cancelled it.
+    Interrupted(i32),
+}
+
+impl SessionEnd {
+    /// As a shell reports it: the exit code, or 128+N.
+    pub fn code(self) -> i32 {
+        match self {
+            SessionEnd::Exited(code) => code,
+            SessionEnd::Interrupted(sig) => 128 + sig,
+        }
+    }
+}
+
 /// A connection to one VM's monitor.
 #[derive(Debug)]
 pub struct Client {
@@ -343,15 +362,15 @@ impl Client {
     /// Runs a request answered like `Exec` (`ExecStarted`, `Output`,
     /// `ExecExit`): `input`'s bytes go to the process's stdin once it has
     /// started (EOF ends it), its stdout into `stdout`, its stderr into
-    /// `stderr`. Returns its exit code; 128+N when signal N (caught, see
-    /// [`Client::catch_signals`]) made us cancel it.
+    /// `stderr`. Returns how it ended: its exit code, or the signal
+    /// (caught, see [`Client::catch_signals`]) that made us cancel it.
     pub fn session(
         &mut self,
         body: Body,
         input: Option<BorrowedFd<'_>>,
         stdout: &mut dyn Write,
         stderr: &mut dyn Write,
-    ) -> Result<i32, Error> {
+    ) -> Result<SessionEnd, Error> {
         let id = self.fresh_id();
         self.send(id, body)?;
         let mut reading = false;
@@ -377,7 +396,7 @@ impl Client {
                     } => {
                         let _ = stderr.write_all(&data);
                     }
-                    Body::ExecExit { status } => return Ok(status.code()),
+                    Body::ExecExit { status } => return Ok(SessionEnd::Exited(status.code())),
                     Body::Error { code, message } => {
                         let _ = self.send(id, Body::Cancel);
                         return Err(Error::Refused {
@@ -395,7 +414,7 @@ impl Client {
                 }
                 Wake::Signal(sig) => {
                     let _ = self.send(id, Body::Cancel);
-                    return Ok(128 + sig);
+                    return Ok(SessionEnd::Interrupted(sig));
                 }
                 Wake::Timeout => {}
             }

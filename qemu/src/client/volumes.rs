@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::format;
 use super::terminal;
-use super::{out, Client, Error};
+use super::{out, Client, Error, SessionEnd};
 
 fn volumes(client: &mut Client) -> Result<Vec<VolumeInfo>, Error> {
     match client.request(Body::GetVolumes)? {
@@ -111,15 +111,17 @@ fn copy(
 ) -> Result<i32, Error> {
     let mut client = Client::connect(vm)?;
     client.catch_signals(&[])?;
-    client.session(
-        Body::VolumeCopy {
-            volume: name.to_owned(),
-            direction,
-        },
-        input,
-        sink,
-        &mut std::io::stderr(),
-    )
+    client
+        .session(
+            Body::VolumeCopy {
+                volume: name.to_owned(),
+                direction,
+            },
+            input,
+            sink,
+            &mut std::io::stderr(),
+        )
+        .map(SessionEnd::code)
 }
 
 /// `FILE`'s temporary sibling, renamed over it once complete.
