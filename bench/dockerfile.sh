@@ -25,6 +25,9 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# The kernel stays where kernel-config/build.sh cached it; the store is
+# private to this run.
+export HAFEN_KERNEL=${HAFEN_KERNEL:-${HAFEN_CACHE:-$HOME/.cache/hafen}/kernel/default}
 export HAFEN_CACHE=$work/store XDG_RUNTIME_DIR=$work/run
 unset SOURCE_DATE_EPOCH
 

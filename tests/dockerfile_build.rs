@@ -173,7 +173,7 @@ COPY --from=bare /out.txt /srv/bare.txt
 COPY --chown=app:staff --chmod=640 app/hello.txt /srv/owned.txt
 USER app
 WORKDIR /home/app/work
-RUN id -u > uid && id -G > groups && pwd > pwd && echo "$GREETING" > greeting
+RUN id -u > uid && id -G > groups && pwd > pwd && echo "$GREETING" > greeting && echo "$HOME" > home && grep Seccomp: /proc/self/status | tr -d '\t ' > seccomp
 ENV GREETING=hello
 RUN echo "$GREETING" > greeting2
 VOLUME /data
@@ -218,6 +218,13 @@ fn a_multi_stage_dockerfile_builds_in_a_vm_with_every_setting() {
     assert_eq!(file(&tree, "home/app/work/groups"), "1000 50\n");
     assert_eq!(file(&tree, "home/app/work/pwd"), "/home/app/work\n");
     assert_eq!(file(&tree, "home/app/work/greeting"), "\n");
+    assert_eq!(
+        file(&tree, "home/app/work/home"),
+        "/home/app\n",
+        "HOME from passwd"
+    );
+    // The default seccomp profile every appliance container gets (mode 2: a filter).
+    assert_eq!(file(&tree, "home/app/work/seccomp"), "Seccomp:2\n");
     assert_eq!(file(&tree, "home/app/work/greeting2"), "hello\n");
     let work = &tree.nodes["home/app/work"];
     assert_eq!((work.uid, work.gid), (1000, 1000));

@@ -106,6 +106,7 @@ fn step(layer: u32, lowers: &[u32], script: &str) -> RunStep {
         host_network: false,
         hostname: "builder".into(),
         files: Vec::new(),
+        seccomp_json: None,
     }
 }
 

@@ -93,6 +93,11 @@ pub struct RunStep {
     /// Files the process needs outside its root (heredoc scripts at
     /// `/dev/pipes/NAME`); they are not part of the layer.
     pub files: Vec<StepFile>,
+    /// The system call filter, a [`crate::spec::Seccomp`] as JSON (the
+    /// host sends the default profile every container of an appliance
+    /// gets); `None`: no filter. JSON because the spec types leave out
+    /// empty fields, which postcard cannot carry.
+    pub seccomp_json: Option<String>,
 }
 
 /// A file [`RunStep`] puts into the container, outside its layer.
@@ -105,4 +110,46 @@ pub struct StepFile {
     /// The content.
     #[serde(with = "crate::bytes")]
     pub data: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{Body, Envelope};
+
+    #[test]
+    fn every_op_survives_the_wire_with_every_field() {
+        let run = RunStep {
+            layer: 7,
+            lowers: vec![6, 1],
+            args: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/src".into(),
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![50],
+            host_network: false,
+            hostname: "hafen-build".into(),
+            files: vec![StepFile {
+                path: "/dev/pipes/EOF".into(),
+                mode: 0o755,
+                data: b"#!/bin/sh\necho hi\n".to_vec(),
+            }],
+            seccomp_json: Some(r#"{"defaultAction":"SCMP_ACT_ERRNO"}"#.into()),
+        };
+        for op in [
+            BuildOp::PutLayer { layer: 1 },
+            BuildOp::Run(Box::new(run)),
+            BuildOp::GetLayer { layer: 7, epoch: 0 },
+            BuildOp::DropLayers { layers: vec![1, 7] },
+        ] {
+            let envelope = Envelope {
+                id: 3,
+                body: Body::Build(op),
+            };
+            let frame = envelope.to_frame().expect("encode");
+            let back = Envelope::from_payload(&frame[crate::frame::HEADER..]).expect("decode");
+            assert_eq!(back, envelope);
+        }
+    }
 }

@@ -659,6 +659,9 @@ impl Executor<'_> {
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push(format!("PATH={DEFAULT_PATH}"));
         }
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            env.push(format!("HOME={}", home_of(&stage.tree, user.uid)));
+        }
         let host_network = match run.network {
             Network::Host => true,
             Network::None => false,
@@ -708,6 +711,15 @@ impl Executor<'_> {
             additional_gids: user.additional_gids.clone(),
             host_network,
             hostname: "hafen-build".into(),
+            // Docker's default profile, as every container of an appliance
+            // gets (a step runs as root with Docker's default capabilities).
+            seccomp_json: serde_json::to_string(&crate::seccomp::default_profile(
+                &hafen_proto::capability::DEFAULT
+                    .iter()
+                    .map(|c| (*c).to_owned())
+                    .collect::<Vec<_>>(),
+            ))
+            .ok(),
             files: run
                 .files
                 .iter()
@@ -780,6 +792,20 @@ impl Executor<'_> {
             .map_err(|e| BuildError::Builder(format!("cannot encode the image manifest: {e}")))?;
         put(media::MANIFEST, &manifest_json)
     }
+}
+
+/// The home directory of `uid` in the stage's /etc/passwd, `/` when it
+/// has none (Docker's rule for a step's HOME).
+fn home_of(tree: &Tree, uid: u32) -> String {
+    tree.read_text("etc/passwd")
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                let fields: Vec<&str> = line.split(':').collect();
+                (fields.len() >= 6 && fields[2].parse() == Ok(uid) && !fields[5].is_empty())
+                    .then(|| fields[5].to_owned())
+            })
+        })
+        .unwrap_or_else(|| "/".to_owned())
 }
 
 /// Whether a tar holds no entry (the RUN step changed nothing).

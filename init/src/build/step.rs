@@ -25,8 +25,8 @@ use hafen_proto::build::{RunStep, StepFile, SETUP_FAILED};
 use hafen_proto::capability;
 use hafen_proto::net::{self, NetworkConfig, NETWORK_CONFIG};
 use hafen_proto::spec::{
-    Capabilities, DeviceRule, Linux, Mount, Namespace, Process, Resources, Root, Spec, User,
-    OCI_VERSION,
+    Capabilities, DeviceRule, Linux, Mount, Namespace, Process, Resources, Root, Seccomp, Spec,
+    User, OCI_VERSION,
 };
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -206,6 +206,14 @@ impl Run<'_> {
     fn prepare(&mut self) -> Result<Spec, Failure> {
         let (step, storage) = (self.step, &self.place.storage);
         let n = step.layer;
+        // 0. The system call filter the host sent.
+        let seccomp = match &step.seccomp_json {
+            Some(json) => Some(
+                serde_json::from_str(json)
+                    .map_err(|e| setup(format!("the seccomp profile is not valid: {e}")))?,
+            ),
+            None => None,
+        };
         // 1. Modes as Docker's RUN has them (a mkdir gives 0755).
         rustix::process::umask(Mode::from_raw_mode(0o022));
         // 2. Our own mount namespace: the overlay goes when we do, and
@@ -267,10 +275,10 @@ impl Run<'_> {
                 &["rbind", "ro", "nosuid", "nodev"],
             ));
         }
-        Ok(self.spec(&merged, binds))
+        Ok(self.spec(&merged, binds, seccomp))
     }
 
-    fn spec(&self, merged: &Path, binds: Vec<Mount>) -> Spec {
+    fn spec(&self, merged: &Path, binds: Vec<Mount>, seccomp: Option<Seccomp>) -> Spec {
         let step = self.step;
         let caps: Vec<String> = capability::DEFAULT
             .iter()
@@ -338,6 +346,7 @@ impl Run<'_> {
                     ..Resources::default()
                 }),
                 cgroups_path: Some(step_cgroup(&self.place.cgroup_parent, step.layer)),
+                seccomp,
                 ..Linux::default()
             }),
             ..Spec::default()
