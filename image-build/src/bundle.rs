@@ -215,55 +215,7 @@ fn mount(destination: &str, kind: &str, source: &str, options: &[&str]) -> Mount
     }
 }
 
-/// The mounts every container gets.
-pub fn default_mounts() -> Vec<Mount> {
-    vec![
-        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount(
-            "/dev",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        ),
-        mount(
-            "/dev/pts",
-            "devpts",
-            "devpts",
-            &[
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-            ],
-        ),
-        mount(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        ),
-        mount(
-            "/dev/mqueue",
-            "mqueue",
-            "mqueue",
-            &["nosuid", "noexec", "nodev"],
-        ),
-        mount(
-            "/sys",
-            "sysfs",
-            "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
-        ),
-        // The container's own cgroup, read-only: bound, not a fresh cgroup2 mount.
-        mount(
-            "/sys/fs/cgroup",
-            "cgroup",
-            "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
-        ),
-    ]
-}
+pub use hafen_proto::spec::default_mounts;
 
 /// Adds `mounts` (from [`crate::manifest::resolve_mounts`]) to `spec`:
 /// each data-disk volume bound from `layout::VOLUMES_DIR/NAME`, each tmpfs

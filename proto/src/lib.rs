@@ -22,3 +22,4 @@ pub mod rlimit;
 pub mod signal;
 pub mod spec;
 pub mod supervision;
+pub mod time;

@@ -204,6 +204,70 @@ pub struct Mount {
     pub options: Vec<String>,
 }
 
+impl Mount {
+    /// A mount of `kind` from `source` at `destination` with `options`.
+    pub fn new(destination: &str, kind: &str, source: &str, options: &[&str]) -> Mount {
+        Mount {
+            destination: destination.to_owned(),
+            kind: Some(kind.to_owned()),
+            source: Some(source.to_owned()),
+            options: options.iter().map(|o| (*o).to_owned()).collect(),
+        }
+    }
+}
+
+/// The mounts every Hafen container gets (`hafen build`'s bundles and a
+/// builder VM's RUN steps alike).
+pub fn default_mounts() -> Vec<Mount> {
+    let mount = Mount::new;
+    vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
+        // The container's own cgroup, read-only: bound, not a fresh cgroup2 mount.
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
+    ]
+}
+
 /// Linux-specific configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

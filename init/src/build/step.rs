@@ -25,8 +25,8 @@ use hafen_proto::build::{RunStep, StepFile, SETUP_FAILED};
 use hafen_proto::capability;
 use hafen_proto::net::{self, NetworkConfig, NETWORK_CONFIG};
 use hafen_proto::spec::{
-    Capabilities, DeviceRule, Linux, Mount, Namespace, Process, Resources, Root, Seccomp, Spec,
-    User, OCI_VERSION,
+    default_mounts, Capabilities, DeviceRule, Linux, Mount, Namespace, Process, Resources, Root,
+    Seccomp, Spec, User, OCI_VERSION,
 };
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -624,61 +624,6 @@ fn bind(destination: &str, source: &Path, options: &[&str]) -> Mount {
         source: Some(source.to_string_lossy().into_owned()),
         options: options.iter().map(|o| (*o).to_owned()).collect(),
     }
-}
-
-/// The mounts every Hafen container gets (as `hafen build` writes them).
-fn default_mounts() -> Vec<Mount> {
-    let mount = |destination: &str, kind: &str, source: &str, options: &[&str]| Mount {
-        destination: destination.to_owned(),
-        kind: Some(kind.to_owned()),
-        source: Some(source.to_owned()),
-        options: options.iter().map(|o| (*o).to_owned()).collect(),
-    };
-    vec![
-        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount(
-            "/dev",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        ),
-        mount(
-            "/dev/pts",
-            "devpts",
-            "devpts",
-            &[
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-            ],
-        ),
-        mount(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        ),
-        mount(
-            "/dev/mqueue",
-            "mqueue",
-            "mqueue",
-            &["nosuid", "noexec", "nodev"],
-        ),
-        mount(
-            "/sys",
-            "sysfs",
-            "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
-        ),
-        mount(
-            "/sys/fs/cgroup",
-            "cgroup",
-            "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
-        ),
-    ]
 }
 
 #[cfg(test)]
