@@ -1016,6 +1016,7 @@ const HOOKS_REQUEST: u8 = 0xfe;
 /// Creates the container `spec` describes and, without a gate, starts it.
 pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spawned, StartError> {
     let plan = Plan::new(spec, bundle_dir, opts)?;
+    tracing::debug!("{}: spawn planned", opts.id);
     if let RootMount::Overlay { scratch, .. } = &plan.root {
         crate::mount::mkdir_all(scratch, 0o755)
             .map_err(StartError::parent("create scratch directory"))?;
@@ -1028,10 +1029,12 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
         }
         None => None,
     };
+    tracing::debug!("{}: cgroup made", opts.id);
     if let (Some(filter), Some(fd)) = (&plan.device_filter, &cgroup_fd) {
         devices::attach(filter, fd).map_err(StartError::parent(
             "attach the device filter to the container's cgroup",
         ))?;
+        tracing::debug!("{}: device filter attached", opts.id);
     }
     let null = std::fs::File::open("/dev/null").map_err(StartError::parent("open /dev/null"))?;
     let stdio = StdioPipes::new(opts.stdio)?;
@@ -1108,6 +1111,7 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
             report_and_exit(err_w.as_raw_fd(), step, &path, errno)
         }
         CloneResult::Parent(pid) => {
+            tracing::debug!("{}: cloned (pid {pid})", opts.id);
             drop(err_w);
             drop(null);
             let io = stdio.map(StdioPipes::into_parent_ends).transpose()?;
@@ -1140,6 +1144,7 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
                 }),
             };
             let report = read_child_error(&err_r, opts.gate, &mut on_hooks);
+            tracing::debug!("{}: set up, exec'd or failed", opts.id);
             if matches!(report, Some(StartError::Hook(_))) {
                 // Its own hooks never ran: it must not go on to exec.
                 let _ = sys::kill(pid, libc::SIGKILL);
