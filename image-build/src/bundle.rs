@@ -25,29 +25,7 @@ pub const USERNS_HOST_BASE: u32 = 100_000;
 /// How many ids a user-namespaced container gets.
 pub const USERNS_SIZE: u32 = 65_536;
 
-/// Paths under /proc and /sys a container cannot read (Docker's list).
-pub const MASKED_PATHS: &[&str] = &[
-    "/proc/asound",
-    "/proc/acpi",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-
-/// Paths under /proc a container can read but not write (Docker's list).
-pub const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
+pub use hafen_proto::spec::{MASKED_PATHS, READONLY_PATHS};
 
 /// Device access a container gets: nothing, then read, write and mknod of
 /// null, zero, full, random, urandom, tty, console, ptmx and the pty slaves.

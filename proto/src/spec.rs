@@ -216,6 +216,30 @@ impl Mount {
     }
 }
 
+/// Paths under /proc and /sys a container cannot read (Docker's list).
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths under /proc a container can read but not write (Docker's list).
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
 /// The mounts every Hafen container gets (`hafen build`'s bundles and a
 /// builder VM's RUN steps alike).
 pub fn default_mounts() -> Vec<Mount> {

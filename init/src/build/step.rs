@@ -26,7 +26,7 @@ use hafen_proto::capability;
 use hafen_proto::net::{self, NetworkConfig, NETWORK_CONFIG};
 use hafen_proto::spec::{
     default_mounts, Capabilities, DeviceRule, Linux, Mount, Namespace, Process, Resources, Root,
-    Seccomp, Spec, User, OCI_VERSION,
+    Seccomp, Spec, User, MASKED_PATHS, OCI_VERSION, READONLY_PATHS,
 };
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -52,30 +52,6 @@ const STUB_DIRS: &[&str] = &["proc", "dev", "sys", "etc"];
 const STUB_FILES: &[&str] = &["etc/hosts", "etc/resolv.conf"];
 /// How long the step's last processes get to die after its init ended.
 const CGROUP_EMPTY_WAIT: Duration = Duration::from_secs(10);
-
-/// Paths under /proc and /sys a step cannot read (Docker's list).
-const MASKED_PATHS: &[&str] = &[
-    "/proc/asound",
-    "/proc/acpi",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-
-/// Paths under /proc a step can read but not write (Docker's list).
-const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
 
 /// Why a step did not start, and the helper's status for it.
 #[derive(Debug)]

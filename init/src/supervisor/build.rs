@@ -10,7 +10,7 @@
 //! op, or every op when the host's connection goes, kills the helper and
 //! the step's cgroup, so nothing of a step outlives its session.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -180,29 +180,6 @@ fn spawn_helper(
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg0(HELPER_NAME)
         .arg(op_file)
-        .stdin(if input { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    sys::set_up_helper_child(&mut cmd);
-    let mut child = cmd.spawn()?;
-    let pid = child.id() as libc::pid_t;
-    let ours = |fd: Option<OwnedFd>| -> std::io::Result<OwnedFd> {
-        let fd = fd.ok_or_else(|| std::io::Error::other("a pipe is missing"))?;
-        sys::set_nonblocking(fd.as_raw_fd())?;
-        Ok(fd)
-    };
-    let pipes = (|| {
-        let stdout = ours(child.stdout.take().map(OwnedFd::from))?;
-        let stderr = ours(child.stderr.take().map(OwnedFd::from))?;
-        let stdin = match child.stdin.take() {
-            Some(fd) => Some(ours(Some(OwnedFd::from(fd)))?),
-            None => None,
-        };
-        Ok((pid, stdout, stderr, stdin))
-    })();
-    if pipes.is_err() {
-        // PID 1's reaper collects it, like every child.
-        let _ = sys::kill(pid, libc::SIGKILL);
-    }
-    pipes
+        .stdin(if input { Stdio::piped() } else { Stdio::null() });
+    super::exec::spawn_helper_session(&mut cmd)
 }

@@ -610,6 +610,40 @@ impl Supervisor {
     }
 }
 
+/// Spawns a helper child of PID 1 (`cmd`, set up as every helper is) with
+/// piped stdout and stderr (and stdin when `cmd` pipes it), for an exec
+/// session without a container. Returns its pid and PID 1's ends of its
+/// pipes, non-blocking; on failure the child is killed (the reaper
+/// collects it).
+#[allow(clippy::type_complexity)]
+pub(super) fn spawn_helper_session(
+    cmd: &mut std::process::Command,
+) -> std::io::Result<(libc::pid_t, OwnedFd, OwnedFd, Option<OwnedFd>)> {
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    sys::set_up_helper_child(cmd);
+    let mut child = cmd.spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let ours = |fd: Option<OwnedFd>| -> std::io::Result<OwnedFd> {
+        let fd = fd.ok_or_else(|| std::io::Error::other("a pipe is missing"))?;
+        sys::set_nonblocking(fd.as_raw_fd())?;
+        Ok(fd)
+    };
+    let pipes = (|| {
+        let stdout = ours(child.stdout.take().map(OwnedFd::from))?;
+        let stderr = ours(child.stderr.take().map(OwnedFd::from))?;
+        let stdin = match child.stdin.take() {
+            Some(fd) => Some(ours(Some(OwnedFd::from(fd)))?),
+            None => None,
+        };
+        Ok((pid, stdout, stderr, stdin))
+    })();
+    if pipes.is_err() {
+        let _ = sys::kill(pid, libc::SIGKILL);
+    }
+    pipes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

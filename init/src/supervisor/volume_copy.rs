@@ -6,7 +6,7 @@
 //! (thawed when the copier ends, however it ends), and keeps containers
 //! off a volume being imported.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -251,28 +251,6 @@ impl Supervisor {
                 cmd.arg("import").arg(name).stdin(Stdio::piped());
             }
         }
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        sys::set_up_helper_child(&mut cmd);
-        let mut child = cmd.spawn()?;
-        let pid = child.id() as libc::pid_t;
-        let ours = |fd: Option<OwnedFd>| -> std::io::Result<OwnedFd> {
-            let fd = fd.ok_or_else(|| std::io::Error::other("a pipe is missing"))?;
-            sys::set_nonblocking(fd.as_raw_fd())?;
-            Ok(fd)
-        };
-        let pipes = (|| {
-            let stdout = ours(child.stdout.take().map(OwnedFd::from))?;
-            let stderr = ours(child.stderr.take().map(OwnedFd::from))?;
-            let stdin = match child.stdin.take() {
-                Some(fd) => Some(ours(Some(OwnedFd::from(fd)))?),
-                None => None,
-            };
-            Ok((pid, stdout, stderr, stdin))
-        })();
-        if pipes.is_err() {
-            // PID 1's reaper collects it, like every child.
-            let _ = sys::kill(pid, libc::SIGKILL);
-        }
-        pipes
+        super::exec::spawn_helper_session(&mut cmd)
     }
 }
