@@ -141,13 +141,16 @@ fn set_hostname() {
 /// Stops whatever is left, flushes and unmounts filesystems, and powers off
 /// or reboots. If the kernel refuses, PID 1 stays alive doing nothing.
 fn power(action: PowerAction) -> ! {
+    debug!("supervisor done");
     // Anything still alive outside the containers' own namespaces.
     let _ = sys::kill(-1, libc::SIGKILL);
     while let Ok(Some(_)) = sys::reap_one() {}
     crate::volume::release();
     sys::sync();
+    debug!("volumes released");
     mount::unmount_all();
     sys::sync();
+    debug!("unmounted");
     match action {
         PowerAction::PowerOff => info!("powering off"),
         PowerAction::Reboot => info!("rebooting"),

@@ -580,6 +580,7 @@ impl Supervisor {
                 .is_some_and(|(_, fd)| input::power_pressed(fd));
             if pressed {
                 info!("power button pressed");
+                crate::debug!("power button read");
                 self.request_shutdown(PowerAction::PowerOff);
             }
         } else if token >= TOKEN_HEALTH {
