@@ -770,7 +770,7 @@ impl Vm {
         &mut self,
         qmp: Qmp,
         signals: &sys::SignalPipe,
-        power: &std::sync::mpsc::Receiver<monitor::PowerRequest>,
+        power: &monitor::PowerRequests,
     ) -> Result<RunOutcome, Error> {
         let mut qmp = Some(qmp);
         let mut events = Events::default();
@@ -780,7 +780,8 @@ impl Vm {
             let caught = signals.take().map_err(|e| self.wait_error(e))?;
             // A CLI's `hafen stop VM` is a first signal, `hafen kill VM` a second.
             let asked: u32 = power
-                .try_iter()
+                .take()
+                .into_iter()
                 .map(|p| match p {
                     monitor::PowerRequest::Graceful => u32::from(requests == 0),
                     monitor::PowerRequest::Force => 2u32.saturating_sub(requests).max(1),
@@ -830,12 +831,12 @@ impl Vm {
                 return Ok(events.outcome(status));
             }
 
-            let mut fds: Vec<BorrowedFd<'_>> = vec![signals.fd()];
+            let mut fds: Vec<BorrowedFd<'_>> = vec![signals.fd(), power.fd()];
             fds.extend(qmp.as_ref().map(|q| q.stream().as_fd()));
             fds.extend(self.exited.as_ref().map(|fd| fd.as_fd()));
             let mut timeout = kill_at.map(|t| t.saturating_duration_since(Instant::now()));
-            // No pidfd: notice QEMU's exit on a short timer; and the CLI's
-            // power requests arrive on a channel, checked as often.
+            // No pidfd: notice QEMU's exit on a short timer. (The CLI's
+            // power requests wake the loop through `power.fd()`.)
             let tick = if self.exited.is_none() {
                 Duration::from_millis(50)
             } else {

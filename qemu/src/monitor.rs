@@ -106,6 +106,29 @@ pub enum PowerRequest {
     Force,
 }
 
+/// The CLI's power requests as the run loop receives them: a channel, and
+/// a socket that becomes readable when a request is sent, so the loop
+/// wakes at once instead of on its next tick.
+#[derive(Debug)]
+pub struct PowerRequests {
+    rx: Receiver<PowerRequest>,
+    wake: UnixStream,
+}
+
+impl PowerRequests {
+    /// Readable when requests may be waiting.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.wake)
+    }
+
+    /// The requests sent since the last call.
+    pub fn take(&self) -> Vec<PowerRequest> {
+        let mut buf = [0u8; 64];
+        while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
+        self.rx.try_iter().collect()
+    }
+}
+
 /// State shared by the monitor's threads.
 #[derive(Debug)]
 struct Shared {
@@ -123,6 +146,8 @@ struct Shared {
     main_exit: Mutex<Option<ExitStatus>>,
     clients: AtomicU32,
     power: Mutex<Option<mpsc::Sender<PowerRequest>>>,
+    /// Written after each power request: wakes the run loop.
+    power_wake: UnixStream,
 }
 
 impl Shared {
@@ -172,13 +197,16 @@ impl Monitor {
         state_dir: &Path,
         info: VmInfo,
         control: bool,
-    ) -> io::Result<(Monitor, Receiver<PowerRequest>)> {
+    ) -> io::Result<(Monitor, PowerRequests)> {
         let api_socket = state_dir.join(crate::state::API_SOCKET);
         let listener = UnixListener::bind(&api_socket)?;
         std::fs::set_permissions(&api_socket, std::fs::Permissions::from_mode(0o600))?;
         let logs_dir = state_dir.join(crate::state::LOGS_DIR);
         std::fs::create_dir_all(&logs_dir)?;
         let (power_tx, power_rx) = mpsc::channel();
+        let (power_wake, wake) = UnixStream::pair()?;
+        power_wake.set_nonblocking(true)?;
+        wake.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
             info: Mutex::new(info),
             state_dir: state_dir.to_owned(),
@@ -193,6 +221,7 @@ impl Monitor {
             main_exit: Mutex::new(None),
             clients: AtomicU32::new(0),
             power: Mutex::new(Some(power_tx)),
+            power_wake,
         });
         let accept = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -204,7 +233,10 @@ impl Monitor {
                 .name("guest".into())
                 .spawn(move || guest_loop(&guest))?;
         }
-        Ok((Monitor { shared, api_socket }, power_rx))
+        Ok((
+            Monitor { shared, api_socket },
+            PowerRequests { rx: power_rx, wake },
+        ))
     }
 
     /// Records QEMU's pid once it runs.
@@ -615,6 +647,10 @@ fn request(
                 })
                 .is_ok()
             });
+            if sent {
+                // A full socket already says "look"; nothing is lost.
+                let _ = (&shared.power_wake).write(&[1]);
+            }
             client.send(
                 id,
                 if sent {
