@@ -30,17 +30,7 @@ impl Env {
         for d in ["bin", "etc", "tmp", "home/app"] {
             std::fs::create_dir_all(rootfs.join(d)).expect("mkdir");
         }
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static");
-        let list = Command::new("/bin/busybox")
-            .arg("--list")
-            .output()
-            .expect("busybox --list");
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            if applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
-                    .expect("symlink applet");
-            }
-        }
+        common::busybox_applets(&rootfs);
         std::fs::write(
             rootfs.join("etc/passwd"),
             "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
@@ -437,6 +427,36 @@ fn steps_have_no_network_and_the_build_is_reproducible() {
         .expect("touch");
     let (b, _) = env.built(&ctx2, &["-t", "repro:3", "--no-cache"]);
     assert_eq!(a, b, "the same inputs give the same image digest");
+    // --output: an OCI layout (replacing an older one) and a tar of one,
+    // both naming the same manifest.
+    let layout = env.path("out-layout");
+    std::fs::create_dir_all(layout.join("stale")).expect("mkdir");
+    let archive = env.path("out.tar");
+    for output in [
+        format!("oci:{}", layout.display()),
+        format!("oci-archive:{}", archive.display()),
+    ] {
+        let (digest, _) = env.built(&ctx2, &["-t", "repro:4", "--output", &output]);
+        assert_eq!(digest, a);
+    }
+    let index = std::fs::read_to_string(layout.join("index.json")).expect("index.json");
+    assert!(index.contains(&a), "{index}");
+    assert!(
+        !layout.join("stale").exists(),
+        "the old layout was replaced"
+    );
+    let hex = a.trim_start_matches("sha256:");
+    assert!(layout.join("blobs/sha256").join(hex).is_file());
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(&archive)
+        .output()
+        .expect("tar");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains("index.json") && listing.contains(hex),
+        "{listing}"
+    );
     assert_ne!(first, a);
 }
 

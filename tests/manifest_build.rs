@@ -61,17 +61,7 @@ impl Env {
 
         let rootfs = env.path("base");
         std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static");
-        let list = Command::new("/bin/busybox")
-            .arg("--list")
-            .output()
-            .expect("busybox --list");
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            if applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
-                    .expect("symlink applet");
-            }
-        }
+        common::busybox_applets(&rootfs);
 
         let project = env.path("project");
         std::fs::create_dir_all(project.join("app")).expect("mkdir");

@@ -53,6 +53,24 @@ pub fn checker_binary() -> PathBuf {
     path
 }
 
+/// Puts busybox-static into `rootfs/bin` with a link for every applet.
+#[allow(dead_code)] // Not every test binary makes a root filesystem.
+pub fn busybox_applets(rootfs: &Path) {
+    std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir rootfs/bin");
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .expect("copy /bin/busybox (install busybox-static: scripts/setup.sh)");
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
+                .expect("symlink applet");
+        }
+    }
+}
+
 /// A busybox OCI image layout shared by every test in this binary (tag `1`).
 pub fn busybox_layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
@@ -76,18 +94,7 @@ pub fn busybox_layout() -> &'static Path {
         let dir = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
         let rootfs = dir.join("rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir rootfs");
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-            .expect("copy /bin/busybox (install busybox-static: scripts/setup.sh)");
-        let list = Command::new("/bin/busybox")
-            .arg("--list")
-            .output()
-            .expect("busybox --list");
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            if applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
-                    .expect("symlink applet");
-            }
-        }
+        busybox_applets(&rootfs);
         std::fs::copy(checker_binary(), rootfs.join("bin/hafen-check")).expect("copy hafen-check");
         let layout = dir.join("layout");
         let out = Command::new(hafen())

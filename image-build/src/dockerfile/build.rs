@@ -468,26 +468,11 @@ impl Executor<'_> {
                             "RUN --mount is not supported yet: COPY what the step needs first",
                         ));
                     }
-                    let hit = if use_cache {
-                        self.cache.get(self.store, &key)
-                    } else {
-                        None
-                    };
-                    match hit {
-                        Some(entry) => {
-                            self.cached += 1;
-                            eprintln!("#{} CACHED", self.step_no);
-                            Some((key, entry))
-                        }
+                    match self.lookup(&key, use_cache) {
+                        Some(entry) => Some((key, entry)),
                         None => {
                             let entry = self.execute_run(&result, run, line, &ins.text)?;
-                            self.cache.put(&key, &entry).map_err(|e| {
-                                BuildError::Builder(format!(
-                                    "cannot write the build cache in {}: {e}",
-                                    self.cache.dir().display()
-                                ))
-                            })?;
-                            self.executed += 1;
+                            self.record(&key, &entry)?;
                             eprintln!(
                                 "#{} DONE {:.1}s",
                                 self.step_no,
@@ -536,12 +521,8 @@ impl Executor<'_> {
         keyword: &str,
         make: impl FnOnce() -> Result<Option<Vec<u8>>, String>,
     ) -> Result<(Key, Entry), BuildError> {
-        if use_cache {
-            if let Some(entry) = self.cache.get(self.store, &key) {
-                self.cached += 1;
-                eprintln!("#{} CACHED", self.step_no);
-                return Ok((key, entry));
-            }
+        if let Some(entry) = self.lookup(&key, use_cache) {
+            return Ok((key, entry));
         }
         let tar = make().map_err(|m| self.at(line, keyword, m))?;
         let entry = match tar {
@@ -550,14 +531,31 @@ impl Executor<'_> {
                 layer: Some(self.store_layer(&tar)?),
             },
         };
-        self.cache.put(&key, &entry).map_err(|e| {
+        self.record(&key, &entry)?;
+        Ok((key, entry))
+    }
+
+    /// The cache's entry for `key` (counted and shown as cached), unless
+    /// the cache is bypassed for this step.
+    fn lookup(&mut self, key: &Key, use_cache: bool) -> Option<Entry> {
+        let entry = use_cache
+            .then(|| self.cache.get(self.store, key))
+            .flatten()?;
+        self.cached += 1;
+        eprintln!("#{} CACHED", self.step_no);
+        Some(entry)
+    }
+
+    /// Records an executed step's result in the cache.
+    fn record(&mut self, key: &Key, entry: &Entry) -> Result<(), BuildError> {
+        self.cache.put(key, entry).map_err(|e| {
             BuildError::Builder(format!(
                 "cannot write the build cache in {}: {e}",
                 self.cache.dir().display()
             ))
         })?;
         self.executed += 1;
-        Ok((key, entry))
+        Ok(())
     }
 
     /// Compresses a layer and puts it into the store.
@@ -978,25 +976,21 @@ fn write_output(
     }
     match output {
         Output::Oci(dir) => {
-            let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&tmp);
-            let written = (|| -> std::io::Result<()> {
+            // The image directory's writer: a temporary sibling, renamed
+            // into place (the old one kept until then).
+            crate::write_output(dir, |tmp| {
                 for (name, bytes) in &files {
                     let path = tmp.join(name);
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent)?;
+                    let written = match path.parent() {
+                        Some(parent) => std::fs::create_dir_all(parent),
+                        None => Ok(()),
                     }
-                    std::fs::write(path, bytes)?;
+                    .and_then(|()| std::fs::write(&path, bytes));
+                    written.map_err(|source| crate::Error::Output { path, source })?;
                 }
-                if dir.exists() {
-                    std::fs::remove_dir_all(dir)?;
-                }
-                std::fs::rename(&tmp, dir)
-            })();
-            if let Err(e) = written {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(fail(dir, &e));
-            }
+                Ok(())
+            })
+            .map_err(|e| fail(dir, &crate::error_chain(&e)))?;
         }
         Output::OciArchive(file) => {
             let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
