@@ -6,6 +6,7 @@
 #[macro_use]
 pub mod log;
 
+pub mod bringup;
 pub mod build;
 pub mod bundle;
 pub mod container;

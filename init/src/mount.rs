@@ -120,22 +120,6 @@ const EARLY_MOUNTS: &[EarlyMount] = &[
         mode: 0o555,
     },
     EarlyMount {
-        fstype: "devpts",
-        source: "devpts",
-        target: "/dev/pts",
-        flags: MountFlags::NOSUID.union(MountFlags::NOEXEC),
-        data: "mode=0620,ptmxmode=0666",
-        mode: 0o755,
-    },
-    EarlyMount {
-        fstype: "tmpfs",
-        source: "shm",
-        target: "/dev/shm",
-        flags: NOSUID_NODEV_NOEXEC,
-        data: "mode=1777",
-        mode: 0o1777,
-    },
-    EarlyMount {
         fstype: "tmpfs",
         source: "run",
         target: "/run",
@@ -161,11 +145,43 @@ const EARLY_MOUNTS: &[EarlyMount] = &[
     },
 ];
 
-/// Mounts /dev, /proc, /sys, /dev/pts, /dev/shm, /run, /tmp and cgroup2.
-/// Returns one error per mount that failed; the others are still made.
+/// Mounted once the first container has started: no container's start
+/// needs PID 1's own (each mounts its own instances), only `hafen exec -t`
+/// and shared memory of processes outside containers do.
+const LATE_MOUNTS: &[EarlyMount] = &[
+    EarlyMount {
+        fstype: "devpts",
+        source: "devpts",
+        target: "/dev/pts",
+        flags: MountFlags::NOSUID.union(MountFlags::NOEXEC),
+        data: "mode=0620,ptmxmode=0666",
+        mode: 0o755,
+    },
+    EarlyMount {
+        fstype: "tmpfs",
+        source: "shm",
+        target: "/dev/shm",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "mode=1777",
+        mode: 0o1777,
+    },
+];
+
+/// Mounts /dev, /proc, /sys, /run, /tmp and cgroup2: what a container's
+/// start needs. Returns one error per mount that failed; the others are
+/// still made.
 pub fn early_mounts() -> Vec<MountError> {
+    mount_all(EARLY_MOUNTS)
+}
+
+/// Mounts /dev/pts and /dev/shm, as [`early_mounts`] does the others.
+pub fn late_mounts() -> Vec<MountError> {
+    mount_all(LATE_MOUNTS)
+}
+
+fn mount_all(list: &[EarlyMount]) -> Vec<MountError> {
     let mut errors = Vec::new();
-    for m in EARLY_MOUNTS {
+    for m in list {
         if let Err(source) = mkdir_all(m.target, m.mode) {
             errors.push(MountError {
                 step: "create mount point",
@@ -184,23 +200,6 @@ pub fn early_mounts() -> Vec<MountError> {
         }
     }
     errors
-}
-
-/// Enables every controller the kernel offers for child cgroups
-/// (memory, cpu, pids, io, ...). Returns the controllers enabled.
-pub fn enable_cgroup_controllers(cgroup_root: &str) -> io::Result<String> {
-    let available = std::fs::read_to_string(format!("{cgroup_root}/cgroup.controllers"))?;
-    let wanted: Vec<String> = available
-        .split_whitespace()
-        .map(|c| format!("+{c}"))
-        .collect();
-    if !wanted.is_empty() {
-        std::fs::write(
-            format!("{cgroup_root}/cgroup.subtree_control"),
-            wanted.join(" "),
-        )?;
-    }
-    Ok(available.trim().to_owned())
 }
 
 /// Unmounts everything but `/` (deepest first, lazily), for shutdown.

@@ -7,6 +7,7 @@ use std::path::Path;
 use hafen_proto::build::LAYERS_DIR;
 use hafen_proto::layout;
 
+use crate::bringup::Bringup;
 use crate::supervisor::{self, BootClock, PowerAction, Supervisor};
 use crate::{build, bundle, log, mount, sys};
 
@@ -41,25 +42,8 @@ pub fn main() -> ! {
         "early mounts done (hafen-init started at {} ms)",
         init_start_ns / 1_000_000
     );
-    match mount::enable_cgroup_controllers("/sys/fs/cgroup") {
-        Ok(list) => crate::debug!("cgroup controllers: {list}"),
-        Err(e) => warn!("cannot enable cgroup controllers: {e}"),
-    }
-    set_hostname();
-    if let Err(e) = sys::interface_up("lo") {
-        warn!("cannot bring up lo: {e}");
-    }
-    if let Err(e) = sys::disable_ctrl_alt_del() {
-        warn!("cannot route Ctrl-Alt-Del to SIGINT: {e}");
-    }
-    // A container that runs the guest out of memory must never take PID 1.
-    if let Err(e) = sys::protect_from_oom() {
-        warn!("cannot protect PID 1 from the OOM killer: {e}");
-    }
-
-    debug!("hostname, lo and Ctrl-Alt-Del set up");
     let builder = build::is_builder();
-    let mut bundles = if builder {
+    let bundles = if builder {
         // A builder runs build steps for the host, never containers of its own.
         match build::mount_storage() {
             Ok(()) => info!("builder: serving build steps, layers in {LAYERS_DIR}"),
@@ -67,10 +51,6 @@ pub fn main() -> ! {
         }
         Vec::new()
     } else {
-        if let Err(e) = crate::volume::mount_data_disk() {
-            error!("{e}");
-        }
-        crate::volume::mount_host_volumes();
         let (bundles, errors) = bundle::discover(Path::new(layout::CONTAINERS_DIR));
         for e in &errors {
             error!("skipping a container: {e}");
@@ -83,11 +63,13 @@ pub fn main() -> ! {
         );
         bundles
     };
-    debug!("volumes mounted, bundles read");
-    crate::net::set_up(&mut bundles);
-    debug!("network set up");
+    debug!("bundles read");
+    // The rest waits for the first container's start (see bringup).
+    let bringup = Bringup::new(crate::net::Network::load());
 
-    let action = match signals.map(|fd| Supervisor::new(bundles, fd, BootClock { init_start_ns })) {
+    let action = match signals
+        .map(|fd| Supervisor::new(bundles, fd, BootClock { init_start_ns }, bringup))
+    {
         Some(Ok(mut supervisor)) => {
             supervisor.hold_from_last_run(&held);
             if builder {
@@ -125,17 +107,6 @@ fn apply_kernel_cmdline() -> Vec<String> {
         }
     }
     held
-}
-
-fn set_hostname() {
-    let name = std::fs::read_to_string(layout::HOSTNAME_FILE).unwrap_or_default();
-    let name = name.trim();
-    if name.is_empty() {
-        return;
-    }
-    if let Err(e) = rustix::system::sethostname(name.as_bytes()) {
-        warn!("cannot set hostname {name:?}: {e}");
-    }
 }
 
 /// Stops whatever is left, flushes and unmounts filesystems, and powers off

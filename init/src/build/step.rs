@@ -120,6 +120,7 @@ impl Run<'_> {
             hooks: false,
             console_socket: None,
             preserve_fds: 0,
+            controllers: crate::container::cgroup::Controllers::All,
         };
         match container::spawn(&spec, Path::new("/"), &opts) {
             Ok(spawned) => Ok(spawned.pid),

@@ -377,6 +377,8 @@ pub struct SpawnOptions {
     /// How many descriptors from 3 up the process keeps (`--preserve-fds`);
     /// every other one above stdio is closed at exec.
     pub preserve_fds: u32,
+    /// Which controllers the cgroups above the container's get enabled.
+    pub controllers: cgroup::Controllers,
 }
 
 impl SpawnOptions {
@@ -391,6 +393,7 @@ impl SpawnOptions {
             hooks: false,
             console_socket: None,
             preserve_fds: 0,
+            controllers: cgroup::Controllers::Needed,
         }
     }
 }
@@ -1024,9 +1027,10 @@ pub fn spawn(spec: &Spec, bundle_dir: &Path, opts: &SpawnOptions) -> Result<Spaw
             .map_err(StartError::parent("create root directory"))?;
     }
     let cgroup_fd = match &plan.cgroup {
-        Some(cg) => {
-            Some(cgroup::create(&cg.root, &cg.path, &cg.settings).map_err(StartError::Cgroup)?)
-        }
+        Some(cg) => Some(
+            cgroup::create(&cg.root, &cg.path, &cg.settings, opts.controllers)
+                .map_err(StartError::Cgroup)?,
+        ),
         None => None,
     };
     tracing::debug!("{}: cgroup made", opts.id);

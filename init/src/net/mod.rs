@@ -179,53 +179,100 @@ pub fn peer_name(container: &str) -> String {
     peer
 }
 
-/// PID 1's network setup at boot, from the plan `hafen build` wrote to
+/// PID 1's network, from the plan `hafen build` wrote to
 /// [`NETWORK_CONFIG`]: the VM's NIC, then each container's files and
 /// namespace, whose path goes into its bundle's `network` namespace entry
 /// (the runtime joins it there). An image without a plan keeps only `lo`.
+///
+/// Nothing is made before a container needs it: the NIC before the first
+/// container that uses it starts, a container's namespace before its own
+/// first start; [`Network::finish`] makes the rest once the first container
+/// runs, so no container's start waits for another's network.
 /// Failures are logged with the container, interface and operation; a
 /// container whose namespace could not be made starts in a fresh one with
 /// only `lo`, rather than not at all.
-pub fn set_up(bundles: &mut [crate::bundle::Bundle]) {
-    let text = match fs::read(NETWORK_CONFIG) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-        Err(e) => {
-            error!("network: cannot read {NETWORK_CONFIG}: {e}");
-            return;
-        }
-    };
-    let config: NetworkConfig = match serde_json::from_slice(&text) {
-        Ok(config) => config,
-        Err(e) => {
-            error!(
-                "network: {NETWORK_CONFIG} is malformed ({e}); rebuild the image with this hafen"
-            );
-            return;
-        }
-    };
-    match configure_uplink(&config) {
-        Ok(iface) => info!(
-            "network: {iface} {}/{} via {}{}",
-            config.guest,
-            config.prefix,
-            config.gateway,
-            if config.outbound {
-                ", outbound allowed"
-            } else {
-                ""
+#[derive(Debug)]
+pub struct Network {
+    config: NetworkConfig,
+    /// The NIC has been configured (or failed to be: once is enough).
+    uplink: bool,
+    /// Containers whose files and namespace are made (or failed to be).
+    prepared: Vec<String>,
+}
+
+impl Network {
+    /// Reads the plan; `None` (with the reason logged when it is not just
+    /// absent) leaves the VM with only `lo`.
+    pub fn load() -> Option<Network> {
+        let text = match fs::read(NETWORK_CONFIG) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                error!("network: cannot read {NETWORK_CONFIG}: {e}");
+                return None;
             }
-        ),
-        Err(e) => warn!("{e}; containers reach only each other"),
-    }
-    for bundle in bundles.iter_mut() {
-        let Some(net) = config.containers.iter().find(|n| n.name == bundle.name) else {
-            continue;
         };
-        if let Err(e) = write_files(&config, net) {
+        match serde_json::from_slice(&text) {
+            Ok(config) => Some(Network {
+                config,
+                uplink: false,
+                prepared: Vec::new(),
+            }),
+            Err(e) => {
+                error!(
+                    "network: {NETWORK_CONFIG} is malformed ({e}); rebuild the image with this hafen"
+                );
+                None
+            }
+        }
+    }
+
+    /// Configures the VM's NIC, once.
+    pub fn uplink(&mut self) {
+        if std::mem::replace(&mut self.uplink, true) {
+            return;
+        }
+        let config = &self.config;
+        match configure_uplink(config) {
+            Ok(iface) => info!(
+                "network: {iface} {}/{} via {}{}",
+                config.guest,
+                config.prefix,
+                config.gateway,
+                if config.outbound {
+                    ", outbound allowed"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => warn!("{e}; containers reach only each other"),
+        }
+    }
+
+    /// Makes what `bundle` needs before its first start: the NIC unless it
+    /// has no network, its `hosts`, `resolv.conf` and `hostname`, and its
+    /// namespace. Once per container; later calls do nothing.
+    pub fn prepare(&mut self, bundle: &mut crate::bundle::Bundle) {
+        if self.prepared.contains(&bundle.name) {
+            return;
+        }
+        self.prepared.push(bundle.name.clone());
+        let Some(index) = self
+            .config
+            .containers
+            .iter()
+            .position(|n| n.name == bundle.name)
+        else {
+            return;
+        };
+        if self.config.containers[index].mode != NetworkMode::None {
+            self.uplink();
+        }
+        let (config, net) = (&self.config, &self.config.containers[index]);
+        if let Err(e) = write_files(config, net) {
             error!("{e}");
         }
-        match prepare_container(&config, net) {
+        match prepare_container(config, net) {
             Ok(Some(path)) => {
                 let joined =
                     bundle.spec.linux.as_mut().and_then(|linux| {
@@ -237,6 +284,14 @@ pub fn set_up(bundles: &mut [crate::bundle::Bundle]) {
             }
             Ok(None) => {}
             Err(e) => error!("{e}"),
+        }
+    }
+
+    /// Makes everything not made yet: the NIC and every container's network.
+    pub fn finish<'a>(&mut self, bundles: impl IntoIterator<Item = &'a mut crate::bundle::Bundle>) {
+        self.uplink();
+        for bundle in bundles {
+            self.prepare(bundle);
         }
     }
 }

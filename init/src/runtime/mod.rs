@@ -446,6 +446,7 @@ fn create_container(
         hooks: true,
         console_socket: args.console_socket.clone(),
         preserve_fds: args.preserve_fds.saturating_add(listen_fds),
+        controllers: cgroup::Controllers::All,
     };
     let spawned = match container::spawn(&spec, &bundle, &opts) {
         Ok(s) => s,

@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use hafen_proto::control::{self as proto, EventKind, ExitInfo, Stream};
 use hafen_proto::supervision::{self, Prerequisite, RestartPolicy};
 
+use crate::bringup::Bringup;
 use crate::bundle::Bundle;
 use crate::container::{self, cgroup, Spawned};
 use crate::control::{self, Channel, Incoming};
@@ -230,23 +231,23 @@ pub struct Supervisor {
     builder: bool,
     /// The build ops' helpers while they run.
     builds: Vec<build::BuildJob>,
+    /// The machine's set-up that waits for the first container's start.
+    bringup: Bringup,
 }
 
 impl Supervisor {
     /// Sets up the event loop. `signals` must already be blocked.
+    /// Sets up the event loop; the control channel and the power button
+    /// are opened with the rest of `bringup`, once the first container has
+    /// started (or none can).
     pub fn new(
         bundles: Vec<Bundle>,
         signals: OwnedFd,
         clock: BootClock,
+        bringup: Bringup,
     ) -> std::io::Result<Supervisor> {
         let epoll = Epoll::new()?;
         epoll.add(signals.as_raw_fd(), TOKEN_SIGNALS)?;
-        let buttons = input::open_event_devices();
-        for (i, (path, fd)) in buttons.iter().enumerate() {
-            if let Err(e) = epoll.add(fd.as_raw_fd(), TOKEN_BUTTON_BASE + i as u64) {
-                warn!("cannot watch {path} for the power button: {e}");
-            }
-        }
         let nodes: Vec<supervision::Node<'_>> = bundles
             .iter()
             .map(|b| supervision::Node {
@@ -291,25 +292,6 @@ impl Supervisor {
                 messages: RateLimit::new(2, 10),
             })
             .collect();
-        let channel = match control::find_port(control::PORT_NAME) {
-            Some(path) => match Channel::open(&path, &epoll, TOKEN_CONTROL) {
-                Ok(channel) => {
-                    debug!("control channel on {}", path.display());
-                    Some(channel)
-                }
-                Err(e) => {
-                    warn!("cannot open the control port {}: {e}", path.display());
-                    None
-                }
-            },
-            None => {
-                info!(
-                    "no control port ({}): the host cannot manage this machine",
-                    control::PORT_NAME
-                );
-                None
-            }
-        };
         let oom = match rustix::fs::inotify::init(
             rustix::fs::inotify::CreateFlags::CLOEXEC | rustix::fs::inotify::CreateFlags::NONBLOCK,
         ) {
@@ -329,7 +311,7 @@ impl Supervisor {
             oom,
             epoll,
             signals,
-            buttons,
+            buttons: Vec::new(),
             containers,
             shutdown: None,
             main_exit: None,
@@ -338,7 +320,7 @@ impl Supervisor {
             first_exec_reported: false,
             echo: Echo::console(),
             seq: Sequence::default(),
-            channel,
+            channel: None,
             sessions: Vec::new(),
             execs: Vec::new(),
             next_exec_slot: 0,
@@ -348,7 +330,43 @@ impl Supervisor {
             pump_turn: 0,
             builder: false,
             builds: Vec::new(),
+            bringup,
         })
+    }
+
+    /// Finishes the machine's set-up (see [`Bringup`]) and opens what the
+    /// host talks to it through: the power button and the control channel.
+    fn finish_bringup(&mut self) {
+        if self.bringup.finished() {
+            return;
+        }
+        self.bringup
+            .finish(self.containers.iter_mut().map(|c| &mut c.bundle));
+        self.buttons = input::open_event_devices();
+        for (i, (path, fd)) in self.buttons.iter().enumerate() {
+            if let Err(e) = self.epoll.add(fd.as_raw_fd(), TOKEN_BUTTON_BASE + i as u64) {
+                warn!("cannot watch {path} for the power button: {e}");
+            }
+        }
+        self.channel = match control::find_port(control::PORT_NAME) {
+            Some(path) => match Channel::open(&path, &self.epoll, TOKEN_CONTROL) {
+                Ok(channel) => {
+                    debug!("control channel on {}", path.display());
+                    Some(channel)
+                }
+                Err(e) => {
+                    warn!("cannot open the control port {}: {e}", path.display());
+                    None
+                }
+            },
+            None => {
+                info!(
+                    "no control port ({}): the host cannot manage this machine",
+                    control::PORT_NAME
+                );
+                None
+            }
+        };
     }
 
     /// Runs until every container has stopped after a shutdown request (or
@@ -357,6 +375,7 @@ impl Supervisor {
         let mut ready = Vec::new();
         loop {
             self.advance();
+            self.finish_bringup();
             if let Some(action) = self.finished() {
                 self.drain_channel();
                 return action;
@@ -478,6 +497,7 @@ impl Supervisor {
             return Err("no such container".into());
         };
         debug!("starting {}", c.bundle.name);
+        self.bringup.before_start(&mut c.bundle);
         let started = crate::volume::prepare(&c.bundle.name, &c.bundle.spec, &c.bundle.volumes)
             .map_err(container::StartError::Volume)
             .and_then(|()| container::start(&c.bundle));
@@ -541,6 +561,7 @@ impl Supervisor {
                 c.restarts.cancel();
                 self.health_started(i);
                 self.emit(i, EventKind::Start { pid: pid as u32 });
+                self.finish_bringup();
                 Ok(())
             }
             Err(e) => {
