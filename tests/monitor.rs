@@ -67,6 +67,30 @@ command = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo ready; while true; do slee
     }
 }
 
+#[test]
+fn a_signal_during_the_kernels_boot_still_shuts_the_vm_down() {
+    // QEMU's power button press is lost while no one in the guest watches
+    // it (the kernel booting, PID 1 starting its first container): the
+    // monitor presses it again until the guest goes.
+    let scratch = Scratch::new("early-signal");
+    let image = build_image(
+        &scratch,
+        r#"
+name = "earlysignal"
+[[container]]
+name = "svc"
+image = "oci:busybox:1"
+command = ["/bin/sh", "-c", "trap 'echo bye; exit 0' TERM; while true; do sleep 1 & wait $!; done"]
+"#,
+    );
+    let mut vm = Vm::boot(&image);
+    vm.wait_for("booting earlysignal");
+    vm.signal(libc::SIGTERM);
+    let status = vm.wait_exit();
+    vm.assert_console("guest powered off");
+    assert_eq!(status.code(), Some(0), "{}", vm.console());
+}
+
 /// Runs `hafen ARGS`, asserting success; returns stdout.
 fn ok(args: &[&str]) -> String {
     hafen_cli(args, None, CLI).ok(&args.join(" "))

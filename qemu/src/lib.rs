@@ -33,6 +33,9 @@ pub use kvm::ProbeError;
 use qmp::{Message, Qmp, ShutdownReason};
 use state::StateDir;
 
+/// How long a graceful shutdown waits before pressing the power button again.
+const REPRESS_AFTER: Duration = Duration::from_secs(1);
+
 /// How long QEMU may take to exit after a forced `quit` before it is SIGKILLed.
 const QUIT_GRACE: Duration = Duration::from_secs(3);
 
@@ -776,6 +779,8 @@ impl Vm {
         let mut events = Events::default();
         let mut requests = 0u32;
         let mut kill_at: Option<Instant> = None;
+        // When the power button was last pressed for a graceful shutdown.
+        let mut pressed_at: Option<Instant> = None;
         loop {
             let caught = signals.take().map_err(|e| self.wait_error(e))?;
             // A CLI's `hafen stop VM` is a first signal, `hafen kill VM` a second.
@@ -793,7 +798,9 @@ impl Vm {
                 match requests {
                     1 => {
                         eprintln!("hafen: shutting the guest down (Ctrl-C again forces it off)");
-                        if !send(&mut qmp, "system_powerdown") {
+                        if send(&mut qmp, "system_powerdown") {
+                            pressed_at = Some(now);
+                        } else {
                             events.forced = true;
                             kill_at = Some(now);
                         }
@@ -810,6 +817,14 @@ impl Vm {
                     }
                     _ => kill_at = Some(now),
                 }
+            }
+            // A press before the guest's PID 1 watches the button (the
+            // kernel still booting, or PID 1 starting its first container)
+            // is lost, so it is pressed again until the guest goes; PID 1
+            // takes later presses as the same request.
+            if requests == 1 && pressed_at.is_some_and(|t| t.elapsed() >= REPRESS_AFTER) {
+                send(&mut qmp, "system_powerdown");
+                pressed_at = Some(Instant::now());
             }
             if let Some(action) = read_qmp(&mut qmp, &mut events) {
                 match action {
