@@ -972,6 +972,16 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary, Error> {
         let dir = format!("{containers_dir}/{}", c.name);
         items.insert(dir.clone(), Item::dir(0o755));
         items.insert(format!("{dir}/config.json"), Item::file(0o644, json));
+        // Compiled here so PID 1 does not at boot (about 12 ms of the first
+        // container's start under TCG, and of every `hafen exec`).
+        if let Some(profile) = spec.linux.as_ref().and_then(|l| l.seccomp.as_ref()) {
+            let program = hafen_proto::seccomp::compile(profile)
+                .map_err(|e| Error::Invalid(format!("container {}: linux.seccomp: {e}", c.name)))?;
+            items.insert(
+                format!("{dir}/{}", hafen_proto::seccomp::PROGRAM_FILE),
+                Item::file(0o644, program.to_bytes()),
+            );
+        }
         items.insert(format!("{dir}/rootfs"), Item::dir(0o755));
     }
 

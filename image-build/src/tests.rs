@@ -123,7 +123,15 @@ fn builds_are_byte_identical_and_hold_what_the_guest_needs() {
     assert!(get("etc/os-release").data.starts_with(b"NAME=\"Hafen\""));
     let config: hafen_proto::spec::Spec =
         serde_json::from_slice(&get("etc/hafen/containers/one/config.json").data).expect("spec");
-    assert_eq!(config.process.expect("process").args, ["/bin/tool"]);
+    // The default profile travels compiled beside it, for PID 1 to load as is.
+    let profile = config.linux.as_ref().and_then(|l| l.seccomp.as_ref());
+    assert_eq!(
+        get("etc/hafen/containers/one/seccomp.bpf").data,
+        hafen_proto::seccomp::compile(profile.expect("the default profile"))
+            .expect("compiles")
+            .to_bytes()
+    );
+    assert_eq!(config.process.clone().expect("process").args, ["/bin/tool"]);
     let annotation =
         |a: &std::collections::BTreeMap<String, String>, key: &str| a.get(key).cloned();
     let two: hafen_proto::spec::Spec =

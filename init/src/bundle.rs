@@ -9,6 +9,8 @@ use hafen_proto::annotations::{self, Phase, DEFAULT_STOP_TIMEOUT_SECS};
 use hafen_proto::spec::Spec;
 use hafen_proto::supervision::{self, Dependency, Healthcheck, RestartPolicy};
 
+use crate::container::seccomp;
+
 /// A container bundle as PID 1 runs it.
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -43,12 +45,19 @@ pub struct Bundle {
     pub required: bool,
     /// The data-disk volumes it mounts.
     pub volumes: Vec<String>,
+    /// Its seccomp profile as `hafen build` compiled it
+    /// ([`seccomp::PROGRAM_FILE`]), when the bundle has one.
+    pub seccomp_program: Option<seccomp::Program>,
 }
 
 impl Bundle {
     /// Its seccomp filter, which every process started in it gets too.
-    pub fn seccomp(&self) -> Option<&hafen_proto::spec::Seccomp> {
-        self.spec.linux.as_ref().and_then(|l| l.seccomp.as_ref())
+    pub fn seccomp(&self) -> Option<seccomp::Filter<'_>> {
+        let profile = self.spec.linux.as_ref().and_then(|l| l.seccomp.as_ref())?;
+        Some(match &self.seccomp_program {
+            Some(program) => seccomp::Filter::Compiled(program),
+            None => seccomp::Filter::Profile(profile),
+        })
     }
 }
 
@@ -64,6 +73,8 @@ pub enum BundleError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    /// The compiled seccomp filter cannot be read or is malformed.
+    Seccomp { path: PathBuf, message: String },
     /// An `org.hafen.*` annotation has a value we do not understand.
     Annotation {
         path: PathBuf,
@@ -85,6 +96,11 @@ impl fmt::Display for BundleError {
             BundleError::Parse { path, source } => write!(
                 f,
                 "{} is not a valid OCI runtime config: {source}",
+                path.display()
+            ),
+            BundleError::Seccomp { path, message } => write!(
+                f,
+                "{}: {message}; rebuild the image with this hafen",
                 path.display()
             ),
             BundleError::Annotation {
@@ -252,6 +268,24 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let program_path = dir.join(seccomp::PROGRAM_FILE);
+    let seccomp_program = match std::fs::read(&program_path) {
+        Ok(bytes) => {
+            Some(
+                seccomp::Program::from_bytes(&bytes).map_err(|e| BundleError::Seccomp {
+                    path: program_path.clone(),
+                    message: e.to_string(),
+                })?,
+            )
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(BundleError::Seccomp {
+                path: program_path,
+                message: e.to_string(),
+            })
+        }
+    };
     Ok(Bundle {
         name,
         dir: dir.to_owned(),
@@ -268,6 +302,7 @@ pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
         healthcheck,
         required,
         volumes,
+        seccomp_program,
     })
 }
 
@@ -291,6 +326,36 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("mkdir");
         dir
+    }
+
+    #[test]
+    fn a_compiled_filter_is_loaded_and_a_torn_one_is_an_error_naming_it() {
+        let root = temp_dir("seccomp");
+        write_bundle(&root, "good", "");
+        write_bundle(&root, "torn", "");
+        let profile = hafen_proto::spec::Seccomp {
+            default_action: "SCMP_ACT_ALLOW".into(),
+            ..Default::default()
+        };
+        let bytes = seccomp::compile(&profile).expect("compiles").to_bytes();
+        std::fs::write(root.join("good").join(seccomp::PROGRAM_FILE), &bytes).expect("write");
+        std::fs::write(
+            root.join("torn").join(seccomp::PROGRAM_FILE),
+            &bytes[..bytes.len() - 3],
+        )
+        .expect("write");
+        let (bundles, errors) = discover(&root);
+        assert_eq!(bundles.len(), 1);
+        assert_eq!(
+            bundles[0].seccomp_program.as_ref().map(|p| p.to_bytes()),
+            Some(bytes)
+        );
+        let message = errors.iter().map(ToString::to_string).collect::<String>();
+        assert!(
+            message.contains("torn/seccomp.bpf") && message.contains("rebuild the image"),
+            "{message}"
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -121,6 +121,7 @@ impl Run<'_> {
             console_socket: None,
             preserve_fds: 0,
             controllers: crate::container::cgroup::Controllers::All,
+            compiled_seccomp: None,
         };
         match container::spawn(&spec, Path::new("/"), &opts) {
             Ok(spawned) => Ok(spawned.pid),

@@ -7,7 +7,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use hafen_proto::spec::{Process, Seccomp};
+use hafen_proto::spec::Process;
 use rustix::fs::{Mode, OFlags};
 
 use super::child::{fail, fail_io, Failure};
@@ -85,7 +85,7 @@ fn foreign_namespace(pid: libc::pid_t, name: &str) -> Result<Option<OwnedFd>, St
 pub fn exec(
     target: Target<'_>,
     process: &Process,
-    seccomp: Option<&Seccomp>,
+    seccomp: Option<super::seccomp::Filter<'_>>,
     opts: &ExecOptions,
 ) -> Result<Spawned, StartError> {
     let mut plan = ProcessPlan::new(process, seccomp)?;

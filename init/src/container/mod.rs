@@ -17,7 +17,6 @@ pub mod hooks;
 mod process;
 pub mod procfs;
 pub mod seccomp;
-mod syscalls;
 
 use std::ffi::CString;
 use std::fmt;
@@ -379,6 +378,9 @@ pub struct SpawnOptions {
     pub preserve_fds: u32,
     /// Which controllers the cgroups above the container's get enabled.
     pub controllers: cgroup::Controllers,
+    /// The spec's `linux.seccomp`, compiled ahead (PID 1's bundles carry
+    /// it); used only when the spec has a profile.
+    pub compiled_seccomp: Option<seccomp::Program>,
 }
 
 impl SpawnOptions {
@@ -394,6 +396,7 @@ impl SpawnOptions {
             console_socket: None,
             preserve_fds: 0,
             controllers: cgroup::Controllers::Needed,
+            compiled_seccomp: None,
         }
     }
 }
@@ -951,7 +954,12 @@ impl Plan {
             }
         }
 
-        let mut process_plan = ProcessPlan::new(process, linux.seccomp.as_ref())?;
+        let filter = match (&opts.compiled_seccomp, linux.seccomp.as_ref()) {
+            (Some(program), Some(_)) => Some(seccomp::Filter::Compiled(program)),
+            (None, Some(profile)) => Some(seccomp::Filter::Profile(profile)),
+            (_, None) => None,
+        };
+        let mut process_plan = ProcessPlan::new(process, filter)?;
         process_plan.preserve_fds = opts.preserve_fds;
         check_console(process_plan.terminal, opts.console_socket.as_deref())?;
 
@@ -1474,11 +1482,11 @@ pub fn start(bundle: &Bundle) -> Result<Spawned, StartError> {
             bundle.name
         );
     }
-    spawn(
-        &bundle.spec,
-        &bundle.dir,
-        &SpawnOptions::system(&bundle.name),
-    )
+    let opts = SpawnOptions {
+        compiled_seccomp: bundle.seccomp_program.clone(),
+        ..SpawnOptions::system(&bundle.name)
+    };
+    spawn(&bundle.spec, &bundle.dir, &opts)
 }
 
 /// The name shown for a container's command in messages.

@@ -6,7 +6,7 @@
 
 use std::ffi::CString;
 
-use hafen_proto::spec::{Process, Seccomp};
+use hafen_proto::spec::Process;
 use rustix::fs::FileType;
 
 use super::caps::{self, CapSet, Caps};
@@ -42,7 +42,10 @@ pub(super) struct ProcessPlan {
 
 impl ProcessPlan {
     /// Checks `process` and prepares it; `seccomp` is the container's filter.
-    pub fn new(process: &Process, seccomp: Option<&Seccomp>) -> Result<ProcessPlan, StartError> {
+    pub fn new(
+        process: &Process,
+        seccomp: Option<seccomp::Filter<'_>>,
+    ) -> Result<ProcessPlan, StartError> {
         if process.args.is_empty() {
             return Err(spec_error("process.args is empty"));
         }
@@ -81,8 +84,10 @@ impl ProcessPlan {
             }
         };
         let seccomp = match seccomp {
-            Some(profile) => Some(
-                seccomp::compile(profile).map_err(|e| spec_error(format!("linux.seccomp: {e}")))?,
+            Some(filter) => Some(
+                filter
+                    .program()
+                    .map_err(|e| spec_error(format!("linux.seccomp: {e}")))?,
             ),
             None => None,
         };

@@ -181,7 +181,11 @@ pub(super) fn main(globals: &Globals, args: &[String]) -> Result<i32, RuntimeErr
     }
     let spec = read_spec(std::path::Path::new(&saved.bundle))?;
     let process = process_for(&args, spec.process.as_ref())?;
-    let seccomp = spec.linux.as_ref().and_then(|l| l.seccomp.as_ref());
+    let seccomp = spec
+        .linux
+        .as_ref()
+        .and_then(|l| l.seccomp.as_ref())
+        .map(container::seccomp::Filter::Profile);
     let target = exec::Target {
         pid: saved.pid,
         cgroup: saved.cgroup.as_deref(),

@@ -447,6 +447,7 @@ fn create_container(
         console_socket: args.console_socket.clone(),
         preserve_fds: args.preserve_fds.saturating_add(listen_fds),
         controllers: cgroup::Controllers::All,
+        compiled_seccomp: None,
     };
     let spawned = match container::spawn(&spec, &bundle, &opts) {
         Ok(s) => s,
