@@ -1196,6 +1196,21 @@ fn system_items(
         net::NETWORK_CONFIG.trim_start_matches('/').to_owned(),
         Item::file(0o644, network_json),
     );
+    // Each container's /etc/hosts, resolv.conf and hostname: made here, so
+    // PID 1 only binds them (a container may still edit its own copy, as
+    // in Docker, until the machine stops).
+    let net_dir = net::NET_DIR.trim_start_matches('/');
+    items.insert(net_dir.to_owned(), Item::dir(0o755));
+    for container in &network.containers {
+        let dir = format!("{net_dir}/{}", container.name);
+        for (file, text) in net::container_files(network, container) {
+            items.insert(
+                format!("{dir}/{file}"),
+                Item::file(0o644, text.into_bytes()),
+            );
+        }
+        items.insert(dir, Item::dir(0o755));
+    }
     Ok(items)
 }
 

@@ -586,6 +586,24 @@ ports = ["9000:90"]
     assert_eq!(network, manifest.network);
     let web = network.containers[0].address.expect("web's address");
     assert_eq!(web.octets()[..2], [10, 9]);
+    // Each container's /etc/hosts, resolv.conf and hostname, for PID 1 to bind.
+    let file = |path: String| {
+        let entry = entries.iter().find(|e| e.path == path);
+        String::from_utf8(
+            entry
+                .unwrap_or_else(|| panic!("{path} missing"))
+                .data
+                .clone(),
+        )
+        .expect("text")
+    };
+    let hosts = file("etc/hafen/net/proxy/hosts".into());
+    assert!(hosts.contains(&format!("{web}\tweb www\n")), "{hosts}");
+    assert_eq!(file("etc/hafen/net/web/hostname".into()), "web\n");
+    assert_eq!(
+        file("etc/hafen/net/web/resolv.conf".into()),
+        format!("nameserver {}\n", network.dns)
+    );
 
     let info: ImageInfo =
         serde_json::from_slice(&std::fs::read(f.dir.join("out/image.json")).expect("read"))

@@ -240,7 +240,6 @@ fn bridge_and_none_containers_get_working_networks() {
                 "{}: back in the VM's namespace",
                 c.name
             );
-            net::write_files(&config, c).expect("write files");
             paths.push(path);
         }
         let web_ns = Path::new(NETNS_DIR).join("web");
@@ -318,20 +317,6 @@ fn bridge_and_none_containers_get_working_networks() {
         assert!(lo_works, "lo is not up in a none container");
         let unreachable = in_netns(&batch_ns, || TcpStream::connect((api, 7000)));
         assert!(unreachable.is_err());
-
-        // The files each one sees.
-        let read = |name: &str, file: &str| {
-            fs::read_to_string(Path::new(net::NET_DIR).join(name).join(file)).expect(file)
-        };
-        let hosts = read("api", "hosts");
-        assert!(hosts.contains(&format!("{web}\tweb www\n")), "{hosts}");
-        assert!(hosts.contains("10.0.2.15\tproxy\n"), "{hosts}");
-        assert_eq!(
-            read("batch", "hosts"),
-            "127.0.0.1\tlocalhost\n127.0.1.1\tbatch\n"
-        );
-        assert!(read("web", "resolv.conf").starts_with('#'));
-        assert_eq!(read("proxy", "hostname"), "proxy\n");
 
         // Release: namespace file, mount and both veth ends go, at once, so
         // the same container can be prepared again.

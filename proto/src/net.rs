@@ -19,9 +19,10 @@ use serde::{Deserialize, Serialize};
 /// `hafen build` into the initramfs).
 pub const NETWORK_CONFIG: &str = "/etc/hafen/network.json";
 
-/// Per-container network files, `NET_DIR/NAME/{hosts,resolv.conf,hostname}`,
-/// written by PID 1 and bind-mounted into the container.
-pub const NET_DIR: &str = "/run/hafen/net";
+/// Per-container network files, `NET_DIR/NAME/{hosts,resolv.conf,hostname}`
+/// ([`container_files`]), written by `hafen build` into the initramfs and
+/// bind-mounted into the container.
+pub const NET_DIR: &str = "/etc/hafen/net";
 
 /// `NETNS_DIR/NAME` is a container's network namespace, made by PID 1.
 pub const NETNS_DIR: &str = "/run/hafen/netns";
@@ -567,6 +568,19 @@ pub fn hosts_file(config: &NetworkConfig, name: &str) -> String {
         }
     }
     out
+}
+
+/// The files container `container` finds at `/etc/NAME` for each NAME here:
+/// its `hosts`, `resolv.conf` and `hostname`.
+pub fn container_files(
+    config: &NetworkConfig,
+    container: &ContainerNet,
+) -> [(&'static str, String); 3] {
+    [
+        ("hosts", hosts_file(config, &container.name)),
+        ("resolv.conf", resolv_conf(config)),
+        ("hostname", [&container.hostname, "\n"].concat()),
+    ]
 }
 
 /// The `/etc/resolv.conf` every container sees: slirp's DNS forwarder when

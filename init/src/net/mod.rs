@@ -1,7 +1,8 @@
 //! The guest's networking: the VM's NIC (the uplink to QEMU's user
 //! networking) and each container's network namespace, made by PID 1
 //! before the container starts and kept at [`NETNS_DIR`]`/NAME` across its
-//! restarts, plus the `hosts`, `resolv.conf` and `hostname` files it sees.
+//! restarts (the `hosts`, `resolv.conf` and `hostname` files it sees are
+//! made by `hafen build`, at [`NET_DIR`]`/NAME`).
 //!
 //! There is no bridge and no netfilter: containers have addresses in the
 //! NIC's own subnet, the VM routes each one's /32 to its veth and answers
@@ -21,7 +22,6 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use hafen_proto::net::{hosts_file, resolv_conf};
 pub use hafen_proto::net::{
     ContainerNet, NetworkConfig, NetworkMode, NETNS_DIR, NETWORK_CONFIG, NET_DIR,
 };
@@ -250,8 +250,9 @@ impl Network {
     }
 
     /// Makes what `bundle` needs before its first start: the NIC unless it
-    /// has no network, its `hosts`, `resolv.conf` and `hostname`, and its
-    /// namespace. Once per container; later calls do nothing.
+    /// has no network, and its namespace (its `hosts`, `resolv.conf` and
+    /// `hostname` are in the image, at [`NET_DIR`]). Once per container;
+    /// later calls do nothing.
     pub fn prepare(&mut self, bundle: &mut crate::bundle::Bundle) {
         if self.prepared.contains(&bundle.name) {
             return;
@@ -269,9 +270,6 @@ impl Network {
             self.uplink();
         }
         let (config, net) = (&self.config, &self.config.containers[index]);
-        if let Err(e) = write_files(config, net) {
-            error!("{e}");
-        }
         match prepare_container(config, net) {
             Ok(Some(path)) => {
                 let joined =
@@ -527,55 +525,6 @@ pub fn release_container(container: &str) -> Result<(), NetError> {
         _ => Ok(()),
     };
     deleted.and(unmounted).and(removed)
-}
-
-/// Writes `container`'s `hosts`, `resolv.conf` and `hostname` into
-/// [`NET_DIR`]`/NAME`, each replaced atomically.
-pub fn write_files(config: &NetworkConfig, container: &ContainerNet) -> Result<(), NetError> {
-    write_files_in(Path::new(NET_DIR), config, container)
-}
-
-/// [`write_files`] under another directory than [`NET_DIR`].
-pub fn write_files_in(
-    root: &Path,
-    config: &NetworkConfig,
-    container: &ContainerNet,
-) -> Result<(), NetError> {
-    let name = Some(container.name.as_str());
-    let dir = root.join(&container.name);
-    let shown = dir.display();
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&dir)
-        .map_err(step(name, format_args!("create {shown}")))?;
-    let files = [
-        ("hosts", hosts_file(config, &container.name)),
-        ("resolv.conf", resolv_conf(config)),
-        ("hostname", [&container.hostname, "\n"].concat()),
-    ];
-    for (file, text) in files {
-        replace(&dir, file, text.as_bytes())
-            .map_err(step(name, format_args!("write {shown}/{file}")))?;
-    }
-    Ok(())
-}
-
-/// Replaces `dir/file` with `bytes` through a temporary file and a rename.
-fn replace(dir: &Path, file: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join([".", file, ".tmp"].concat());
-    let written = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes))
-        .and_then(|()| fs::rename(&tmp, dir.join(file)));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
 }
 
 #[cfg(test)]
