@@ -6,11 +6,15 @@
 #   2. 20,000 orphans exiting at once, all reaped         (target: <= fastest peer)
 #   3. SIGTERM from outside to the child, median latency  (target: <= tini)
 #   4. INIT -- /bin/true vs /bin/true, start-up overhead   (target: ratio <= catatonit's)
-# Usage: bench/tiny-init.sh [ORPHANS] [SIGNALS]   (root; after scripts/setup.sh)
+# 2 and 3 run ROUNDS times, the inits taking turns in each round so drift
+# on this shared machine hits all alike; printed are the median and the
+# spread (min-max) of the rounds, so a difference can be told from noise.
+# Usage: bench/tiny-init.sh [ORPHANS] [SIGNALS] [ROUNDS]   (root; after scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 orphans=${1:-20000}
 signals=${2:-300}
+rounds=${3:-9}
 for tool in tini tini-static dumb-init catatonit hyperfine gcc python3; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing; run scripts/setup.sh" >&2; exit 1; }
 done
@@ -34,7 +38,7 @@ ns="unshare --pid --fork --mount-proc"
 init_pid() { local u=$1 p=""; for _ in $(seq 500); do p=$(pgrep -P "$u" | head -1) && [ -n "$p" ] && break; sleep 0.01; done; echo "$p"; }
 
 results=$work/results.txt
-: > "$results"
+: > "$results"; : > "$work/rss.txt"
 for name in "${order[@]}"; do
   init=${inits[$name]}
   # 1. RSS while supervising sleep.
@@ -44,6 +48,12 @@ for name in "${order[@]}"; do
   rss=$(awk '/^VmRSS/ {print $2}' /proc/$p/status)
   kill -KILL "$p" 2>/dev/null || true
   wait $u 2>/dev/null || true
+  echo "$name $rss" >> "$work/rss.txt"
+done
+
+for _ in $(seq "$rounds"); do
+for name in "${order[@]}"; do
+  init=${inits[$name]}
   # 2. Reaping a storm of orphans.
   reap=$($ns $init "$work/orphans" "$orphans" | sed -n 's/.* in \([0-9.]*\) s/\1/p')
   # 3. SIGTERM latency to the child.
@@ -70,7 +80,8 @@ proc.wait()
 print("%.1f" % statistics.median(samples))
 PY
 )
-  echo "$name $rss $reap $lat" >> "$results"
+  echo "$name $reap $lat" >> "$results"
+done
 done
 
 # 4. Start-up overhead: INIT -- /bin/true against /bin/true, both as PID 1 of a new namespace.
@@ -79,24 +90,32 @@ hyperfine -N --warmup 10 --runs 100 --export-json "$work/start.json" -n bare "$n
   -n tini-static "$ns ${inits[tini-static]} /bin/true" -n dumb-init "$ns ${inits[dumb-init]} /bin/true" \
   -n catatonit "$ns ${inits[catatonit]} /bin/true" >/dev/null
 
-python3 - "$results" "$work/start.json" "$orphans" <<'PY'
-import json, sys
-rows = {}
+python3 - "$results" "$work/start.json" "$orphans" "$work/rss.txt" "$rounds" <<'PY'
+import json, statistics, sys
+reap, lat, rss = {}, {}, {}
 for line in open(sys.argv[1]):
-    name, rss, reap, lat = line.split()
-    rows[name] = {"rss": int(rss), "reap": float(reap), "lat": float(lat)}
+    name, r, l = line.split()
+    reap.setdefault(name, []).append(float(r))
+    lat.setdefault(name, []).append(float(l))
+for line in open(sys.argv[4]):
+    name, r = line.split()
+    rss[name] = int(r)
 start = {r["command"]: r["median"] * 1000 for r in json.load(open(sys.argv[2]))["results"]}
-for name in rows:
-    rows[name]["start"] = start[name] / start["bare"]
-print("tiny init, each as PID 1 of a new pid namespace (%s orphans)" % sys.argv[3])
-print("  %-12s %9s %11s %13s %14s" % ("init", "RSS kB", "reap s", "TERM us (med)", "start / bare"))
-for name, r in rows.items():
-    print("  %-12s %9d %11.3f %13.1f %14.2f" % (name, r["rss"], r["reap"], r["lat"], r["start"]))
-h = rows["hafen-init"]
-peers = {k: v for k, v in rows.items() if k != "hafen-init"}
-print("  RSS hafen / tini-static: %.2f (target <= 1)" % (h["rss"] / rows["tini-static"]["rss"]))
-fastest = min(v["reap"] for v in peers.values())
-print("  reap hafen / fastest peer: %.2f (target <= 1)" % (h["reap"] / fastest))
-print("  TERM latency hafen / tini: %.2f (target <= 1)" % (h["lat"] / rows["tini"]["lat"]))
-print("  start-up overhead hafen %.2fx vs catatonit %.2fx of bare /bin/true (target: hafen <= catatonit)" % (h["start"], rows["catatonit"]["start"]))
+med = statistics.median
+def spread(v):
+    return "%s-%s" % (fmt(min(v)), fmt(max(v)))
+fmt = lambda x: "%.3f" % x if x < 10 else "%.1f" % x
+print("tiny init, each as PID 1 of a new pid namespace (%s orphans; %s rounds, median and min-max)" % (sys.argv[3], sys.argv[5]))
+print("  %-12s %7s %21s %23s %13s" % ("init", "RSS kB", "reap s", "TERM us (med/round)", "start / bare"))
+for name in reap:
+    print("  %-12s %7d %8s (%11s) %8s (%12s) %13.2f" % (name, rss[name], fmt(med(reap[name])), spread(reap[name]),
+          fmt(med(lat[name])), spread(lat[name]), start[name] / start["bare"]))
+h = "hafen-init"
+peers = [k for k in reap if k != h]
+print("  RSS hafen / tini-static: %.2f (target <= 1)" % (rss[h] / rss["tini-static"]))
+fastest = min(peers, key=lambda k: med(reap[k]))
+print("  reap hafen / fastest peer (%s): %.2f (target <= 1)" % (fastest, med(reap[h]) / med(reap[fastest])))
+print("  TERM latency hafen / tini: %.2f (target <= 1)" % (med(lat[h]) / med(lat["tini"])))
+hs, cs = start[h] / start["bare"], start["catatonit"] / start["bare"]
+print("  start-up overhead hafen %.2fx vs catatonit %.2fx of bare /bin/true (target: hafen <= catatonit)" % (hs, cs))
 PY
