@@ -217,7 +217,9 @@ name = "depends"
 name = "broken"
 image = "oci:busybox:1"
 phase = "once"
-command = ["/bin/sh", "-c", "exit 3"]
+# Fails only once the test's event subscription (sent during the boot) is
+# surely read: events reach those subscribed when they happen.
+command = ["/bin/sh", "-c", "sleep 1; exit 3"]
 [[container]]
 name = "a"
 image = "oci:busybox:1"

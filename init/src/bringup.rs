@@ -7,10 +7,11 @@
 //! run without ([`Bringup::before_start`]): its volumes, its network, the
 //! controllers its limits need, the VM's hostname and `lo` when it shares
 //! them. Everything else ([`Bringup::finish`]) is done right after the
-//! first container has started, or at once when none starts: the control
-//! channel, the power button, every other container's network, the
-//! remaining controllers and mounts. None of it is something a container
-//! could observe missing.
+//! first container has started, or at once when none starts: every other
+//! container's network, the remaining controllers and mounts, Ctrl-Alt-Del.
+//! None of it is something a container could observe missing. (The control
+//! channel and the power button are opened before the first start, by the
+//! supervisor: see `Supervisor::new`.)
 
 use std::path::Path;
 

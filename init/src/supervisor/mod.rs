@@ -237,9 +237,11 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Sets up the event loop. `signals` must already be blocked.
-    /// Sets up the event loop; the control channel and the power button
-    /// are opened with the rest of `bringup`, once the first container has
-    /// started (or none can).
+    /// Sets up the event loop, with the power button and the control
+    /// channel, opened before any container starts: no press of the button
+    /// is lost once PID 1 runs, and the host's first requests are read in
+    /// the loop's first round. The rest of `bringup` waits for the first
+    /// container's start.
     pub fn new(
         bundles: Vec<Bundle>,
         signals: OwnedFd,
@@ -248,6 +250,31 @@ impl Supervisor {
     ) -> std::io::Result<Supervisor> {
         let epoll = Epoll::new()?;
         epoll.add(signals.as_raw_fd(), TOKEN_SIGNALS)?;
+        let buttons = input::open_event_devices();
+        for (i, (path, fd)) in buttons.iter().enumerate() {
+            if let Err(e) = epoll.add(fd.as_raw_fd(), TOKEN_BUTTON_BASE + i as u64) {
+                warn!("cannot watch {path} for the power button: {e}");
+            }
+        }
+        let channel = match control::find_port(control::PORT_NAME) {
+            Some(path) => match Channel::open(&path, &epoll, TOKEN_CONTROL) {
+                Ok(channel) => {
+                    debug!("control channel on {}", path.display());
+                    Some(channel)
+                }
+                Err(e) => {
+                    warn!("cannot open the control port {}: {e}", path.display());
+                    None
+                }
+            },
+            None => {
+                info!(
+                    "no control port ({}): the host cannot manage this machine",
+                    control::PORT_NAME
+                );
+                None
+            }
+        };
         let nodes: Vec<supervision::Node<'_>> = bundles
             .iter()
             .map(|b| supervision::Node {
@@ -311,7 +338,7 @@ impl Supervisor {
             oom,
             epoll,
             signals,
-            buttons: Vec::new(),
+            buttons,
             containers,
             shutdown: None,
             main_exit: None,
@@ -320,7 +347,7 @@ impl Supervisor {
             first_exec_reported: false,
             echo: Echo::console(),
             seq: Sequence::default(),
-            channel: None,
+            channel,
             sessions: Vec::new(),
             execs: Vec::new(),
             next_exec_slot: 0,
@@ -334,39 +361,13 @@ impl Supervisor {
         })
     }
 
-    /// Finishes the machine's set-up (see [`Bringup`]) and opens what the
-    /// host talks to it through: the power button and the control channel.
+    /// Finishes the machine's set-up (see [`Bringup`]).
     fn finish_bringup(&mut self) {
         if self.bringup.finished() {
             return;
         }
         self.bringup
             .finish(self.containers.iter_mut().map(|c| &mut c.bundle));
-        self.buttons = input::open_event_devices();
-        for (i, (path, fd)) in self.buttons.iter().enumerate() {
-            if let Err(e) = self.epoll.add(fd.as_raw_fd(), TOKEN_BUTTON_BASE + i as u64) {
-                warn!("cannot watch {path} for the power button: {e}");
-            }
-        }
-        self.channel = match control::find_port(control::PORT_NAME) {
-            Some(path) => match Channel::open(&path, &self.epoll, TOKEN_CONTROL) {
-                Ok(channel) => {
-                    debug!("control channel on {}", path.display());
-                    Some(channel)
-                }
-                Err(e) => {
-                    warn!("cannot open the control port {}: {e}", path.display());
-                    None
-                }
-            },
-            None => {
-                info!(
-                    "no control port ({}): the host cannot manage this machine",
-                    control::PORT_NAME
-                );
-                None
-            }
-        };
     }
 
     /// Runs until every container has stopped after a shutdown request (or
