@@ -6,7 +6,7 @@
 #   2. 20,000 orphans exiting at once, all reaped         (target: <= fastest peer)
 #   3. SIGTERM from outside to the child, median latency  (target: <= tini)
 #   4. INIT -- /bin/true vs /bin/true, start-up overhead   (target: ratio <= catatonit's)
-# 2 and 3 run ROUNDS times, the inits taking turns in each round so drift
+# 1-3 run ROUNDS times, the inits taking turns in each round so drift
 # on this shared machine hits all alike; printed are the median and the
 # spread (min-max) of the rounds, so a difference can be told from noise.
 # Usage: bench/tiny-init.sh [ORPHANS] [SIGNALS] [ROUNDS]   (root; after scripts/setup.sh)
@@ -38,22 +38,18 @@ ns="unshare --pid --fork --mount-proc"
 init_pid() { local u=$1 p=""; for _ in $(seq 500); do p=$(pgrep -P "$u" | head -1) && [ -n "$p" ] && break; sleep 0.01; done; echo "$p"; }
 
 results=$work/results.txt
-: > "$results"; : > "$work/rss.txt"
+: > "$results"
+for _ in $(seq "$rounds"); do
 for name in "${order[@]}"; do
   init=${inits[$name]}
-  # 1. RSS while supervising sleep.
+  # 1. RSS while supervising sleep (file pages count as they are mapped,
+  #    which the kernel's fault-around makes vary: hence every round).
   $ns $init sleep 30 & u=$!
   p=$(init_pid $u)
   for _ in $(seq 500); do pgrep -P "$p" >/dev/null && break; sleep 0.01; done
   rss=$(awk '/^VmRSS/ {print $2}' /proc/$p/status)
   kill -KILL "$p" 2>/dev/null || true
   wait $u 2>/dev/null || true
-  echo "$name $rss" >> "$work/rss.txt"
-done
-
-for _ in $(seq "$rounds"); do
-for name in "${order[@]}"; do
-  init=${inits[$name]}
   # 2. Reaping a storm of orphans.
   reap=$($ns $init "$work/orphans" "$orphans" | sed -n 's/.* in \([0-9.]*\) s/\1/p')
   # 3. SIGTERM latency to the child.
@@ -80,7 +76,7 @@ proc.wait()
 print("%.1f" % statistics.median(samples))
 PY
 )
-  echo "$name $reap $lat" >> "$results"
+  echo "$name $reap $lat $rss" >> "$results"
 done
 done
 
@@ -90,29 +86,27 @@ hyperfine -N --warmup 10 --runs 100 --export-json "$work/start.json" -n bare "$n
   -n tini-static "$ns ${inits[tini-static]} /bin/true" -n dumb-init "$ns ${inits[dumb-init]} /bin/true" \
   -n catatonit "$ns ${inits[catatonit]} /bin/true" >/dev/null
 
-python3 - "$results" "$work/start.json" "$orphans" "$work/rss.txt" "$rounds" <<'PY'
+python3 - "$results" "$work/start.json" "$orphans" "$rounds" <<'PY'
 import json, statistics, sys
 reap, lat, rss = {}, {}, {}
 for line in open(sys.argv[1]):
-    name, r, l = line.split()
+    name, r, l, m = line.split()
     reap.setdefault(name, []).append(float(r))
     lat.setdefault(name, []).append(float(l))
-for line in open(sys.argv[4]):
-    name, r = line.split()
-    rss[name] = int(r)
+    rss.setdefault(name, []).append(int(m))
 start = {r["command"]: r["median"] * 1000 for r in json.load(open(sys.argv[2]))["results"]}
 med = statistics.median
 def spread(v):
     return "%s-%s" % (fmt(min(v)), fmt(max(v)))
 fmt = lambda x: "%.3f" % x if x < 10 else "%.1f" % x
-print("tiny init, each as PID 1 of a new pid namespace (%s orphans; %s rounds, median and min-max)" % (sys.argv[3], sys.argv[5]))
-print("  %-12s %7s %21s %23s %13s" % ("init", "RSS kB", "reap s", "TERM us (med/round)", "start / bare"))
+print("tiny init, each as PID 1 of a new pid namespace (%s orphans; %s rounds, median and min-max)" % (sys.argv[3], sys.argv[4]))
+print("  %-12s %17s %21s %23s %13s" % ("init", "RSS kB", "reap s", "TERM us (med/round)", "start / bare"))
 for name in reap:
-    print("  %-12s %7d %8s (%11s) %8s (%12s) %13.2f" % (name, rss[name], fmt(med(reap[name])), spread(reap[name]),
-          fmt(med(lat[name])), spread(lat[name]), start[name] / start["bare"]))
+    print("  %-12s %5d (%9s) %8s (%11s) %8s (%12s) %13.2f" % (name, med(rss[name]), "%d-%d" % (min(rss[name]), max(rss[name])),
+          fmt(med(reap[name])), spread(reap[name]), fmt(med(lat[name])), spread(lat[name]), start[name] / start["bare"]))
 h = "hafen-init"
 peers = [k for k in reap if k != h]
-print("  RSS hafen / tini-static: %.2f (target <= 1)" % (rss[h] / rss["tini-static"]))
+print("  RSS hafen / tini-static: %.2f (target <= 1)" % (med(rss[h]) / med(rss["tini-static"])))
 fastest = min(peers, key=lambda k: med(reap[k]))
 print("  reap hafen / fastest peer (%s): %.2f (target <= 1)" % (fastest, med(reap[h]) / med(reap[fastest])))
 print("  TERM latency hafen / tini: %.2f (target <= 1)" % (med(lat[h]) / med(lat["tini"])))
