@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Boot benchmark: kernel start -> first container exec with hafen-init,
 # against kernel start -> a trivial static /init on the same kernel and the
-# same QEMU command line (`hafen run`), boots alternating, RUNS each
-# (default 7). Two Hafen images:
+# same QEMU command line (`hafen run` of the same image.json, with only the
+# initramfs swapped: the same NIC, control port, data disk and forwards),
+# boots alternating, RUNS each (default 7). Two Hafen images:
 #   hello  examples/hello as it is (a once container, then a service);
 #   full   a data disk (a volume the first container mounts), a published
 #          port on its bridge network, and the control channel.
@@ -49,22 +50,27 @@ command = ["/bin/sh", "-c", "echo up > /data/state; exec httpd -f -p 80 -h /data
 EOF
 $hafen build "$work/full/hafen.toml" -o "$work/full-image" >/dev/null
 
-# The floor: same kernel, an initramfs holding only a trivial static /init.
-mkdir -p "$work/trivial/root/dev" "$work/trivial-image"
+# The floor: each example's image with an initramfs holding only a trivial
+# static /init instead of its own.
+mkdir -p "$work/trivial/root/dev"
 gcc -static -O2 -o "$work/trivial/root/init" bench/boot/trivial-init.c
 mknod "$work/trivial/root/dev/console" c 5 1
-(cd "$work/trivial/root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -9n) > "$work/trivial-image/initramfs.cpio.gz"
-cp "$work/hello-image/vmlinux" "$work/trivial-image/vmlinux"
-printf '{"name":"trivial","kernel":"vmlinux","initrd":"initramfs.cpio.gz","memory_mib":256}\n' > "$work/trivial-image/image.json"
+(cd "$work/trivial/root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -9n) > "$work/trivial.cpio.gz"
+for ex in hello full; do
+  mkdir -p "$work/$ex-trivial"
+  cp "$work/$ex-image/vmlinux" "$work/trivial.cpio.gz" "$work/$ex-trivial/"
+  sed 's/"initrd": *"[^"]*"/"initrd": "trivial.cpio.gz"/' "$work/$ex-image/image.json" > "$work/$ex-trivial/image.json"
+  grep -q trivial.cpio.gz "$work/$ex-trivial/image.json" || { echo "bench: cannot swap the initramfs in $ex's image.json" >&2; exit 1; }
+done
 
 stats() { # numbers on stdin -> "median (min-max)"
   sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%s (%s-%s)", m, a[1], a[NR]}'
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
 
-trivial() { # -> "ms"
+trivial() { # IMAGE -> "ms"
   local out
-  out=$($hafen run "$work/trivial-image" 2>&1) || { echo "bench: trivial boot failed:" >&2; echo "$out" >&2; exit 1; }
+  out=$($hafen run --name "$vm" "$1" 2>&1) || { echo "bench: trivial boot failed:" >&2; echo "$out" >&2; exit 1; }
   echo "$out" | sed -n 's/.*reached \/init \([0-9]*\) ms after kernel start.*/\1/p' | head -1
 }
 
@@ -86,19 +92,20 @@ hafen_boot() { # IMAGE -> "exec_ms share_ms"; boots until the first exec, then s
   echo "$line"
 }
 
-: > "$work/trivial.txt"; : > "$work/hello.txt"; : > "$work/full.txt"
+for ex in hello full; do : > "$work/$ex.txt"; : > "$work/$ex-trivial.txt"; done
 for _ in $(seq "$runs"); do
-  trivial >> "$work/trivial.txt"
-  hafen_boot "$work/hello-image" >> "$work/hello.txt"
-  hafen_boot "$work/full-image" >> "$work/full.txt"
+  for ex in hello full; do
+    trivial "$work/$ex-trivial" >> "$work/$ex-trivial.txt"
+    hafen_boot "$work/$ex-image" >> "$work/$ex.txt"
+  done
 done
 
-t=$(median < "$work/trivial.txt")
 echo "boot benchmark under $(grep -q tcg "$work/run.log" && echo TCG || echo KVM), $runs boots each, alternating; median (min-max), ms"
-printf '  %-50s %s\n' "kernel start -> trivial /init" "$(stats < "$work/trivial.txt")"
 for ex in hello full; do
+  t=$(median < "$work/$ex-trivial.txt")
   e=$(cut -d' ' -f1 "$work/$ex.txt" | median)
   s=$(cut -d' ' -f2 "$work/$ex.txt" | median)
+  printf '  %-50s %s\n' "$ex: kernel start -> trivial /init" "$(stats < "$work/$ex-trivial.txt")"
   printf '  %-50s %s\n' "$ex: kernel start -> first container exec" "$(cut -d' ' -f1 "$work/$ex.txt" | stats)"
   printf '  %-50s %s\n' "$ex: hafen-init start -> first exec (its share)" "$(cut -d' ' -f2 "$work/$ex.txt" | stats)"
   awk -v e="$e" -v s="$s" -v t="$t" 'BEGIN { printf "  %-50s ratio %.3f (target <= 1.05), share %.1f%% of the trivial boot (target <= 5%%)\n", "", e / t, 100 * s / t }'

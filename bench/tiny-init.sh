@@ -44,7 +44,7 @@ for name in "${order[@]}"; do
   init=${inits[$name]}
   # 1. RSS while supervising sleep (file pages count as they are mapped,
   #    which the kernel's fault-around makes vary: hence every round).
-  $ns $init sleep 30 & u=$!
+  $ns $init sleep 30 2>/dev/null & u=$!
   p=$(init_pid $u)
   for _ in $(seq 500); do pgrep -P "$p" >/dev/null && break; sleep 0.01; done
   rss=$(awk '/^VmRSS/ {print $2}' /proc/$p/status)
