@@ -25,7 +25,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use hafen_proto::annotations;
-use hafen_proto::spec::{IdMapping, Spec};
+use hafen_proto::spec::{IdMapping, Linux, Spec};
 use rustix::mount::MountFlags;
 
 use crate::bundle::Bundle;
@@ -626,7 +626,9 @@ impl Plan {
         let mut clone_flags = 0;
         let mut joins = Vec::new();
         let mut pid_join = None;
-        let linux = spec.linux.clone().unwrap_or_default();
+        // Borrowed: a clone would copy the seccomp profile and every list.
+        let no_linux = Linux::default();
+        let linux = spec.linux.as_ref().unwrap_or(&no_linux);
         for ns in &linux.namespaces {
             let flag = match ns.kind.as_str() {
                 "pid" => libc::CLONE_NEWPID,
