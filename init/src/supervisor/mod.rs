@@ -368,6 +368,12 @@ impl Supervisor {
         }
         self.bringup
             .finish(self.containers.iter_mut().map(|c| &mut c.bundle));
+        // The memory controller now reaches the cgroups made before it.
+        for c in &mut self.containers {
+            if let (State::Running { .. }, None, Some(dir)) = (c.state, c.oom_watch, &c.cgroup) {
+                c.oom_watch = watch_oom(&self.oom, dir);
+            }
+        }
     }
 
     /// Runs until every container has stopped after a shutdown request (or
@@ -537,17 +543,8 @@ impl Supervisor {
                         });
                     }
                 }
-                c.oom_watch = None;
                 c.oom_kills = 0;
-                if let (Some(oom), Some(dir)) = (&self.oom, &cgroup) {
-                    // Absent without the memory controller; then no OOM event either.
-                    c.oom_watch = rustix::fs::inotify::add_watch(
-                        oom,
-                        dir.join("memory.events"),
-                        rustix::fs::inotify::WatchFlags::MODIFY,
-                    )
-                    .ok();
-                }
+                c.oom_watch = cgroup.as_deref().and_then(|dir| watch_oom(&self.oom, dir));
                 c.cgroup = cgroup;
                 c.shared_root = shared_root;
                 c.state = State::Running {
@@ -1013,6 +1010,17 @@ impl Supervisor {
         };
         self.broadcast(event);
     }
+}
+
+/// Watches the cgroup `dir`'s `memory.events` on the inotify `oom`; `None`
+/// without the memory controller there (then no OOM event either).
+fn watch_oom(oom: &Option<OwnedFd>, dir: &std::path::Path) -> Option<i32> {
+    rustix::fs::inotify::add_watch(
+        oom.as_ref()?,
+        dir.join("memory.events"),
+        rustix::fs::inotify::WatchFlags::MODIFY,
+    )
+    .ok()
 }
 
 /// How many processes the OOM killer killed in the cgroup `dir`.
