@@ -1065,9 +1065,9 @@ mod tests {
             assert_eq!(
                 last,
                 [
-                    "/etc/hosts /run/hafen/net/web/hosts",
-                    "/etc/resolv.conf /run/hafen/net/web/resolv.conf",
-                    "/etc/hostname /run/hafen/net/web/hostname",
+                    "/etc/hosts /etc/hafen/net/web/hosts",
+                    "/etc/resolv.conf /etc/hafen/net/web/resolv.conf",
+                    "/etc/hostname /etc/hafen/net/web/hostname",
                 ]
             );
         }
