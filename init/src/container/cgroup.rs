@@ -245,7 +245,9 @@ pub fn create(
     };
     for component in rel.split('/') {
         match controllers {
-            Controllers::All => enable_controllers(&current),
+            Controllers::All => {
+                let _ = enable_controllers(&current);
+            }
             Controllers::Needed if !needed.is_empty() => enable_some(&current, &needed),
             Controllers::Needed => {}
         }
@@ -271,23 +273,20 @@ pub fn create(
     Ok(current)
 }
 
-/// Enables in `dir`'s children every controller `dir` has. Best effort: a
-/// controller that cannot be enabled just leaves its limits unwritable,
-/// which the write of that limit then reports.
-fn enable_controllers(dir: &OwnedFd) {
-    let Ok(fd) = rustix::fs::openat(
+/// Enables in `dir`'s children every controller `dir` has; returns them.
+/// Enabling is best effort: a controller that cannot be enabled just
+/// leaves its limits unwritable, which the write of that limit then
+/// reports. The error is reading `cgroup.controllers`.
+fn enable_controllers(dir: &OwnedFd) -> io::Result<String> {
+    let fd = rustix::fs::openat(
         dir,
         "cgroup.controllers",
         OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::empty(),
-    ) else {
-        return;
-    };
+    )?;
     let mut buf = [0u8; 512];
-    let Ok(n) = rustix::io::read(&fd, &mut buf) else {
-        return;
-    };
-    let available = String::from_utf8_lossy(&buf[..n]);
+    let n = rustix::io::read(&fd, &mut buf)?;
+    let available = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
     let wanted: Vec<String> = available
         .split_whitespace()
         .map(|c| format!("+{c}"))
@@ -295,6 +294,7 @@ fn enable_controllers(dir: &OwnedFd) {
     if !wanted.is_empty() {
         let _ = write_at(dir, "cgroup.subtree_control", &wanted.join(" "));
     }
+    Ok(available)
 }
 
 /// Enables `wanted` in `dir`'s children. Best effort, as [`enable_controllers`].
@@ -313,8 +313,7 @@ pub fn enable_all(root: &Path, path: &str) -> io::Result<String> {
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let available = std::fs::read_to_string(root.join("cgroup.controllers"))?;
-    enable_controllers(&current);
+    let available = enable_controllers(&current)?;
     for component in path.split('/').filter(|c| !c.is_empty()) {
         match rustix::fs::openat(
             &current,
@@ -326,9 +325,9 @@ pub fn enable_all(root: &Path, path: &str) -> io::Result<String> {
             Err(rustix::io::Errno::NOENT) => break,
             Err(e) => return Err(e.into()),
         }
-        enable_controllers(&current);
+        enable_controllers(&current)?;
     }
-    Ok(available.trim().to_owned())
+    Ok(available)
 }
 
 /// Writes `value` to the file `name` under the directory handle `dir`.

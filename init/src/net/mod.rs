@@ -180,8 +180,8 @@ pub fn peer_name(container: &str) -> String {
 }
 
 /// PID 1's network, from the plan `hafen build` wrote to
-/// [`NETWORK_CONFIG`]: the VM's NIC, then each container's files and
-/// namespace, whose path goes into its bundle's `network` namespace entry
+/// [`NETWORK_CONFIG`]: the VM's NIC, then each container's namespace,
+/// whose path goes into its bundle's `network` namespace entry
 /// (the runtime joins it there). An image without a plan keeps only `lo`.
 ///
 /// Nothing is made before a container needs it: the NIC before the first
@@ -196,7 +196,7 @@ pub struct Network {
     config: NetworkConfig,
     /// The NIC has been configured (or failed to be: once is enough).
     uplink: bool,
-    /// Containers whose files and namespace are made (or failed to be).
+    /// Containers whose namespace is made (or failed to be).
     prepared: Vec<String>,
 }
 

@@ -236,8 +236,8 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Sets up the event loop. `signals` must already be blocked.
-    /// Sets up the event loop, with the power button and the control
+    /// Sets up the event loop (`signals` must already be blocked), with the
+    /// power button and the control
     /// channel, opened before any container starts: no press of the button
     /// is lost once PID 1 runs, and the host's first requests are read in
     /// the loop's first round. The rest of `bringup` waits for the first
@@ -598,8 +598,12 @@ impl Supervisor {
                 .get((token - TOKEN_BUTTON_BASE) as usize)
                 .is_some_and(|(_, fd)| input::power_pressed(fd));
             if pressed {
-                info!("power button pressed");
-                crate::debug!("power button read");
+                // `hafen run` presses again each second until the machine
+                // is off: only the first press of a shutdown is news.
+                if self.shutdown.is_none() {
+                    info!("power button pressed");
+                    crate::debug!("power button read");
+                }
                 self.request_shutdown(PowerAction::PowerOff);
             }
         } else if token >= TOKEN_HEALTH {
