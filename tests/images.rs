@@ -44,7 +44,7 @@ impl Env {
             "build of {image}: {}",
             String::from_utf8_lossy(&result.stderr)
         );
-        std::fs::read(self.path(out).join("initramfs.cpio.lz4")).expect("initramfs")
+        std::fs::read(common::initramfs_path(&self.path(out))).expect("initramfs")
     }
 }
 
@@ -324,7 +324,7 @@ fn a_build_as_nobody_uses_its_own_store_and_gives_the_same_bytes() {
         home.join(".cache/hafen/index.json").is_file(),
         "nobody's own store"
     );
-    let nobody_build = std::fs::read(home.join("out/initramfs.cpio.lz4")).expect("initramfs");
+    let nobody_build = std::fs::read(common::initramfs_path(&home.join("out"))).expect("initramfs");
     assert!(
         nobody_build == root_build,
         "nobody's build differs from root's"

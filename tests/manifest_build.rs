@@ -154,7 +154,7 @@ fn built_line(stdout: &str) -> (String, String) {
 }
 
 fn initramfs(image: &Path) -> Vec<u8> {
-    std::fs::read(image.join("initramfs.cpio.lz4")).expect("read initramfs")
+    std::fs::read(common::initramfs_path(image)).expect("read initramfs")
 }
 
 /// A detached VM's monitor, killed (with its QEMU) when dropped.
@@ -369,5 +369,5 @@ fn hafen_build_pull_resolves_a_dockerfiles_base_again_and_its_failure_names_the_
         "{stderr}"
     );
     // The failed build left the image directory of the first one alone.
-    assert!(Path::new(image).join("initramfs.cpio.lz4").is_file());
+    assert!(common::initramfs_path(Path::new(image)).is_file());
 }

@@ -148,8 +148,14 @@ fn a_build_as_nobody_gives_the_same_bytes_network_plan_included() {
         "hafen build as nobody: {}",
         String::from_utf8_lossy(&result.stderr)
     );
-    for file in ["initramfs.cpio.lz4", "image.json"] {
-        let read = |dir: &Path| std::fs::read(dir.join(file)).expect("read");
+    for file in ["initramfs", "image.json"] {
+        let read = |dir: &Path| {
+            let path = match file {
+                "initramfs" => common::initramfs_path(dir),
+                _ => dir.join(file),
+            };
+            std::fs::read(path).expect("read")
+        };
         assert!(
             read(&root_image) == read(&out.join("image")),
             "{file} differs between root's build and nobody's"

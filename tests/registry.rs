@@ -46,7 +46,7 @@ impl Env {
             "build {out}: {}",
             String::from_utf8_lossy(&result.stderr)
         );
-        std::fs::read(self.path(out).join("initramfs.cpio.lz4")).expect("initramfs")
+        std::fs::read(common::initramfs_path(&self.path(out))).expect("initramfs")
     }
 
     /// Imports the root filesystem (its `version` file set to `version`)
@@ -202,8 +202,8 @@ fn two_builds_pulling_into_one_store_at_once_both_succeed() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let a = std::fs::read(user.path("a/initramfs.cpio.lz4")).expect("a");
-    let b = std::fs::read(user.path("b/initramfs.cpio.lz4")).expect("b");
+    let a = std::fs::read(common::initramfs_path(&user.path("a"))).expect("a");
+    let b = std::fs::read(common::initramfs_path(&user.path("b"))).expect("b");
     assert!(a == b, "two builds of one image differ");
     let leftovers: Vec<String> = user
         .store_files()

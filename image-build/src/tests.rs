@@ -80,8 +80,7 @@ image = "oci:images/base:1"
 "#;
 
 fn unpack(out: &Path) -> Vec<cpio::Parsed> {
-    let gz = std::fs::read(out.join(INITRAMFS)).expect("initramfs");
-    let raw = cpio::unlz4_legacy(&gz).expect("unlz4");
+    let raw = read_initramfs(out).expect("initramfs");
     cpio::parse(&raw).expect("valid cpio")
 }
 
@@ -97,7 +96,7 @@ fn builds_are_byte_identical_and_hold_what_the_guest_needs() {
         "one image shared by two containers"
     );
     f.build(&m, "b").expect("build b");
-    for file in [INITRAMFS, IMAGE_INFO_FILE, "vmlinux"] {
+    for file in [INITRAMFS_RAW, IMAGE_INFO_FILE, "vmlinux"] {
         assert_eq!(
             std::fs::read(f.dir.join("a").join(file)).expect("a"),
             std::fs::read(f.dir.join("b").join(file)).expect("b"),
@@ -208,13 +207,13 @@ fn a_failed_build_leaves_no_output_and_keeps_the_previous_one() {
     let f = Fixture::new("atomic");
     let good = f.manifest(MANIFEST);
     f.build(&good, "out").expect("first build");
-    let before = std::fs::read(f.dir.join("out").join(INITRAMFS)).expect("read");
+    let before = std::fs::read(f.dir.join("out").join(INITRAMFS_RAW)).expect("read");
     let bad =
         f.manifest(&MANIFEST.replace("images/base:1\"\ncommand", "images/base:nope\"\ncommand"));
     let err = f.build(&bad, "out").expect_err("missing tag").to_string();
     assert!(err.contains("container one"), "{err}");
     assert_eq!(
-        std::fs::read(f.dir.join("out").join(INITRAMFS)).expect("still there"),
+        std::fs::read(f.dir.join("out").join(INITRAMFS_RAW)).expect("still there"),
         before
     );
     let err = f.build(&bad, "fresh").expect_err("missing tag");
@@ -465,7 +464,7 @@ volumes_from = ["seed:ro"]
     );
     f.build(&m, "a").expect("build a");
     f.build(&m, "b").expect("build b");
-    for file in [INITRAMFS, IMAGE_INFO_FILE] {
+    for file in [INITRAMFS_RAW, IMAGE_INFO_FILE] {
         assert_eq!(
             std::fs::read(f.dir.join("a").join(file)).expect("a"),
             std::fs::read(f.dir.join("b").join(file)).expect("b"),
@@ -624,4 +623,48 @@ ports = ["9000:90"]
             "proxy 10.9.0.15 127.0.0.1:9000->90/tcp".to_owned(),
         ]
     );
+}
+
+#[test]
+fn small_initramfs_is_stored_as_it_is_and_large_ones_compressed() {
+    let small = b"070701 a small archive".to_vec();
+    assert_eq!(initramfs_file(small.clone()), (INITRAMFS_RAW, small));
+    // Over the limit: LZ4 in the kernel's legacy framing, which unpacks to
+    // the same archive.
+    let large: Vec<u8> = (0..RAW_INITRAMFS_MAX + 1)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let (name, packed) = initramfs_file(large.clone());
+    assert_eq!(name, INITRAMFS_LZ4);
+    assert!(packed.len() < large.len());
+    assert_eq!(cpio::unlz4_legacy(&packed).expect("unpacks"), large);
+}
+
+#[test]
+fn the_initramfs_is_read_by_the_name_image_json_gives() {
+    let f = Fixture::new("readback");
+    let m = f.manifest(MANIFEST);
+    f.build(&m, "out").expect("build");
+    let out = f.dir.join("out");
+    let info: ImageInfo =
+        serde_json::from_slice(&std::fs::read(out.join(IMAGE_INFO_FILE)).expect("info"))
+            .expect("image.json");
+    assert_eq!(
+        info.initrd, INITRAMFS_RAW,
+        "a small image is stored as it is"
+    );
+    assert!(!out.join(INITRAMFS_LZ4).exists());
+    let archive = read_initramfs(&out).expect("read");
+    assert_eq!(
+        archive,
+        std::fs::read(out.join(INITRAMFS_RAW)).expect("raw")
+    );
+    // The same archive, compressed and named so, reads back the same.
+    std::fs::write(out.join(INITRAMFS_LZ4), cpio::lz4_legacy(&archive)).expect("write");
+    let renamed = std::fs::read_to_string(out.join(IMAGE_INFO_FILE))
+        .expect("info")
+        .replace(INITRAMFS_RAW, INITRAMFS_LZ4);
+    std::fs::write(out.join(IMAGE_INFO_FILE), renamed).expect("write info");
+    std::fs::remove_file(out.join(INITRAMFS_RAW)).expect("remove raw");
+    assert_eq!(read_initramfs(&out).expect("read lz4"), archive);
 }

@@ -134,6 +134,17 @@ impl Drop for Scratch {
 
 /// Writes `manifest` (which refers to the busybox image as `oci:busybox:1`)
 /// next to a link to the shared layout and builds it; returns the image dir.
+/// The initramfs file of the image directory `dir`: the one its image.json
+/// names (small images store it as it is, large ones LZ4-compressed).
+pub fn initramfs_path(dir: &Path) -> PathBuf {
+    let info = std::fs::read(dir.join("image.json")).expect("read image.json");
+    let info: serde_json::Value = serde_json::from_slice(&info).expect("image.json is JSON");
+    let name = info["initrd"]
+        .as_str()
+        .expect("image.json names its initrd");
+    dir.join(name)
+}
+
 pub fn build_image(scratch: &Scratch, manifest: &str) -> PathBuf {
     let link = scratch.0.join("busybox");
     if !link.exists() {
