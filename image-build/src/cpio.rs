@@ -6,6 +6,8 @@ use std::io::{self, Write};
 
 /// File type bits (as in `st_mode`).
 pub mod kind {
+    /// The bits of a mode that give the kind.
+    pub const MASK: u32 = 0o170000;
     /// Directory.
     pub const DIR: u32 = 0o040000;
     /// Regular file.

@@ -668,3 +668,57 @@ fn the_initramfs_is_read_by_the_name_image_json_gives() {
     std::fs::remove_file(out.join(INITRAMFS_RAW)).expect("remove raw");
     assert_eq!(read_initramfs(&out).expect("read lz4"), archive);
 }
+
+#[test]
+fn images_get_the_mount_points_every_container_mounts_over() {
+    let f = Fixture::new("stubs");
+    let m = f.manifest(MANIFEST);
+    f.build(&m, "out").expect("build");
+    let entries = unpack(&f.dir.join("out"));
+    let image_root = entries
+        .iter()
+        .find(|e| e.path.starts_with("var/lib/hafen/images/sha256-") && e.path.ends_with("/bin"))
+        .map(|e| e.path.trim_end_matches("/bin").to_owned())
+        .expect("the image's directory");
+    let kind = |p: &str| {
+        entries
+            .iter()
+            .find(|e| e.path == format!("{image_root}/{p}"))
+            .map(|e| (e.mode & cpio::kind::MASK, e.data.len(), e.uid))
+    };
+    // The image has only bin/: the container's own /proc, /dev and /sys
+    // and the network files it gets are there now, empty and root's.
+    for dir in ["proc", "dev", "sys", "etc"] {
+        assert_eq!(kind(dir), Some((cpio::kind::DIR, 0, 0)), "{dir}");
+    }
+    for file in ["etc/hosts", "etc/resolv.conf", "etc/hostname"] {
+        assert_eq!(kind(file), Some((cpio::kind::FILE, 0, 0)), "{file}");
+    }
+    // ...and nothing for mounts not every container has.
+    assert_eq!(kind("dev/pts"), None);
+}
+
+#[test]
+fn mount_point_stubs_keep_what_the_image_has() {
+    let stubs = MOUNT_POINT_STUBS;
+    let mut items = BTreeMap::new();
+    items.insert("img".to_owned(), Item::dir(0o755));
+    let mut etc = Item::file(0o777, b"elsewhere".to_vec());
+    etc.mode = cpio::kind::SYMLINK | 0o777;
+    items.insert("img/etc".to_owned(), etc);
+    items.insert("img/proc".to_owned(), Item::file(0o600, b"odd".to_vec()));
+    add_mount_points(&mut items, "img", 100_000, &stubs);
+    // A symlinked /etc gets nothing below it; an existing /proc stays as is.
+    assert!(!items.contains_key("img/etc/hosts"));
+    assert_eq!(items["img/proc"].data.as_slice(), b"odd");
+    // The rest is added, owned by the (shifted) container root.
+    for dir in ["img/dev", "img/sys"] {
+        assert_eq!(items[dir].mode, cpio::kind::DIR | 0o755);
+        assert_eq!((items[dir].uid, items[dir].gid), (100_000, 100_000));
+    }
+    // Only the stubs asked for.
+    let mut none = BTreeMap::new();
+    none.insert("img".to_owned(), Item::dir(0o755));
+    add_mount_points(&mut none, "img", 0, &stubs[..1]);
+    assert_eq!(none.keys().collect::<Vec<_>>(), ["img", "img/proc"]);
+}
