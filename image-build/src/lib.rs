@@ -69,23 +69,6 @@ pub fn initramfs_file(archive: Vec<u8>) -> (&'static str, Vec<u8>) {
     }
 }
 
-/// The cpio archive of the image directory `dir`: the initramfs its
-/// image.json names, decompressed when it is LZ4.
-pub fn read_initramfs(dir: &Path) -> Result<Vec<u8>, Error> {
-    let input = |path: PathBuf| move |source| Error::Input { path, source };
-    let info_path = dir.join(IMAGE_INFO_FILE);
-    let info = std::fs::read(&info_path).map_err(input(info_path.clone()))?;
-    let info: ImageInfo = serde_json::from_slice(&info)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", info_path.display())))?;
-    let path = dir.join(&info.initrd);
-    let bytes = std::fs::read(&path).map_err(input(path.clone()))?;
-    if info.initrd.ends_with(".lz4") {
-        cpio::unlz4_legacy(&bytes).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
-    } else {
-        Ok(bytes)
-    }
-}
-
 /// What `hafen build` was asked to do.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {

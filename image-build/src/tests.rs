@@ -79,6 +79,23 @@ name = "two"
 image = "oci:images/base:1"
 "#;
 
+/// The cpio archive of the image directory `dir`: the initramfs its
+/// image.json names, decompressed when it is LZ4.
+fn read_initramfs(dir: &Path) -> Result<Vec<u8>, Error> {
+    let input = |path: PathBuf| move |source| Error::Input { path, source };
+    let info_path = dir.join(IMAGE_INFO_FILE);
+    let info = std::fs::read(&info_path).map_err(input(info_path.clone()))?;
+    let info: ImageInfo = serde_json::from_slice(&info)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", info_path.display())))?;
+    let path = dir.join(&info.initrd);
+    let bytes = std::fs::read(&path).map_err(input(path.clone()))?;
+    if info.initrd.ends_with(".lz4") {
+        cpio::unlz4_legacy(&bytes).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+    } else {
+        Ok(bytes)
+    }
+}
+
 fn unpack(out: &Path) -> Vec<cpio::Parsed> {
     let raw = read_initramfs(out).expect("initramfs");
     cpio::parse(&raw).expect("valid cpio")

@@ -248,8 +248,7 @@ pub fn create(
             Controllers::All => {
                 let _ = enable_controllers(&current);
             }
-            Controllers::Needed if !needed.is_empty() => enable_some(&current, &needed),
-            Controllers::Needed => {}
+            Controllers::Needed => enable_some(&current, &needed),
         }
         match rustix::fs::mkdirat(&current, component, Mode::from_raw_mode(0o755)) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
@@ -287,18 +286,15 @@ fn enable_controllers(dir: &OwnedFd) -> io::Result<String> {
     let mut buf = [0u8; 512];
     let n = rustix::io::read(&fd, &mut buf)?;
     let available = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
-    let wanted: Vec<String> = available
-        .split_whitespace()
-        .map(|c| format!("+{c}"))
-        .collect();
-    if !wanted.is_empty() {
-        let _ = write_at(dir, "cgroup.subtree_control", &wanted.join(" "));
-    }
+    enable_some(dir, &available.split_whitespace().collect::<Vec<_>>());
     Ok(available)
 }
 
 /// Enables `wanted` in `dir`'s children. Best effort, as [`enable_controllers`].
 fn enable_some(dir: &OwnedFd, wanted: &[&str]) {
+    if wanted.is_empty() {
+        return;
+    }
     let line: Vec<String> = wanted.iter().map(|c| format!("+{c}")).collect();
     let _ = write_at(dir, "cgroup.subtree_control", &line.join(" "));
 }

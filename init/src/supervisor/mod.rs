@@ -237,11 +237,10 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Sets up the event loop (`signals` must already be blocked), with the
-    /// power button and the control
-    /// channel, opened before any container starts: no press of the button
-    /// is lost once PID 1 runs, and the host's first requests are read in
-    /// the loop's first round. The rest of `bringup` waits for the first
-    /// container's start.
+    /// power button and the control channel, opened before any container
+    /// starts: no press of the button is lost once PID 1 runs, and the
+    /// host's first requests are read in the loop's first round. The rest
+    /// of `bringup` waits for the first container's start.
     pub fn new(
         bundles: Vec<Bundle>,
         signals: OwnedFd,
